@@ -207,7 +207,7 @@ export class EventGateClient {
     this._rules = new Map();
     /** @type {Map<string, any>} RequestId -> pending request */
     this._pending = new Map();
-    this._listeners = { state: new Set(), event: new Set(), error: new Set() };
+    this._listeners = { state: new Set(), event: new Set(), error: new Set(), rules: new Set() };
     /** Optional property-style state callback. */
     this.onstatechange = null;
     this.stats = { connects: 0, reconnects: 0, events: 0, lastEventAt: 0 };
@@ -226,7 +226,8 @@ export class EventGateClient {
   }
 
   /**
-   * Listen to 'state' (state, previous), 'event' (event, rules, message) or 'error' (error).
+   * Listen to 'state' (state, previous), 'event' (event, rules, message), 'error' (error)
+   * or 'rules' (rules: the `rules` snapshot, whenever a rule is added, acked, rejected or removed).
    * @returns {() => void} a function that removes the listener
    */
   on(name, fn) {
@@ -278,10 +279,12 @@ export class EventGateClient {
       timer: null,
       waiter: deferred(),
       // the last version the server accepted, restored if this replacement is rejected
-      fallback: previous ? (previous.status === 'active' ? previous : previous.fallback) : null,
+      fallback: previous ? (previous.accepted ? previous : previous.fallback) : null,
+      accepted: false,
     };
     this._rules.set(rule, record);
     if (this._ready) this._sendSubscribe(record);
+    this._rulesChanged();
     return record.waiter.promise;
   }
 
@@ -297,6 +300,7 @@ export class EventGateClient {
       record.waiter?.rejectQuietly(
         new EventGateError(`subscription '${rule}' was unsubscribed`, { code: 'unsubscribed', rule }),
       );
+      this._rulesChanged();
     }
     if (this._closed) return Promise.resolve();
     if (!this._ready) return Promise.resolve();
@@ -349,6 +353,10 @@ export class EventGateClient {
         this.logger.error(`'${name}' listener threw`, err);
       }
     }
+  }
+
+  _rulesChanged() {
+    if (this._listeners.rules.size) this._emit('rules', this.rules);
   }
 
   _setState(next) {
@@ -437,6 +445,7 @@ export class EventGateClient {
       if (record.waiter && !record.waiter.settled) {
         // A user-visible subscribe timed out: it is not active.
         if (this._rules.get(record.rule) === record) this._rules.delete(record.rule);
+        this._rulesChanged();
         record.waiter.reject(err);
       } else {
         // A re-subscribe after reconnect timed out: the link is unhealthy, start over.
@@ -463,8 +472,10 @@ export class EventGateClient {
     const current = this._rules.get(record.rule) === record;
     if (msg.Status === 'Ok') {
       if (current) record.status = 'active';
+      record.accepted = true;
       record.fallback = null;
       record.waiter?.resolve();
+      this._rulesChanged();
       return;
     }
     const serverMessage = msg.Message ?? 'subscription rejected';
@@ -475,6 +486,7 @@ export class EventGateClient {
         this._rules.set(record.rule, record.fallback);
         record.fallback.status = 'active';
       } else this._rules.delete(record.rule);
+      this._rulesChanged();
     }
     if (record.waiter && !record.waiter.settled) record.waiter.reject(err);
     else {
@@ -597,7 +609,11 @@ export class EventGateClient {
     this._watchdogTimer = this._helloTimer = null;
     this._helloId = null;
     // In-flight subscribes are re-sent on the next socket; their promises stay pending.
-    for (const record of this._rules.values()) this._dropRequest(record);
+    for (const record of this._rules.values()) {
+      this._dropRequest(record);
+      record.status = 'pending';
+    }
+    if (this._rules.size) this._rulesChanged();
     for (const p of this._pending.values()) {
       if (p.kind !== 'unsubscribe') continue;
       clearTimeout(p.timer);

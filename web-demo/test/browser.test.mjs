@@ -1,0 +1,123 @@
+// End-to-end: the demo page in real headless Chromium against a real eventgate.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+import { startEventgate, publish, ARTIFACTS } from './helpers.mjs';
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+const ARGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+];
+
+let server;
+let browser;
+let page;
+const pageErrors = [];
+
+before(async () => {
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  server = await startEventgate({ keepAlive: '2s' });
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true });
+  const context = await browser.newContext({ viewport: { width: 1440, height: 900 }, deviceScaleFactor: 1 });
+  page = await context.newPage();
+  page.on('pageerror', (err) => pageErrors.push(String(err)));
+  page.on('console', (msg) => {
+    if (msg.type() === 'error' && !/WebSocket connection|ERR_CONNECTION_REFUSED|Failed to load resource/.test(msg.text())) {
+      pageErrors.push(`console: ${msg.text()}`);
+    }
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+const state = () => page.getAttribute('[data-testid="state"]', 'data-state');
+const events = () => page.locator('[data-testid="events"] > li');
+
+test('demo page is served and pre-filled from /demo/config.json', async () => {
+  const res = await page.goto(server.demoUrl);
+  assert.equal(res.status(), 200);
+  await page.waitForSelector('body[data-ready="true"]');
+  assert.equal(await page.inputValue('[data-testid="url"]'), server.url);
+  assert.equal(await page.inputValue('[data-testid="apikey"]'), server.apiKey);
+  assert.match(await page.inputValue('[data-testid="ingest"]'), /\/events$/);
+  for (const f of ['eventgate-client.js', 'eventgate-client.d.ts', 'demo.js', 'demo.css']) {
+    const r = await page.request.get(`${server.httpUrl}/demo/${f}`);
+    assert.equal(r.status(), 200, f);
+  }
+});
+
+test('connect, subscribe with an example, publish over HTTP, see the event', async () => {
+  await page.click('[data-testid="connect"]');
+  await page.waitForSelector('[data-testid="state"][data-state="open"]', { timeout: 10_000 });
+
+  // an invalid pattern shows the server's Ack message inline
+  await page.fill('[data-testid="rule"]', 'broken');
+  await page.fill('[data-testid="pattern"]', '{"detail":{"x":"not-an-array"}}');
+  await page.click('[data-testid="subscribe"]');
+  const err = page.locator('[data-testid="pattern-error"]');
+  await err.waitFor({ state: 'visible', timeout: 10_000 });
+  assert.match(await err.textContent(), /invalid pattern/i);
+
+  await page.click('[data-testid="example-lamassu"]');
+  await page.click('[data-testid="subscribe"]');
+  await page.waitForSelector('[data-testid="rules"] li[data-rule="lamassu-certs"] .rule-status.active');
+  await page.click('[data-testid="example-supermq"]');
+  await page.click('[data-testid="subscribe"]');
+  await page.waitForSelector('[data-testid="rules"] li[data-rule="supermq-users"] .rule-status.active');
+  assert.ok(await err.isHidden());
+
+  // published from outside (as a backend would)
+  await publish(server.httpUrl, {
+    source: 'supermq.users', 'detail-type': 'user.created',
+    detail: { id: 'a1b2', name: 'Ada Lovelace', email: 'ada@example.com' },
+  });
+  await page.waitForSelector('[data-testid="events"] > li', { timeout: 10_000 });
+  const first = events().first();
+  assert.match(await first.textContent(), /user\.created/);
+  assert.match(await first.locator('.event-rules').textContent(), /supermq-users/);
+  assert.match(await first.locator('pre.event-detail').textContent(), /"name": "Ada Lovelace"/);
+
+  // published from the page's own form (the example filled it with a matching event)
+  await page.click('[data-testid="example-lamassu"]');
+  await page.click('[data-testid="publish"]');
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid="events"] > li').length >= 2);
+  assert.match(await page.textContent('[data-testid="pub-result"]'), /published/);
+  assert.match(await events().first().textContent(), /lamassu\.certificate\.issued/, 'newest first');
+  assert.match(await events().first().locator('.event-rules').textContent(), /lamassu-certs/);
+  assert.equal(await page.textContent('[data-testid="total"]'), '2');
+  await page.waitForFunction(() => document.querySelector('[data-testid="eps"]').textContent !== '0.0');
+});
+
+test('server restart: the page reconnects, re-subscribes and receives the next event', async () => {
+  const port = server.port;
+  await server.stop('SIGKILL');
+  await page.waitForSelector('[data-testid="state"][data-state="reconnecting"]', { timeout: 10_000 });
+  await page.screenshot({ path: path.join(ARTIFACTS, 'demo-reconnecting.png') });
+  server = await startEventgate({ port, keepAlive: '2s' });
+  await page.waitForSelector('[data-testid="state"][data-state="open"]', { timeout: 20_000 });
+  await page.waitForSelector('[data-testid="rules"] li[data-rule="supermq-users"] .rule-status.active', { timeout: 10_000 });
+  await page.waitForSelector('[data-testid="rules"] li[data-rule="lamassu-certs"] .rule-status.active', { timeout: 10_000 });
+  const before = await events().count();
+  await publish(server.httpUrl, [
+    { source: 'supermq.users', 'detail-type': 'user.updated', detail: { id: 'a1b2', status: 'disabled', roles: ['admin', 'ops'] } },
+    { source: 'lamassu.ca', 'detail-type': 'lamassu.certificate.revoked', detail: { serial_number: '3a:9f:12:7c', reason: 'keyCompromise', revoked_at: new Date().toISOString() } },
+  ]);
+  await page.waitForFunction((n) => document.querySelectorAll('[data-testid="events"] > li').length >= n + 2, before);
+  const texts = await events().allTextContents();
+  assert.ok(texts.some((t) => /user\.updated/.test(t)));
+  assert.ok(texts.some((t) => /lamassu\.certificate\.revoked/.test(t)));
+  assert.equal(await state(), 'open');
+  await page.evaluate(() => {
+    document.querySelector('.sidebar').scrollTop = 0;
+    document.activeElement?.blur();
+  });
+  await page.waitForTimeout(1400); // let the highlight animation settle
+  await page.screenshot({ path: path.join(ARTIFACTS, 'demo.png') });
+  assert.deepEqual(pageErrors, []);
+});
