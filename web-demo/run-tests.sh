@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install what the web-demo tests need (idempotent) and run them.
+# Assumes target/debug/eventgate was built already (or EVENTGATE_BIN points to a binary).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if [ ! -x /usr/bin/chromium ]; then
+  echo "web-demo: installing chromium (apt)"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends chromium
+fi
+
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "web-demo: node/npm not found" >&2
+  exit 1
+fi
+
+BIN="${EVENTGATE_BIN:-../target/debug/eventgate}"
+if [ ! -x "$BIN" ]; then
+  echo "web-demo: eventgate binary not found at $BIN (run 'cargo build --bin eventgate' first)" >&2
+  exit 1
+fi
+
+npm ci --no-audit --no-fund --loglevel=error
+
+mkdir -p ../test-artifacts
+# One file at a time: the machine has 2 cores and the tests start real servers and a browser.
+node --test --test-concurrency=1 --test-reporter=spec test/*.test.mjs
