@@ -121,3 +121,48 @@ test('server restart: the page reconnects, re-subscribes and receives the next e
   await page.screenshot({ path: path.join(ARTIFACTS, 'demo.png') });
   assert.deepEqual(pageErrors, []);
 });
+
+test('opened from a plain static server (no config.json): empty, editable fields, connects cross-origin', async () => {
+  const http = await import('node:http');
+  const { WEB_DEMO } = await import('./helpers.mjs');
+  const types = { html: 'text/html', js: 'text/javascript', css: 'text/css', ts: 'text/plain' };
+  const files = new Set(['index.html', 'eventgate-client.js', 'eventgate-client.d.ts', 'demo.js', 'demo.css']);
+  const staticServer = http.createServer((req, res) => {
+    const name = new URL(req.url, 'http://x').pathname.slice(1) || 'index.html';
+    if (!files.has(name)) {
+      res.writeHead(404);
+      return res.end('not found');
+    }
+    res.writeHead(200, { 'content-type': types[name.split('.').pop()] });
+    res.end(fs.readFileSync(path.join(WEB_DEMO, name)));
+  });
+  await new Promise((r) => staticServer.listen(0, '127.0.0.1', r));
+  const p2 = await page.context().newPage();
+  const errors = [];
+  p2.on('pageerror', (err) => errors.push(String(err)));
+  try {
+    await p2.goto(`http://127.0.0.1:${staticServer.address().port}/`);
+    await p2.waitForSelector('body[data-ready="true"]');
+    assert.equal(await p2.inputValue('[data-testid="url"]'), '');
+    assert.equal(await p2.inputValue('[data-testid="apikey"]'), '');
+    await p2.fill('[data-testid="url"]', server.url);
+    await p2.fill('[data-testid="apikey"]', server.apiKey);
+    await p2.click('[data-testid="connect"]');
+    await p2.waitForSelector('[data-testid="state"][data-state="open"]', { timeout: 10_000 });
+    await p2.click('[data-testid="example-numeric"]');
+    await p2.click('[data-testid="subscribe"]');
+    await p2.waitForSelector('[data-testid="rules"] li[data-rule="warm-sensors"] .rule-status.active');
+    await publish(server.httpUrl, { source: 'iot.sensors', 'detail-type': 'reading', detail: { sensor: 'lab-1', temperature: 12 } });
+    await publish(server.httpUrl, { source: 'iot.sensors', 'detail-type': 'reading', detail: { sensor: 'lab-3', temperature: 23.5 } });
+    await p2.waitForSelector('[data-testid="events"] > li');
+    await p2.waitForTimeout(300);
+    assert.equal(await p2.locator('[data-testid="events"] > li').count(), 1, 'only the in-range reading matches');
+    assert.match(await p2.locator('[data-testid="events"] > li pre.event-detail').textContent(), /23\.5/);
+    await p2.click('[data-testid="disconnect"]');
+    await p2.waitForSelector('[data-testid="state"][data-state="closed"]');
+    assert.deepEqual(errors, []);
+  } finally {
+    await p2.close();
+    await new Promise((r) => staticServer.close(r));
+  }
+});
