@@ -159,3 +159,4 @@ export function hostWithoutPort(url: string): string;
 export function randomUuid(): string;
 export function base64EncodeUtf8(text: string): string;
 export function base64DecodeUtf8(b64: string): string;
+export function backoffDelay(attempt: number, backoff?: BackoffOptions, random?: () => number): number;

@@ -110,6 +110,16 @@ export function buildConnectUrl(url, apiKey, id) {
   return `${base}${sep}header=${encodeURIComponent(header)}`;
 }
 
+/**
+ * Reconnect delay for the given 0-based attempt: min(max, initial * factor^attempt), of which
+ * the `jitter` fraction (0..1) is randomised ("equal jitter" at 0.5).
+ */
+export function backoffDelay(attempt, { initial = 500, max = 30_000, factor = 2, jitter = 0.5 } = {}, random = Math.random) {
+  const base = Math.min(max, initial * Math.pow(factor, Math.max(0, attempt)));
+  const j = Math.min(1, Math.max(0, jitter));
+  return Math.round(base * (1 - j) + random() * base * j);
+}
+
 /** Error raised for Ack Error, ack timeouts and client shutdown. */
 export class EventGateError extends Error {
   /**
@@ -650,10 +660,7 @@ export class EventGateClient {
   _scheduleReconnect() {
     if (this._closed || this._reconnectTimer) return;
     this._setState('reconnecting');
-    const { initial, max, factor, jitter } = this.backoff;
-    const base = Math.min(max, initial * Math.pow(factor, this._attempt));
-    const j = Math.min(1, Math.max(0, jitter ?? 0.5));
-    const delay = Math.round(base * (1 - j) + Math.random() * base * j);
+    const delay = backoffDelay(this._attempt, this.backoff);
     this._attempt++;
     this.stats.reconnects++;
     this.logger.info(`reconnecting in ${delay} ms (attempt ${this._attempt})`);

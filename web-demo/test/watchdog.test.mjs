@@ -97,3 +97,39 @@ test('Hello never acked -> reconnect after ackTimeout', async () => {
     await server.close();
   }
 });
+
+test('backoff: capped exponential growth with jitter', async () => {
+  const { backoffDelay } = await import('../eventgate-client.js');
+  const b = { initial: 100, max: 1000, factor: 2, jitter: 0.5 };
+  assert.deepEqual([0, 1, 2, 3, 4, 10].map((a) => backoffDelay(a, b, () => 1)), [100, 200, 400, 800, 1000, 1000]);
+  assert.deepEqual([0, 1, 2, 3, 4, 10].map((a) => backoffDelay(a, b, () => 0)), [50, 100, 200, 400, 500, 500]);
+  assert.equal(backoffDelay(3, { ...b, jitter: 0 }, () => 0.3), 800);
+  for (let i = 0; i < 50; i++) {
+    const d = backoffDelay(2, b);
+    assert.ok(d >= 200 && d <= 400, String(d));
+  }
+});
+
+test('a refused port: reconnecting with growing delays; onstatechange and on(state) both fire', async () => {
+  const srv = await startFakeServer();
+  const port = srv.port;
+  await srv.close(); // nobody listens there any more
+  const seen = [];
+  const client = new EventGateClient(`ws://127.0.0.1:${port}/`, { apiKey: 'x' }, {
+    WebSocket, logger: quietLogger, backoff: { initial: 20, max: 80, factor: 2, jitter: 0 },
+  });
+  client.onstatechange = (s, prev) => seen.push(`${prev}->${s}`);
+  const viaOn = [];
+  client.on('state', (s) => viaOn.push(s));
+  try {
+    await waitFor(() => client.stats.reconnects >= 5, { timeout: 5000, what: '5 attempts' });
+    assert.equal(client.state, 'reconnecting');
+    assert.deepEqual(seen, ['connecting->reconnecting']);
+    assert.deepEqual(viaOn, ['reconnecting']);
+  } finally {
+    client.close();
+  }
+  assert.deepEqual(viaOn, ['reconnecting', 'closed']);
+  await sleep(200);
+  assert.equal(client.stats.connects, 0);
+});
