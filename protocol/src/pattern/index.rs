@@ -1,0 +1,1084 @@
+//! [`RuleIndex`]: many patterns, one pass over the event.
+//!
+//! Every rule is expanded into conjunctions (`$or` multiplied out). Each conjunction is a
+//! list of clauses `(field path, alternatives)`. A clause whose alternatives can all be
+//! found by a positive lookup ("indexable") is registered, per path node, in hash maps /
+//! ordered maps keyed by the values it accepts. Matching walks only the event fields that
+//! some rule mentions (path trie), looks each leaf value up, and sets one bit per hit
+//! clause in a per-conjunction mask (generation-stamped, so nothing is cleared between
+//! events). A conjunction whose mask is full is a candidate; it is accepted directly when
+//! the count is known to be exact, otherwise confirmed with the reference evaluator.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::ops::Bound as RBound;
+
+use serde_json::{Map, Value};
+
+use super::ast::{FieldPat, Matcher, ObjPat};
+use super::eval::MAX_ARRAY_NEST;
+use super::values::{fold, mask, parse_ip, Num, Wildcard};
+use super::Pattern;
+
+// ---------------------------------------------------------------------------------------
+// A fast hasher with a per-index random seed (keys come from untrusted patterns).
+
+#[derive(Clone)]
+struct Seeded(u64);
+
+impl Seeded {
+    fn new() -> Seeded {
+        let rs = std::collections::hash_map::RandomState::new();
+        Seeded(rs.hash_one(0x9e37_79b9_u64) | 1)
+    }
+}
+
+struct FastHasher(u64);
+
+const MUL: u64 = 0x9e37_79b9_7f4a_7c15;
+
+impl FastHasher {
+    #[inline]
+    fn add(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(23) ^ x).wrapping_mul(MUL);
+    }
+}
+
+impl Hasher for FastHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            self.add(u64::from_le_bytes(b));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(b) ^ ((rest.len() as u64) << 59));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
+impl BuildHasher for Seeded {
+    type Hasher = FastHasher;
+    fn build_hasher(&self) -> FastHasher {
+        FastHasher(self.0)
+    }
+}
+
+type HMap<K, V> = HashMap<K, V, Seeded>;
+
+// ---------------------------------------------------------------------------------------
+
+/// One registration: clause number `bit` of conjunction `conj`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Hit {
+    conj: u32,
+    bit: u8,
+}
+
+trait HasHit {
+    fn hit(&self) -> Hit;
+}
+impl HasHit for Hit {
+    fn hit(&self) -> Hit {
+        *self
+    }
+}
+impl HasHit for (Wildcard, Hit) {
+    fn hit(&self) -> Hit {
+        self.1
+    }
+}
+
+/// String keys looked up by every prefix (or suffix) length in use.
+struct AffixMap<T> {
+    map: HMap<Box<str>, Vec<T>>,
+    lens: BTreeMap<usize, u32>,
+}
+
+impl<T: HasHit> AffixMap<T> {
+    fn new(s: &Seeded) -> Self {
+        AffixMap {
+            map: HashMap::with_hasher(s.clone()),
+            lens: BTreeMap::new(),
+        }
+    }
+    fn insert(&mut self, key: &str, t: T) {
+        match self.map.get_mut(key) {
+            Some(v) => v.push(t),
+            None => {
+                self.map.insert(key.into(), vec![t]);
+                *self.lens.entry(key.len()).or_insert(0) += 1;
+            }
+        }
+    }
+    fn remove(&mut self, key: &str, conj: u32) {
+        if let Some(v) = self.map.get_mut(key) {
+            v.retain(|t| t.hit().conj != conj);
+            if v.is_empty() {
+                self.map.remove(key);
+                if let Some(n) = self.lens.get_mut(&key.len()) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.lens.remove(&key.len());
+                    }
+                }
+            }
+        }
+    }
+    fn prefixes(&self, s: &str, f: &mut dyn FnMut(&T)) {
+        for &l in self.lens.keys() {
+            if l > s.len() {
+                break;
+            }
+            if let Some(k) = s.get(..l) {
+                if let Some(v) = self.map.get(k) {
+                    v.iter().for_each(&mut *f);
+                }
+            }
+        }
+    }
+    fn suffixes(&self, s: &str, f: &mut dyn FnMut(&T)) {
+        for &l in self.lens.keys() {
+            if l > s.len() {
+                break;
+            }
+            if let Some(k) = s.get(s.len() - l..) {
+                if let Some(v) = self.map.get(k) {
+                    v.iter().for_each(&mut *f);
+                }
+            }
+        }
+    }
+}
+
+fn remove_hits<Q: Eq + Hash + ?Sized, K: Eq + Hash + std::borrow::Borrow<Q>>(
+    m: &mut HMap<K, Vec<Hit>>,
+    key: &Q,
+    conj: u32,
+) {
+    if let Some(v) = m.get_mut(key) {
+        v.retain(|h| h.conj != conj);
+        if v.is_empty() {
+            m.remove(key);
+        }
+    }
+}
+
+struct RangeEnt {
+    lo_incl: bool,
+    hi: Num,
+    hi_incl: bool,
+    hit: Hit,
+}
+
+/// Width class of a two-sided range: smallest c with 2^c >= (an upper bound of) its width.
+fn range_class(lo: Num, hi: Num) -> i32 {
+    let (l, h) = (lo.to_f64(), hi.to_f64());
+    let w = (h - l) + (h.abs() + l.abs()) * 1e-15 + f64::MIN_POSITIVE;
+    if !w.is_finite() {
+        return i32::MAX;
+    }
+    let mut c = w.log2().ceil() as i32;
+    while 2f64.powi(c) < w {
+        c = c.saturating_add(1);
+    }
+    c
+}
+
+/// Lowest `lo` that a range of class `c` containing `x` can have (None = unbounded).
+fn window_start(x: Num, c: i32) -> Option<Num> {
+    if c == i32::MAX {
+        return None;
+    }
+    let scale = 2f64.powi(c);
+    let xf = x.to_f64();
+    let s = (xf - scale) - (xf.abs() + scale) * 1e-15;
+    if !s.is_finite() {
+        return None;
+    }
+    let s = Num::from_f64(s)?;
+    Some(if s > x { x } else { s })
+}
+
+/// All lookups registered at one path.
+struct Matchers {
+    exact_str: HMap<Box<str>, Vec<Hit>>,
+    exact_num: HMap<Num, Vec<Hit>>,
+    exact_true: Vec<Hit>,
+    exact_false: Vec<Hit>,
+    exact_null: Vec<Hit>,
+    prefix: AffixMap<Hit>,
+    suffix: AffixMap<Hit>,
+    prefix_ic: AffixMap<Hit>,
+    suffix_ic: AffixMap<Hit>,
+    eic: HMap<Box<str>, Vec<Hit>>,
+    wild_pre: AffixMap<(Wildcard, Hit)>,
+    wild_suf: AffixMap<(Wildcard, Hit)>,
+    wild_any: Vec<(Wildcard, Hit)>,
+    lower: BTreeMap<Num, Vec<(bool, Hit)>>,
+    upper: BTreeMap<Num, Vec<(bool, Hit)>>,
+    ranges: BTreeMap<i32, BTreeMap<Num, Vec<RangeEnt>>>,
+    cidr: HMap<(bool, u8, u128), Vec<Hit>>,
+    cidr_lens: BTreeMap<(bool, u8), u32>,
+    exists: Vec<Hit>,
+    /// Registrations needing the folded event string.
+    n_fold: usize,
+    /// Registrations needing a numeric value.
+    n_numeric: usize,
+}
+
+impl Matchers {
+    fn new(s: &Seeded) -> Self {
+        Matchers {
+            exact_str: HashMap::with_hasher(s.clone()),
+            exact_num: HashMap::with_hasher(s.clone()),
+            exact_true: Vec::new(),
+            exact_false: Vec::new(),
+            exact_null: Vec::new(),
+            prefix: AffixMap::new(s),
+            suffix: AffixMap::new(s),
+            prefix_ic: AffixMap::new(s),
+            suffix_ic: AffixMap::new(s),
+            eic: HashMap::with_hasher(s.clone()),
+            wild_pre: AffixMap::new(s),
+            wild_suf: AffixMap::new(s),
+            wild_any: Vec::new(),
+            lower: BTreeMap::new(),
+            upper: BTreeMap::new(),
+            ranges: BTreeMap::new(),
+            cidr: HashMap::with_hasher(s.clone()),
+            cidr_lens: BTreeMap::new(),
+            exists: Vec::new(),
+            n_fold: 0,
+            n_numeric: 0,
+        }
+    }
+
+    fn add(&mut self, m: &Matcher, h: Hit) {
+        match m {
+            Matcher::Str(s) => self.exact_str.entry(s.as_str().into()).or_default().push(h),
+            Matcher::Num(n) => self.exact_num.entry(*n).or_default().push(h),
+            Matcher::Bool(true) => self.exact_true.push(h),
+            Matcher::Bool(false) => self.exact_false.push(h),
+            Matcher::Null => self.exact_null.push(h),
+            Matcher::Prefix(p) => self.prefix.insert(p, h),
+            Matcher::Suffix(p) => self.suffix.insert(p, h),
+            Matcher::PrefixIc(p) => {
+                self.n_fold += 1;
+                self.prefix_ic.insert(p, h)
+            }
+            Matcher::SuffixIc(p) => {
+                self.n_fold += 1;
+                self.suffix_ic.insert(p, h)
+            }
+            Matcher::Eic(f) => {
+                self.n_fold += 1;
+                self.eic.entry(f.as_str().into()).or_default().push(h)
+            }
+            Matcher::Wildcard(w) => {
+                let n = w.segs.len();
+                if n == 1 {
+                    self.exact_str.entry(w.segs[0].as_str().into()).or_default().push(h)
+                } else if !w.segs[0].is_empty() {
+                    self.wild_pre.insert(&w.segs[0], (w.clone(), h))
+                } else if !w.segs[n - 1].is_empty() {
+                    self.wild_suf.insert(&w.segs[n - 1], (w.clone(), h))
+                } else {
+                    self.wild_any.push((w.clone(), h))
+                }
+            }
+            Matcher::Numeric { lo, hi } => {
+                self.n_numeric += 1;
+                match (lo, hi) {
+                    (Some(l), None) => self.lower.entry(l.value).or_default().push((l.inclusive, h)),
+                    (None, Some(u)) => self.upper.entry(u.value).or_default().push((u.inclusive, h)),
+                    (Some(l), Some(u)) => self
+                        .ranges
+                        .entry(range_class(l.value, u.value))
+                        .or_default()
+                        .entry(l.value)
+                        .or_default()
+                        .push(RangeEnt {
+                            lo_incl: l.inclusive,
+                            hi: u.value,
+                            hi_incl: u.inclusive,
+                            hit: h,
+                        }),
+                    (None, None) => self.exists.push(h),
+                }
+            }
+            Matcher::Cidr(c) => {
+                let key = (c.v6, c.len, c.net);
+                match self.cidr.get_mut(&key) {
+                    Some(v) => v.push(h),
+                    None => {
+                        self.cidr.insert(key, vec![h]);
+                        *self.cidr_lens.entry((c.v6, c.len)).or_insert(0) += 1;
+                    }
+                }
+            }
+            Matcher::Exists(_) => self.exists.push(h),
+            // Not indexable: never registered.
+            Matcher::AbStr(_)
+            | Matcher::AbNum(_)
+            | Matcher::AbPrefix(_)
+            | Matcher::AbSuffix(_)
+            | Matcher::AbEic(_)
+            | Matcher::AbWildcard(_) => {}
+        }
+    }
+
+    fn remove(&mut self, m: &Matcher, c: u32) {
+        let keep = |h: &Hit| h.conj != c;
+        match m {
+            Matcher::Str(s) => remove_hits(&mut self.exact_str, s.as_str(), c),
+            Matcher::Num(n) => remove_hits(&mut self.exact_num, n, c),
+            Matcher::Bool(true) => self.exact_true.retain(keep),
+            Matcher::Bool(false) => self.exact_false.retain(keep),
+            Matcher::Null => self.exact_null.retain(keep),
+            Matcher::Prefix(p) => self.prefix.remove(p, c),
+            Matcher::Suffix(p) => self.suffix.remove(p, c),
+            Matcher::PrefixIc(p) => {
+                self.n_fold = self.n_fold.saturating_sub(1);
+                self.prefix_ic.remove(p, c)
+            }
+            Matcher::SuffixIc(p) => {
+                self.n_fold = self.n_fold.saturating_sub(1);
+                self.suffix_ic.remove(p, c)
+            }
+            Matcher::Eic(f) => {
+                self.n_fold = self.n_fold.saturating_sub(1);
+                remove_hits(&mut self.eic, f.as_str(), c)
+            }
+            Matcher::Wildcard(w) => {
+                let n = w.segs.len();
+                if n == 1 {
+                    remove_hits(&mut self.exact_str, w.segs[0].as_str(), c)
+                } else if !w.segs[0].is_empty() {
+                    self.wild_pre.remove(&w.segs[0], c)
+                } else if !w.segs[n - 1].is_empty() {
+                    self.wild_suf.remove(&w.segs[n - 1], c)
+                } else {
+                    self.wild_any.retain(|(_, h)| h.conj != c)
+                }
+            }
+            Matcher::Numeric { lo, hi } => {
+                self.n_numeric = self.n_numeric.saturating_sub(1);
+                match (lo, hi) {
+                    (Some(l), None) => remove_tree(&mut self.lower, l.value, |e| e.1.conj != c),
+                    (None, Some(u)) => remove_tree(&mut self.upper, u.value, |e| e.1.conj != c),
+                    (Some(l), Some(u)) => {
+                        let class = range_class(l.value, u.value);
+                        if let Some(tree) = self.ranges.get_mut(&class) {
+                            remove_tree(tree, l.value, |e| e.hit.conj != c);
+                            if tree.is_empty() {
+                                self.ranges.remove(&class);
+                            }
+                        }
+                    }
+                    (None, None) => self.exists.retain(keep),
+                }
+            }
+            Matcher::Cidr(cd) => {
+                let key = (cd.v6, cd.len, cd.net);
+                if let Some(v) = self.cidr.get_mut(&key) {
+                    v.retain(keep);
+                    if v.is_empty() {
+                        self.cidr.remove(&key);
+                        if let Some(n) = self.cidr_lens.get_mut(&(cd.v6, cd.len)) {
+                            *n = n.saturating_sub(1);
+                            if *n == 0 {
+                                self.cidr_lens.remove(&(cd.v6, cd.len));
+                            }
+                        }
+                    }
+                }
+            }
+            Matcher::Exists(_) => self.exists.retain(keep),
+            _ => {}
+        }
+    }
+
+    /// Reports every registration that accepts the scalar `v`.
+    fn lookup(&self, v: &Value, f: &mut dyn FnMut(Hit)) {
+        match v {
+            Value::String(s) => {
+                if let Some(hs) = self.exact_str.get(s.as_str()) {
+                    hs.iter().for_each(|h| f(*h));
+                }
+                self.prefix.prefixes(s, &mut |h| f(*h));
+                self.suffix.suffixes(s, &mut |h| f(*h));
+                if self.n_fold > 0 {
+                    let folded = fold(s);
+                    if let Some(hs) = self.eic.get(folded.as_str()) {
+                        hs.iter().for_each(|h| f(*h));
+                    }
+                    self.prefix_ic.prefixes(&folded, &mut |h| f(*h));
+                    self.suffix_ic.suffixes(&folded, &mut |h| f(*h));
+                }
+                self.wild_pre.prefixes(s, &mut |(w, h)| {
+                    if w.matches(s) {
+                        f(*h)
+                    }
+                });
+                self.wild_suf.suffixes(s, &mut |(w, h)| {
+                    if w.matches(s) {
+                        f(*h)
+                    }
+                });
+                for (w, h) in &self.wild_any {
+                    if w.matches(s) {
+                        f(*h)
+                    }
+                }
+                if !self.cidr_lens.is_empty() {
+                    if let Some((v6, bits)) = parse_ip(s) {
+                        for &(fam, len) in self.cidr_lens.keys() {
+                            if fam == v6 {
+                                if let Some(hs) = self.cidr.get(&(v6, len, mask(v6, len, bits))) {
+                                    hs.iter().for_each(|h| f(*h));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Value::Number(n) => {
+                let Some(x) = Num::from_json(n) else { return };
+                if let Some(hs) = self.exact_num.get(&x) {
+                    hs.iter().for_each(|h| f(*h));
+                }
+                if self.n_numeric > 0 {
+                    for (k, es) in self.lower.range(..=x) {
+                        for (incl, h) in es {
+                            if *incl || *k < x {
+                                f(*h)
+                            }
+                        }
+                    }
+                    for (k, es) in self.upper.range(x..) {
+                        for (incl, h) in es {
+                            if *incl || *k > x {
+                                f(*h)
+                            }
+                        }
+                    }
+                    for (&class, tree) in &self.ranges {
+                        let start = match window_start(x, class) {
+                            Some(s) => RBound::Included(s),
+                            None => RBound::Unbounded,
+                        };
+                        for (lo, es) in tree.range((start, RBound::Included(x))) {
+                            for e in es {
+                                let lo_ok = e.lo_incl || *lo < x;
+                                let hi_ok = if e.hi_incl { x <= e.hi } else { x < e.hi };
+                                if lo_ok && hi_ok {
+                                    f(e.hit)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Value::Bool(true) => self.exact_true.iter().for_each(|h| f(*h)),
+            Value::Bool(false) => self.exact_false.iter().for_each(|h| f(*h)),
+            Value::Null => self.exact_null.iter().for_each(|h| f(*h)),
+            Value::Array(_) | Value::Object(_) => return,
+        }
+        self.exists.iter().for_each(|h| f(*h));
+    }
+}
+
+fn remove_tree<T>(tree: &mut BTreeMap<Num, Vec<T>>, key: Num, keep: impl FnMut(&T) -> bool) {
+    if let Some(v) = tree.get_mut(&key) {
+        v.retain(keep);
+        if v.is_empty() {
+            tree.remove(&key);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+struct Node {
+    children: HMap<Box<str>, u32>,
+    parent: u32,
+    key: Box<str>,
+    refs: u32,
+    m: Option<Box<Matchers>>,
+}
+
+struct Conj {
+    rule: u32,
+    full: u64,
+    /// All clauses are indexed: a full mask is a match unless the event had objects
+    /// inside arrays (then array-consistency must be checked by the oracle).
+    exact: bool,
+}
+
+struct RuleSlot<K> {
+    key: K,
+    pattern: Pattern,
+    conjs: Vec<u32>,
+    always: bool,
+}
+
+type Clause<'a> = (Vec<&'a str>, &'a [Matcher]);
+
+fn cross<'a>(a: Vec<Vec<Clause<'a>>>, b: &[Vec<Clause<'a>>]) -> Vec<Vec<Clause<'a>>> {
+    let mut out = Vec::with_capacity(a.len().saturating_mul(b.len()));
+    for x in &a {
+        for y in b {
+            let mut c = x.clone();
+            c.extend(y.iter().cloned());
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `$or` multiplied out: a list of conjunctions of clauses (deterministic order).
+fn expand<'a>(obj: &'a ObjPat, prefix: &[&'a str]) -> Vec<Vec<Clause<'a>>> {
+    let mut acc: Vec<Vec<Clause<'a>>> = vec![Vec::new()];
+    for (k, fp) in &obj.fields {
+        let mut path = prefix.to_vec();
+        path.push(k.as_str());
+        match fp {
+            FieldPat::Leaf(alts) => {
+                for c in acc.iter_mut() {
+                    c.push((path.clone(), alts.as_slice()));
+                }
+            }
+            FieldPat::Obj(sub) => {
+                let subs = expand(sub, &path);
+                acc = cross(acc, &subs);
+            }
+        }
+    }
+    for g in &obj.ors {
+        let mut alts = Vec::new();
+        for alt in g {
+            alts.extend(expand(alt, prefix));
+        }
+        acc = cross(acc, &alts);
+    }
+    acc
+}
+
+#[derive(Default)]
+struct Scratch {
+    gen: u64,
+    conj: Vec<(u64, u64)>,
+    rule: Vec<u64>,
+    cand: Vec<u32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// An index of many patterns keyed by `K`, answering "which rules match this event" at
+/// a cost that depends on the event and on the rules it matches, not on the rule count.
+pub struct RuleIndex<K>
+where
+    K: Copy + Eq + Hash + Ord + fmt::Debug,
+{
+    hs: Seeded,
+    nodes: Vec<Node>,
+    free_nodes: Vec<u32>,
+    conjs: Vec<Conj>,
+    free_conjs: Vec<u32>,
+    rules: Vec<Option<RuleSlot<K>>>,
+    free_rules: Vec<u32>,
+    by_key: HashMap<K, u32, Seeded>,
+    always: Vec<u32>,
+}
+
+impl<K> fmt::Debug for RuleIndex<K>
+where
+    K: Copy + Eq + Hash + Ord + fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RuleIndex")
+            .field("rules", &self.by_key.len())
+            .field("conjunctions", &(self.conjs.len() - self.free_conjs.len()))
+            .field("paths", &(self.nodes.len() - self.free_nodes.len()))
+            .finish()
+    }
+}
+
+impl<K> Default for RuleIndex<K>
+where
+    K: Copy + Eq + Hash + Ord + fmt::Debug,
+{
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+const ROOT: u32 = 0;
+
+impl<K> RuleIndex<K>
+where
+    K: Copy + Eq + Hash + Ord + fmt::Debug,
+{
+    pub fn new() -> Self {
+        let hs = Seeded::new();
+        RuleIndex {
+            nodes: vec![Node {
+                children: HashMap::with_hasher(hs.clone()),
+                parent: ROOT,
+                key: "".into(),
+                refs: 0,
+                m: None,
+            }],
+            free_nodes: Vec::new(),
+            conjs: Vec::new(),
+            free_conjs: Vec::new(),
+            rules: Vec::new(),
+            free_rules: Vec::new(),
+            by_key: HashMap::with_hasher(hs.clone()),
+            always: Vec::new(),
+            hs,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    fn ensure_path(&mut self, path: &[&str]) -> u32 {
+        let mut cur = ROOT;
+        for seg in path {
+            let existing = self
+                .nodes
+                .get(cur as usize)
+                .and_then(|n| n.children.get(*seg).copied());
+            let next = match existing {
+                Some(n) => n,
+                None => {
+                    let node = Node {
+                        children: HashMap::with_hasher(self.hs.clone()),
+                        parent: cur,
+                        key: (*seg).into(),
+                        refs: 0,
+                        m: None,
+                    };
+                    let id = match self.free_nodes.pop() {
+                        Some(id) => {
+                            self.nodes[id as usize] = node;
+                            id
+                        }
+                        None => {
+                            self.nodes.push(node);
+                            (self.nodes.len() - 1) as u32
+                        }
+                    };
+                    if let Some(p) = self.nodes.get_mut(cur as usize) {
+                        p.children.insert((*seg).into(), id);
+                    }
+                    id
+                }
+            };
+            if let Some(n) = self.nodes.get_mut(next as usize) {
+                n.refs += 1;
+            }
+            cur = next;
+        }
+        cur
+    }
+
+    fn find_path(&self, path: &[&str]) -> Option<u32> {
+        let mut cur = ROOT;
+        for seg in path {
+            cur = *self.nodes.get(cur as usize)?.children.get(*seg)?;
+        }
+        Some(cur)
+    }
+
+    /// Drops one reference from every node on the path ending at `leaf`, freeing nodes
+    /// that nothing refers to any more.
+    fn release_path(&mut self, leaf: u32) {
+        let mut cur = leaf;
+        while cur != ROOT {
+            let Some(n) = self.nodes.get_mut(cur as usize) else {
+                return;
+            };
+            n.refs = n.refs.saturating_sub(1);
+            let parent = n.parent;
+            if n.refs == 0 {
+                let key = std::mem::take(&mut n.key);
+                n.m = None;
+                n.children.clear();
+                if let Some(p) = self.nodes.get_mut(parent as usize) {
+                    p.children.remove(&*key);
+                }
+                self.free_nodes.push(cur);
+            }
+            cur = parent;
+        }
+    }
+
+    /// Adds a rule; a rule with the same key is replaced.
+    pub fn insert(&mut self, key: K, pattern: &Pattern) {
+        self.remove(key);
+        let rid = match self.free_rules.pop() {
+            Some(r) => r,
+            None => {
+                self.rules.push(None);
+                (self.rules.len() - 1) as u32
+            }
+        };
+        let mut slot = RuleSlot {
+            key,
+            pattern: pattern.clone(),
+            conjs: Vec::new(),
+            always: false,
+        };
+        let root = pattern.root.clone();
+        for conj in expand(&root, &[]) {
+            let indexable: Vec<&Clause> = conj
+                .iter()
+                .filter(|(_, alts)| alts.iter().all(Matcher::indexable))
+                .collect();
+            if indexable.is_empty() {
+                slot.always = true;
+                continue;
+            }
+            let n = indexable.len().min(64);
+            let cid = match self.free_conjs.pop() {
+                Some(c) => c,
+                None => {
+                    self.conjs.push(Conj {
+                        rule: 0,
+                        full: 0,
+                        exact: false,
+                    });
+                    (self.conjs.len() - 1) as u32
+                }
+            };
+            if let Some(c) = self.conjs.get_mut(cid as usize) {
+                *c = Conj {
+                    rule: rid,
+                    full: if n == 64 { u64::MAX } else { (1u64 << n) - 1 },
+                    exact: indexable.len() == conj.len() && conj.len() <= 64,
+                };
+            }
+            for (bit, (path, alts)) in indexable.iter().take(64).enumerate() {
+                let node = self.ensure_path(path);
+                let hs = self.hs.clone();
+                if let Some(nd) = self.nodes.get_mut(node as usize) {
+                    let m = nd.m.get_or_insert_with(|| Box::new(Matchers::new(&hs)));
+                    for alt in alts.iter() {
+                        m.add(
+                            alt,
+                            Hit {
+                                conj: cid,
+                                bit: bit as u8,
+                            },
+                        );
+                    }
+                }
+            }
+            slot.conjs.push(cid);
+        }
+        if slot.always {
+            self.always.push(rid);
+        }
+        self.by_key.insert(key, rid);
+        if let Some(s) = self.rules.get_mut(rid as usize) {
+            *s = Some(slot);
+        }
+    }
+
+    /// Removes the rule with this key; false when there was none.
+    pub fn remove(&mut self, key: K) -> bool {
+        let Some(rid) = self.by_key.remove(&key) else {
+            return false;
+        };
+        let Some(slot) = self.rules.get_mut(rid as usize).and_then(Option::take) else {
+            return false;
+        };
+        let root = slot.pattern.root.clone();
+        let mut cids = slot.conjs.iter();
+        for conj in expand(&root, &[]) {
+            let indexable: Vec<&Clause> = conj
+                .iter()
+                .filter(|(_, alts)| alts.iter().all(Matcher::indexable))
+                .collect();
+            if indexable.is_empty() {
+                continue;
+            }
+            let Some(&cid) = cids.next() else { break };
+            for (path, alts) in indexable.iter().take(64) {
+                let Some(node) = self.find_path(path) else {
+                    continue;
+                };
+                if let Some(m) = self.nodes.get_mut(node as usize).and_then(|n| n.m.as_mut()) {
+                    for alt in alts.iter() {
+                        m.remove(alt, cid);
+                    }
+                }
+                self.release_path(node);
+            }
+            if let Some(c) = self.conjs.get_mut(cid as usize) {
+                c.full = 0;
+            }
+            self.free_conjs.push(cid);
+        }
+        if slot.always {
+            self.always.retain(|&r| r != rid);
+        }
+        self.free_rules.push(rid);
+        true
+    }
+
+    /// Appends the key of every rule matching `event` (each once, order unspecified).
+    pub fn matches(&self, event: &Value, out: &mut Vec<K>) {
+        let done = SCRATCH.try_with(|cell| match cell.try_borrow_mut() {
+            Ok(mut sc) => {
+                self.run(&mut sc, event, out);
+                true
+            }
+            Err(_) => false,
+        });
+        if done != Ok(true) {
+            let mut sc = Scratch::default();
+            self.run(&mut sc, event, out);
+        }
+    }
+
+    fn run(&self, sc: &mut Scratch, event: &Value, out: &mut Vec<K>) {
+        sc.gen = sc.gen.wrapping_add(1);
+        if sc.gen == 0 {
+            sc.conj.iter_mut().for_each(|e| *e = (0, 0));
+            sc.rule.iter_mut().for_each(|e| *e = 0);
+            sc.gen = 1;
+        }
+        if sc.conj.len() < self.conjs.len() {
+            sc.conj.resize(self.conjs.len(), (0, 0));
+        }
+        if sc.rule.len() < self.rules.len() {
+            sc.rule.resize(self.rules.len(), 0);
+        }
+        sc.cand.clear();
+        let mut w = Walk {
+            idx: self,
+            sc,
+            saw_array_obj: false,
+        };
+        if let Value::Object(m) = event {
+            w.walk_obj(ROOT, m);
+        }
+        let saw_array_obj = w.saw_array_obj;
+        let gen = sc.gen;
+        let cands = std::mem::take(&mut sc.cand);
+        for &c in &cands {
+            let Some(conj) = self.conjs.get(c as usize) else {
+                continue;
+            };
+            let r = conj.rule as usize;
+            match sc.rule.get_mut(r) {
+                Some(stamp) if *stamp != gen => *stamp = gen,
+                _ => continue,
+            }
+            if let Some(Some(slot)) = self.rules.get(r) {
+                if (conj.exact && !saw_array_obj) || slot.pattern.matches(event) {
+                    out.push(slot.key);
+                }
+            }
+        }
+        sc.cand = cands;
+        for &r in &self.always {
+            let r = r as usize;
+            match sc.rule.get_mut(r) {
+                Some(stamp) if *stamp != gen => *stamp = gen,
+                _ => continue,
+            }
+            if let Some(Some(slot)) = self.rules.get(r) {
+                if slot.pattern.matches(event) {
+                    out.push(slot.key);
+                }
+            }
+        }
+    }
+}
+
+struct Walk<'a, K>
+where
+    K: Copy + Eq + Hash + Ord + fmt::Debug,
+{
+    idx: &'a RuleIndex<K>,
+    sc: &'a mut Scratch,
+    saw_array_obj: bool,
+}
+
+impl<K> Walk<'_, K>
+where
+    K: Copy + Eq + Hash + Ord + fmt::Debug,
+{
+    fn walk_obj(&mut self, node: u32, map: &Map<String, Value>) {
+        let Some(n) = self.idx.nodes.get(node as usize) else {
+            return;
+        };
+        if n.children.len() <= map.len() {
+            for (k, &child) in &n.children {
+                if let Some(v) = map.get(&**k) {
+                    self.walk_val(child, v, 0);
+                }
+            }
+        } else {
+            for (k, v) in map {
+                if let Some(&child) = n.children.get(k.as_str()) {
+                    self.walk_val(child, v, 0);
+                }
+            }
+        }
+    }
+
+    fn walk_val(&mut self, node: u32, v: &Value, nest: usize) {
+        match v {
+            Value::Object(m) => self.walk_obj(node, m),
+            Value::Array(a) => {
+                for e in a {
+                    match e {
+                        Value::Array(_) => {
+                            if nest < MAX_ARRAY_NEST {
+                                self.walk_val(node, e, nest + 1);
+                            }
+                        }
+                        Value::Object(m) => {
+                            let has_children = self
+                                .idx
+                                .nodes
+                                .get(node as usize)
+                                .is_some_and(|n| !n.children.is_empty());
+                            if has_children {
+                                self.saw_array_obj = true;
+                                self.walk_obj(node, m);
+                            }
+                        }
+                        scalar => self.leaf(node, scalar),
+                    }
+                }
+            }
+            scalar => self.leaf(node, scalar),
+        }
+    }
+
+    fn leaf(&mut self, node: u32, v: &Value) {
+        let idx = self.idx;
+        let Some(m) = idx.nodes.get(node as usize).and_then(|n| n.m.as_deref()) else {
+            return;
+        };
+        let sc = &mut *self.sc;
+        let gen = sc.gen;
+        m.lookup(v, &mut |h: Hit| {
+            let Some(st) = sc.conj.get_mut(h.conj as usize) else {
+                return;
+            };
+            if st.0 != gen {
+                *st = (gen, 0);
+            }
+            let bit = 1u64 << (h.bit & 63);
+            if st.1 & bit == 0 {
+                st.1 |= bit;
+                if idx.conjs.get(h.conj as usize).is_some_and(|c| st.1 == c.full) {
+                    sc.cand.push(h.conj);
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pattern::PatternLimits;
+    use serde_json::json;
+
+    fn pat(v: Value) -> Pattern {
+        match Pattern::from_value(&v, &PatternLimits::default()) {
+            Ok(p) => p,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn numeric_ranges_indexed() {
+        let mut idx = RuleIndex::new();
+        for i in 0..1000u32 {
+            let lo = f64::from(i) * 10.0;
+            idx.insert(
+                i,
+                &pat(json!({"n": [{"numeric": [">=", lo, "<", lo + 10.5]}]})),
+            );
+        }
+        idx.insert(5000, &pat(json!({"n": [{"numeric": [">", -1e300, "<", 1e300]}]})));
+        idx.insert(5001, &pat(json!({"n": [{"numeric": ["<", 0.5]}]})));
+        idx.insert(5002, &pat(json!({"n": [{"numeric": [">", 9990]}]})));
+        let mut out = Vec::new();
+        idx.matches(&json!({"n": 20}), &mut out);
+        out.sort();
+        assert_eq!(out, vec![1, 2, 5000]);
+        out.clear();
+        idx.matches(&json!({"n": 0.25}), &mut out);
+        out.sort();
+        assert_eq!(out, vec![0, 5000, 5001]);
+        out.clear();
+        idx.matches(&json!({"n": 9995}), &mut out);
+        out.sort();
+        assert_eq!(out, vec![999, 5000, 5002]);
+    }
+
+    #[test]
+    fn remove_frees_paths() {
+        let mut idx = RuleIndex::new();
+        idx.insert(1u32, &pat(json!({"a": {"b": ["x"]}, "c": [{"prefix": "p"}]})));
+        idx.insert(2u32, &pat(json!({"a": {"b": ["x"]}})));
+        assert!(idx.remove(1));
+        assert!(!idx.remove(1));
+        let mut out = Vec::new();
+        idx.matches(&json!({"a": {"b": "x"}}), &mut out);
+        assert_eq!(out, vec![2]);
+        assert!(idx.remove(2));
+        assert!(idx.is_empty());
+        assert_eq!(idx.nodes.len() - idx.free_nodes.len(), 1);
+    }
+}
