@@ -530,6 +530,69 @@ fn remove_tree<T>(tree: &mut BTreeMap<Num, Vec<T>>, key: Num, keep: impl FnMut(&
     }
 }
 
+fn short_penalty(len: usize) -> u64 {
+    match len {
+        0 => 100_000,
+        1 | 2 => 1_000,
+        _ => 0,
+    }
+}
+
+fn alt_cost(m: Option<&Matchers>, a: &Matcher) -> u64 {
+    fn n<T>(v: Option<&Vec<T>>) -> u64 {
+        v.map_or(0, |v| v.len() as u64)
+    }
+    let Some(m) = m else {
+        return match a {
+            Matcher::Numeric { lo: Some(_), hi: Some(_) } => 8,
+            Matcher::Numeric { .. } => 20_000,
+            Matcher::Exists(_) => 50_000,
+            Matcher::Bool(_) | Matcher::Null => 50,
+            Matcher::Prefix(p) | Matcher::Suffix(p) | Matcher::PrefixIc(p) | Matcher::SuffixIc(p) => {
+                2 + short_penalty(p.len())
+            }
+            Matcher::Wildcard(w) => match w.segs.as_slice() {
+                [only] => 1 + short_penalty(only.len().max(3)),
+                [first, ..] if !first.is_empty() => 3 + short_penalty(first.len()),
+                [.., last] if !last.is_empty() => 3 + short_penalty(last.len()),
+                _ => 100_000,
+            },
+            Matcher::Cidr(c) if c.len < if c.v6 { 16 } else { 8 } => 5_000,
+            _ => 1,
+        };
+    };
+    match a {
+        Matcher::Str(s) => 1 + n(m.exact_str.get(s.as_str())),
+        Matcher::Num(x) => 1 + n(m.exact_num.get(x)),
+        Matcher::Bool(true) => 50 + m.exact_true.len() as u64,
+        Matcher::Bool(false) => 50 + m.exact_false.len() as u64,
+        Matcher::Null => 50 + m.exact_null.len() as u64,
+        Matcher::Prefix(p) => 2 + n(m.prefix.map.get(p.as_str())) + short_penalty(p.len()),
+        Matcher::Suffix(p) => 2 + n(m.suffix.map.get(p.as_str())) + short_penalty(p.len()),
+        Matcher::PrefixIc(p) => 2 + n(m.prefix_ic.map.get(p.as_str())) + short_penalty(p.len()),
+        Matcher::SuffixIc(p) => 2 + n(m.suffix_ic.map.get(p.as_str())) + short_penalty(p.len()),
+        Matcher::Eic(f) => 1 + n(m.eic.get(f.as_str())),
+        Matcher::Wildcard(w) => match w.segs.as_slice() {
+            [only] => 1 + n(m.exact_str.get(only.as_str())),
+            [first, ..] if !first.is_empty() => {
+                3 + n(m.wild_pre.map.get(first.as_str())) + short_penalty(first.len())
+            }
+            [.., last] if !last.is_empty() => {
+                3 + n(m.wild_suf.map.get(last.as_str())) + short_penalty(last.len())
+            }
+            _ => 100_000 + m.wild_any.len() as u64,
+        },
+        Matcher::Numeric { lo: Some(_), hi: Some(_) } => 8,
+        Matcher::Numeric { .. } => 20_000,
+        Matcher::Cidr(c) => {
+            1 + n(m.cidr.get(&(c.v6, c.len, c.net)))
+                + if c.len < if c.v6 { 16 } else { 8 } { 5_000 } else { 0 }
+        }
+        Matcher::Exists(_) => 50_000 + m.exists.len() as u64,
+        _ => u64::MAX / 4,
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 
 struct Node {
@@ -551,7 +614,8 @@ struct Conj {
 struct RuleSlot<K> {
     key: K,
     pattern: Pattern,
-    conjs: Vec<u32>,
+    /// (conjunction id, index of its registered clause) per indexed conjunction.
+    conjs: Vec<(u32, u32)>,
     always: bool,
 }
 
@@ -755,6 +819,19 @@ where
         }
     }
 
+    /// Estimated number of candidates a clause would produce: current posting sizes plus
+    /// penalties for lookups that are unselective by nature (short prefixes, one-sided
+    /// numeric ranges, wide CIDR blocks, exists, booleans).
+    fn clause_cost(&self, path: &[&str], alts: &[Matcher]) -> u64 {
+        let m = self
+            .find_path(path)
+            .and_then(|n| self.nodes.get(n as usize))
+            .and_then(|n| n.m.as_deref());
+        alts.iter()
+            .map(|a| alt_cost(m, a))
+            .fold(0u64, u64::saturating_add)
+    }
+
     /// Adds a rule; a rule with the same key is replaced.
     pub fn insert(&mut self, key: K, pattern: &Pattern) {
         self.remove(key);
@@ -773,15 +850,22 @@ where
         };
         let root = pattern.root.clone();
         for conj in expand(&root, &[]) {
-            let indexable: Vec<&Clause> = conj
-                .iter()
-                .filter(|(_, alts)| alts.iter().all(Matcher::indexable))
-                .collect();
-            if indexable.is_empty() {
+            // Register the conjunction under its single most selective indexable clause
+            // (cheapest by current posting sizes); the rest is confirmed on a hit.
+            let mut best: Option<(u64, usize)> = None;
+            for (ci, (path, alts)) in conj.iter().enumerate() {
+                if !alts.iter().all(Matcher::indexable) {
+                    continue;
+                }
+                let cost = self.clause_cost(path, alts);
+                if best.is_none_or(|(c, _)| cost < c) {
+                    best = Some((cost, ci));
+                }
+            }
+            let Some((_, ci)) = best else {
                 slot.always = true;
                 continue;
-            }
-            let n = indexable.len().min(64);
+            };
             let cid = match self.free_conjs.pop() {
                 Some(c) => c,
                 None => {
@@ -796,27 +880,21 @@ where
             if let Some(c) = self.conjs.get_mut(cid as usize) {
                 *c = Conj {
                     rule: rid,
-                    full: if n == 64 { u64::MAX } else { (1u64 << n) - 1 },
-                    exact: indexable.len() == conj.len() && conj.len() <= 64,
+                    full: 1,
+                    exact: conj.len() == 1,
                 };
             }
-            for (bit, (path, alts)) in indexable.iter().take(64).enumerate() {
+            if let Some((path, alts)) = conj.get(ci) {
                 let node = self.ensure_path(path);
                 let hs = self.hs.clone();
                 if let Some(nd) = self.nodes.get_mut(node as usize) {
                     let m = nd.m.get_or_insert_with(|| Box::new(Matchers::new(&hs)));
                     for alt in alts.iter() {
-                        m.add(
-                            alt,
-                            Hit {
-                                conj: cid,
-                                bit: bit as u8,
-                            },
-                        );
+                        m.add(alt, Hit { conj: cid, bit: 0 });
                     }
                 }
             }
-            slot.conjs.push(cid);
+            slot.conjs.push((cid, ci as u32));
         }
         if slot.always {
             self.always.push(rid);
@@ -836,26 +914,19 @@ where
             return false;
         };
         let root = slot.pattern.root.clone();
-        let mut cids = slot.conjs.iter();
-        for conj in expand(&root, &[]) {
-            let indexable: Vec<&Clause> = conj
-                .iter()
-                .filter(|(_, alts)| alts.iter().all(Matcher::indexable))
-                .collect();
-            if indexable.is_empty() {
-                continue;
-            }
-            let Some(&cid) = cids.next() else { break };
-            for (path, alts) in indexable.iter().take(64) {
-                let Some(node) = self.find_path(path) else {
-                    continue;
-                };
-                if let Some(m) = self.nodes.get_mut(node as usize).and_then(|n| n.m.as_mut()) {
-                    for alt in alts.iter() {
-                        m.remove(alt, cid);
+        let conjs = expand(&root, &[]);
+        let mut it = conjs.iter().filter(|c| c.iter().any(|(_, alts)| alts.iter().all(Matcher::indexable)));
+        for &(cid, ci) in &slot.conjs {
+            let Some(conj) = it.next() else { break };
+            if let Some((path, alts)) = conj.get(ci as usize) {
+                if let Some(node) = self.find_path(path) {
+                    if let Some(m) = self.nodes.get_mut(node as usize).and_then(|n| n.m.as_mut()) {
+                        for alt in alts.iter() {
+                            m.remove(alt, cid);
+                        }
                     }
+                    self.release_path(node);
                 }
-                self.release_path(node);
             }
             if let Some(c) = self.conjs.get_mut(cid as usize) {
                 c.full = 0;

@@ -1,0 +1,308 @@
+//! EventBridge pattern matching benchmarks: parse; match throughput of `RuleIndex` at
+//! 1k / 10k / 100k mixed rules against ~1 KB EventBridge-shaped events (JSON parsing
+//! included); insert / remove rate; a naive loop over every rule with the reference
+//! evaluator; the same rules in the `quamina` crate (rules it supports); memory per rule.
+//!
+//! Run: `cargo bench --bench patterns` (add `-- match/` etc. to filter).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use eventgate_protocol::pattern::{Pattern, PatternLimits, RuleIndex};
+
+// A counting allocator, only to report bytes per rule.
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: delegates every call unchanged to the system allocator and only counts sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        LIVE.fetch_add(n as isize - l.size() as isize, Ordering::Relaxed);
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// Small deterministic PRNG (xorshift64*), so runs are comparable.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Rule `i` of a set of `n`: ten shapes of mixed operators; `k = i / 10` spreads values
+/// so that one event matches only a handful of rules whatever `n` is.
+fn rule(i: usize) -> String {
+    let k = i / 10;
+    match i % 10 {
+        0 => format!(r#"{{"source":["aws.svc{k}"],"detail-type":["Order Placed"]}}"#),
+        1 => format!(
+            r#"{{"source":["aws.svc{k}"],"detail-type":[{{"prefix":"Order"}}],"detail":{{"amount":[{{"numeric":[">=",{},"<",{}]}}]}}}}"#,
+            (k % 1000) * 10,
+            (k % 1000) * 10 + 50
+        ),
+        2 => format!(r#"{{"detail-type":[{{"prefix":"Order {k} "}}]}}"#),
+        3 => format!(r#"{{"source":["aws.svc{k}"],"detail":{{"status":[{{"anything-but":["cancelled","failed"]}}]}}}}"#),
+        4 => format!(r#"{{"source":["aws.svc{k}"],"detail":{{"customer":{{"id":[{{"wildcard":"cust-{k}-*"}}]}}}}}}"#),
+        5 => format!(
+            r#"{{"$or":[{{"source":["aws.svc{k}"]}},{{"detail":{{"region":["zone-{k}"]}}}}],"detail-type":["Order Shipped"]}}"#
+        ),
+        6 => format!(
+            r#"{{"detail":{{"amount":[{{"numeric":[">",{},"<=",{}]}}],"currency":["EUR"],"orderId":[{{"prefix":"ord-{k}-"}}]}}}}"#,
+            k * 10,
+            k * 10 + 5
+        ),
+        7 => format!(r#"{{"source":["aws.svc{k}"],"detail":{{"ip":[{{"cidr":"10.{}.{}.0/24"}}]}}}}"#, k % 256, (k / 256) % 256),
+        8 => format!(r#"{{"source":[{{"equals-ignore-case":"AWS.SVC{k}"}}],"detail-type":[{{"suffix":"Placed"}}]}}"#),
+        _ => format!(r#"{{"source":["aws.svc{k}"],"detail":{{"priority":[{{"numeric":[">",{}]}}],"status":["open"]}}}}"#, k % 7),
+    }
+}
+
+/// A ~1 KB EventBridge-shaped event aimed at the rules of shape `k`.
+fn event(rng: &mut Rng, n_rules: usize) -> String {
+    let k = rng.below((n_rules / 10) as u64);
+    let types = ["Order Placed", "Order Shipped", "Order Cancelled"];
+    let dt = types[rng.below(3) as usize];
+    let status = ["open", "cancelled", "shipped"][rng.below(3) as usize];
+    format!(
+        r#"{{"version":"0","id":"{:08x}-aaaa-7777-4444-{:012x}","detail-type":"{dt}","source":"aws.svc{k}","account":"012345679012","time":"2024-10-02T16:24:49Z","region":"us-east-1","resources":["arn:aws:ec2:us-east-1:012345679012:instance/i-{:017x}","arn:aws:s3:::bucket-{k}"],"detail":{{"orderId":"ord-{k}-{}","amount":{},"currency":"EUR","status":"{status}","priority":{},"region":"zone-{}","ip":"10.{}.{}.{}","customer":{{"id":"cust-{k}-{}","name":"Jane Q. Example","email":"jane.example@example.com","address":{{"street":"1 Main Street","city":"Springfield","zip":"12345","country":"US"}}}},"items":[{{"sku":"SKU-{}","qty":1,"price":19.99}},{{"sku":"SKU-{}","qty":2,"price":5.5}},{{"sku":"SKU-{}","qty":1,"price":120}}],"tags":["alpha","beta","gamma"],"notes":"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore magna aliqua."}}}}"#,
+        rng.next() as u32,
+        rng.next() & 0xffff_ffff_ffff,
+        rng.next() & 0x1_ffff_ffff_ffff_ffff,
+        rng.below(1_000_000),
+        k * 10 + rng.below(8),
+        rng.below(10),
+        rng.below((n_rules / 10) as u64),
+        k % 256,
+        (k / 256) % 256,
+        rng.below(256),
+        rng.below(100),
+        rng.below(10_000),
+        rng.below(10_000),
+        rng.below(10_000),
+    )
+}
+
+fn patterns(n: usize) -> Vec<Pattern> {
+    let limits = PatternLimits::default();
+    (0..n)
+        .map(|i| Pattern::parse(&rule(i), &limits).expect("bench rule parses"))
+        .collect()
+}
+
+fn events(n_rules: usize) -> Vec<String> {
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    (0..512).map(|_| event(&mut rng, n_rules)).collect()
+}
+
+fn build(pats: &[Pattern]) -> RuleIndex<u32> {
+    let mut idx = RuleIndex::new();
+    for (i, p) in pats.iter().enumerate() {
+        idx.insert(i as u32, p);
+    }
+    idx
+}
+
+fn quick(c: &mut Criterion) -> criterion::BenchmarkGroup<'_, criterion::measurement::WallTime> {
+    let mut g = c.benchmark_group("patterns");
+    g.sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    g
+}
+
+/// Adds rules `0..n` to quamina, skipping the ones it rejects (`$or`); quamina 0.7
+/// panics on some large rule sets ("per-state field_transitions.len() fits in u8"), so
+/// adding stops at the first panic and only the rules added so far are compared.
+fn quamina_build(n: usize, pats: &[Pattern]) -> (quamina::Quamina<u32>, Vec<Pattern>) {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut q = quamina::Quamina::<u32>::new();
+    let mut subset = Vec::new();
+    let mut ids = Vec::new();
+    for (i, p) in pats.iter().enumerate().take(n) {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            q.add_pattern(i as u32, &rule(i)).is_ok()
+        }));
+        match r {
+            Ok(true) => {
+                subset.push(p.clone());
+                ids.push(i);
+            }
+            Ok(false) => {}
+            Err(_) => {
+                eprintln!(
+                    "[patterns] quamina panicked adding rule {i}; comparing the first {} rules",
+                    subset.len()
+                );
+                q = quamina::Quamina::<u32>::new();
+                for &j in &ids {
+                    let _ = q.add_pattern(j as u32, &rule(j));
+                }
+                break;
+            }
+        }
+    }
+    std::panic::set_hook(hook);
+    (q, subset)
+}
+
+fn bench_parse(c: &mut Criterion) {
+    let text = r#"{"source":["aws.cloudwatch"],"$or":[{"metricName":["CPUUtilization","ReadLatency"]},{"namespace":[{"prefix":"AWS/"}]}],"detail":{"state":[{"anything-but":"initializing"}],"c-count":[{"numeric":[">",0,"<=",5]}],"source-ip":[{"cidr":"10.0.0.0/8"}],"name":[{"wildcard":"web-*-prod"}]}}"#;
+    let limits = PatternLimits::default();
+    let mut g = quick(c);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("parse", |b| b.iter(|| Pattern::parse(black_box(text), &limits)));
+    g.finish();
+}
+
+fn bench_match(c: &mut Criterion) {
+    let mut g = quick(c);
+    g.throughput(Throughput::Elements(1));
+    for &n in &[1_000usize, 10_000, 100_000] {
+        let pats = patterns(n);
+        let idx = build(&pats);
+        let evs = events(n);
+        // Sanity: the index agrees with the oracle on these events; report selectivity.
+        let mut total = 0usize;
+        for e in evs.iter().take(64) {
+            let v: serde_json::Value = serde_json::from_str(e).expect("event");
+            let mut out = Vec::new();
+            idx.matches(&v, &mut out);
+            out.sort_unstable();
+            let want: Vec<u32> = if n <= 10_000 {
+                pats.iter().enumerate().filter(|(_, p)| p.matches(&v)).map(|(i, _)| i as u32).collect()
+            } else {
+                out.clone()
+            };
+            assert_eq!(out, want);
+            total += out.len();
+        }
+        eprintln!("[patterns] {n} rules: {:.1} matching rules per event", total as f64 / 64.0);
+        let mut i = 0usize;
+        let mut out = Vec::with_capacity(64);
+        g.bench_with_input(BenchmarkId::new("match/eventgate", n), &n, |b, _| {
+            b.iter(|| {
+                i = (i + 1) % evs.len();
+                let v: serde_json::Value = serde_json::from_str(&evs[i]).expect("event");
+                out.clear();
+                idx.matches(&v, &mut out);
+                black_box(out.len())
+            })
+        });
+        if n <= 10_000 {
+            g.bench_with_input(BenchmarkId::new("match/naive", n), &n, |b, _| {
+                b.iter(|| {
+                    i = (i + 1) % evs.len();
+                    let v: serde_json::Value = serde_json::from_str(&evs[i]).expect("event");
+                    black_box(pats.iter().filter(|p| p.matches(&v)).count())
+                })
+            });
+        }
+        // quamina, on the rules it supports (no `$or`), and eventgate on the same subset.
+        let (q, subset) = quamina_build(n, &pats);
+        eprintln!("[patterns] quamina accepted {} of {n} rules", subset.len());
+        let sidx = build(&subset);
+        g.bench_with_input(BenchmarkId::new("match/quamina", n), &n, |b, _| {
+            b.iter(|| {
+                i = (i + 1) % evs.len();
+                black_box(q.matches_for_event(evs[i].as_bytes()).map(|v| v.len()).unwrap_or(0))
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("match/eventgate-quamina-subset", n), &n, |b, _| {
+            b.iter(|| {
+                i = (i + 1) % evs.len();
+                let v: serde_json::Value = serde_json::from_str(&evs[i]).expect("event");
+                out.clear();
+                sidx.matches(&v, &mut out);
+                black_box(out.len())
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench_insert_remove(c: &mut Criterion) {
+    let pats = patterns(100_000);
+    let mut g = quick(c);
+    g.throughput(Throughput::Elements(10_000));
+    g.bench_function("insert 10k into 90k", |b| {
+        b.iter_batched(
+            || build(&pats[..90_000]),
+            |mut idx| {
+                for (i, p) in pats[90_000..].iter().enumerate() {
+                    idx.insert((90_000 + i) as u32, p);
+                }
+                idx
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    g.bench_function("remove 10k of 100k", |b| {
+        b.iter_batched(
+            || build(&pats),
+            |mut idx| {
+                for i in (0..100_000u32).step_by(10) {
+                    idx.remove(i);
+                }
+                idx
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+
+    // Plain wall-clock figures and memory per rule.
+    let t = Instant::now();
+    let before = LIVE.load(Ordering::Relaxed);
+    let idx = build(&pats);
+    let dt = t.elapsed();
+    let after = LIVE.load(Ordering::Relaxed);
+    eprintln!(
+        "[patterns] built 100k rules in {:?} ({:.0} inserts/s); index holds {:.0} bytes/rule beyond the parsed patterns",
+        dt,
+        100_000.0 / dt.as_secs_f64(),
+        (after - before) as f64 / 100_000.0
+    );
+    drop(idx);
+    let base = LIVE.load(Ordering::Relaxed);
+    let idx = {
+        let pats = patterns(100_000);
+        build(&pats)
+    };
+    eprintln!(
+        "[patterns] index with its own patterns: {:.0} bytes/rule",
+        (LIVE.load(Ordering::Relaxed) - base) as f64 / 100_000.0
+    );
+    let base = LIVE.load(Ordering::Relaxed);
+    let (q, _) = quamina_build(100_000, &pats);
+    eprintln!(
+        "[patterns] quamina: {:.0} bytes/rule ({} rules)",
+        (LIVE.load(Ordering::Relaxed) - base) as f64 / q.pattern_count().max(1) as f64,
+        q.pattern_count()
+    );
+    black_box((idx.len(), q.pattern_count()));
+}
+
+criterion_group!(benches, bench_parse, bench_match, bench_insert_remove);
+criterion_main!(benches);
