@@ -14,7 +14,9 @@ const OTHERS: &[&str] = &[
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let (pat_text, ev_text) = match text.split_once("\n--\n") {
         Some(p) => p,
         None => {
@@ -30,7 +32,9 @@ fuzz_target!(|data: &[u8]| {
     if let Err(e) = &parsed {
         assert!(!e.to_string().is_empty());
     }
-    let Ok(event) = serde_json::from_str::<serde_json::Value>(ev_text) else { return };
+    let Ok(event) = serde_json::from_str::<serde_json::Value>(ev_text) else {
+        return;
+    };
     let Ok(pattern) = parsed else { return };
     let want = pattern.matches(&event);
 
@@ -39,6 +43,10 @@ fuzz_target!(|data: &[u8]| {
     let mut out = Vec::new();
     idx.matches(&event, &mut out);
     assert_eq!(out, if want { vec![0] } else { vec![] }, "alone");
+    out.clear();
+    if idx.matches_json(ev_text, &mut out).is_ok() {
+        assert_eq!(out, if want { vec![0] } else { vec![] }, "matches_json");
+    }
 
     for (i, o) in OTHERS.iter().enumerate() {
         if let Ok(p) = Pattern::parse(o, &limits) {

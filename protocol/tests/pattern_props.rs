@@ -9,7 +9,9 @@ use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
 const KEYS: &[&str] = &["a", "b", "c"];
-const STRS: &[&str] = &["", "a", "ab", "abc", "B", "Ab", "10.0.0.1", "10.1.0.1", "::1", "x.png", "ΣΑ", "σα"];
+const STRS: &[&str] = &[
+    "", "a", "ab", "abc", "B", "Ab", "10.0.0.1", "10.1.0.1", "::1", "x.png", "ΣΑ", "σα",
+];
 const NUMS: &[f64] = &[-1.0, 0.0, 1.0, 2.5, 3.0, 300.0, 1e20];
 
 fn scalar() -> impl Strategy<Value = Value> {
@@ -23,7 +25,8 @@ fn scalar() -> impl Strategy<Value = Value> {
 }
 
 fn short() -> impl Strategy<Value = String> {
-    prop::sample::select(&["", "a", "ab", "b", "A", "png", ".png", "σ", "Σ"][..]).prop_map(String::from)
+    prop::sample::select(&["", "a", "ab", "b", "A", "png", ".png", "σ", "Σ"][..])
+        .prop_map(String::from)
 }
 
 fn num() -> impl Strategy<Value = f64> {
@@ -100,12 +103,24 @@ fn compile(v: &Value) -> Option<Pattern> {
     Pattern::from_value(v, &PatternLimits::default()).ok()
 }
 
-fn check(idx: &RuleIndex<u8>, model: &BTreeMap<u8, Pattern>, ev: &Value) -> Result<(), TestCaseError> {
+fn check(
+    idx: &RuleIndex<u8>,
+    model: &BTreeMap<u8, Pattern>,
+    ev: &Value,
+) -> Result<(), TestCaseError> {
     let mut got = Vec::new();
     idx.matches(ev, &mut got);
     got.sort_unstable();
-    let want: Vec<u8> = model.iter().filter(|(_, p)| p.matches(ev)).map(|(k, _)| *k).collect();
-    prop_assert_eq!(got, want, "event {}", ev);
+    let want: Vec<u8> = model
+        .iter()
+        .filter(|(_, p)| p.matches(ev))
+        .map(|(k, _)| *k)
+        .collect();
+    prop_assert_eq!(&got, &want, "event {}", ev);
+    let mut got_json = Vec::new();
+    prop_assert!(idx.matches_json(&ev.to_string(), &mut got_json).is_ok());
+    got_json.sort_unstable();
+    prop_assert_eq!(got_json, want, "matches_json, event {}", ev);
     Ok(())
 }
 

@@ -63,7 +63,9 @@ fn vectors() {
                 }
             }
             (Err(msg), None) => failures.push(format!("{}: unexpected error {msg}", c.name)),
-            (Ok(_), Some(want)) => failures.push(format!("{}: accepted, wanted error {want:?}", c.name)),
+            (Ok(_), Some(want)) => {
+                failures.push(format!("{}: accepted, wanted error {want:?}", c.name))
+            }
             (Ok(p), None) => {
                 let event = c.event.as_ref().expect("event");
                 let want = c.expect_match.expect("match");
@@ -99,7 +101,20 @@ fn vectors() {
         got.sort_unstable();
         want.sort_unstable();
         if got != want {
-            failures.push(format!("{}: shared index {got:?} vs oracle {want:?}", c.name));
+            failures.push(format!(
+                "{}: shared index {got:?} vs oracle {want:?}",
+                c.name
+            ));
+        }
+        let mut got_json = Vec::new();
+        idx.matches_json(&event.to_string(), &mut got_json)
+            .expect("event text");
+        got_json.sort_unstable();
+        if got_json != want {
+            failures.push(format!(
+                "{}: matches_json {got_json:?} vs oracle {want:?}",
+                c.name
+            ));
         }
     }
     // Remove every other rule and check again.
@@ -120,8 +135,16 @@ fn vectors() {
         got.sort_unstable();
         want.sort_unstable();
         if got != want {
-            failures.push(format!("{}: after removals {got:?} vs oracle {want:?}", c.name));
+            failures.push(format!(
+                "{}: after removals {got:?} vs oracle {want:?}",
+                c.name
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

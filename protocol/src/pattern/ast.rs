@@ -198,7 +198,10 @@ impl Parser<'_> {
                     let Value::Object(am) = alt else {
                         return Err(err(
                             &ap,
-                            format!("a \"$or\" alternative must be a pattern object, got {}", show(alt)),
+                            format!(
+                                "a \"$or\" alternative must be a pattern object, got {}",
+                                show(alt)
+                            ),
                         ));
                     };
                     let (o, c) = self.obj(am, &ap, depth + 1)?;
@@ -276,9 +279,10 @@ impl Parser<'_> {
                 Value::Object(m) => self.filter(m, path)?,
             };
             n = n.saturating_add(match &m {
-                Matcher::AbStr(v) | Matcher::AbPrefix(v) | Matcher::AbSuffix(v) | Matcher::AbEic(v) => {
-                    v.len()
-                }
+                Matcher::AbStr(v)
+                | Matcher::AbPrefix(v)
+                | Matcher::AbSuffix(v)
+                | Matcher::AbEic(v) => v.len(),
                 Matcher::AbNum(v) => v.len(),
                 Matcher::AbWildcard(v) => v.len(),
                 _ => 1,
@@ -321,12 +325,7 @@ impl Parser<'_> {
                 ),
             ));
         }
-        let need_str = |what: &str| {
-            err(
-                path,
-                format!("\"{op}\" needs {what}, got {}", show(v)),
-            )
-        };
+        let need_str = |what: &str| err(path, format!("\"{op}\" needs {what}, got {}", show(v)));
         match op.as_str() {
             "prefix" | "suffix" => {
                 let is_prefix = op == "prefix";
@@ -410,9 +409,7 @@ impl Parser<'_> {
             if !matches!(op.as_str(), "<" | "<=" | "=" | ">" | ">=") {
                 return Err(err(
                     path,
-                    format!(
-                        "\"numeric\" has unknown operator {op:?} (expected <, <=, =, >, >=)"
-                    ),
+                    format!("\"numeric\" has unknown operator {op:?} (expected <, <=, =, >, >=)"),
                 ));
             }
             pairs.push((op.as_str(), num));
@@ -460,10 +457,7 @@ impl Parser<'_> {
                     lo.value >= hi.value
                 };
                 if empty {
-                    return Err(err(
-                        path,
-                        format!("\"numeric\" range is empty: {}", got()),
-                    ));
+                    return Err(err(path, format!("\"numeric\" range is empty: {}", got())));
                 }
                 Ok(Matcher::Numeric {
                     lo: Some(lo),

@@ -49,7 +49,9 @@ pub(crate) fn eval_obj(p: &ObjPat, v: Option<&Value>) -> bool {
         // A scalar where an object is expected: none of the nested fields exist.
         Some(_) | None => {
             p.fields.iter().all(|(_, fp)| eval_field(fp, None))
-                && p.ors.iter().all(|g| g.iter().any(|alt| eval_obj(alt, None)))
+                && p.ors
+                    .iter()
+                    .all(|g| g.iter().any(|alt| eval_obj(alt, None)))
         }
     }
 }
@@ -127,7 +129,7 @@ pub(crate) fn match_scalar(m: &Matcher, v: &Value) -> bool {
         Matcher::AbSuffix(list) => s.is_some_and(|s| !list.iter().any(|p| s.ends_with(p.as_str()))),
         Matcher::AbEic(list) => s.is_some_and(|s| {
             let f = fold(s);
-            !list.iter().any(|x| *x == f)
+            !list.contains(&f)
         }),
         Matcher::AbWildcard(list) => s.is_some_and(|s| !list.iter().any(|w| w.matches(s))),
     }

@@ -310,7 +310,10 @@ impl Matchers {
             Matcher::Wildcard(w) => {
                 let n = w.segs.len();
                 if n == 1 {
-                    self.exact_str.entry(w.segs[0].as_str().into()).or_default().push(h)
+                    self.exact_str
+                        .entry(w.segs[0].as_str().into())
+                        .or_default()
+                        .push(h)
                 } else if !w.segs[0].is_empty() {
                     self.wild_pre.insert(&w.segs[0], (w.clone(), h))
                 } else if !w.segs[n - 1].is_empty() {
@@ -322,8 +325,16 @@ impl Matchers {
             Matcher::Numeric { lo, hi } => {
                 self.n_numeric += 1;
                 match (lo, hi) {
-                    (Some(l), None) => self.lower.entry(l.value).or_default().push((l.inclusive, h)),
-                    (None, Some(u)) => self.upper.entry(u.value).or_default().push((u.inclusive, h)),
+                    (Some(l), None) => self
+                        .lower
+                        .entry(l.value)
+                        .or_default()
+                        .push((l.inclusive, h)),
+                    (None, Some(u)) => self
+                        .upper
+                        .entry(u.value)
+                        .or_default()
+                        .push((u.inclusive, h)),
                     (Some(l), Some(u)) => self
                         .ranges
                         .entry(range_class(l.value, u.value))
@@ -544,13 +555,17 @@ fn alt_cost(m: Option<&Matchers>, a: &Matcher) -> u64 {
     }
     let Some(m) = m else {
         return match a {
-            Matcher::Numeric { lo: Some(_), hi: Some(_) } => 8,
+            Matcher::Numeric {
+                lo: Some(_),
+                hi: Some(_),
+            } => 8,
             Matcher::Numeric { .. } => 20_000,
             Matcher::Exists(_) => 50_000,
             Matcher::Bool(_) | Matcher::Null => 50,
-            Matcher::Prefix(p) | Matcher::Suffix(p) | Matcher::PrefixIc(p) | Matcher::SuffixIc(p) => {
-                2 + short_penalty(p.len())
-            }
+            Matcher::Prefix(p)
+            | Matcher::Suffix(p)
+            | Matcher::PrefixIc(p)
+            | Matcher::SuffixIc(p) => 2 + short_penalty(p.len()),
             Matcher::Wildcard(w) => match w.segs.as_slice() {
                 [only] => 1 + short_penalty(only.len().max(3)),
                 [first, ..] if !first.is_empty() => 3 + short_penalty(first.len()),
@@ -582,11 +597,18 @@ fn alt_cost(m: Option<&Matchers>, a: &Matcher) -> u64 {
             }
             _ => 100_000 + m.wild_any.len() as u64,
         },
-        Matcher::Numeric { lo: Some(_), hi: Some(_) } => 8,
+        Matcher::Numeric {
+            lo: Some(_),
+            hi: Some(_),
+        } => 8,
         Matcher::Numeric { .. } => 20_000,
         Matcher::Cidr(c) => {
             1 + n(m.cidr.get(&(c.v6, c.len, c.net)))
-                + if c.len < if c.v6 { 16 } else { 8 } { 5_000 } else { 0 }
+                + if c.len < if c.v6 { 16 } else { 8 } {
+                    5_000
+                } else {
+                    0
+                }
         }
         Matcher::Exists(_) => 50_000 + m.exists.len() as u64,
         _ => u64::MAX / 4,
@@ -659,6 +681,153 @@ fn expand<'a>(obj: &'a ObjPat, prefix: &[&'a str]) -> Vec<Vec<Clause<'a>>> {
         acc = cross(acc, &alts);
     }
     acc
+}
+
+/// Every leaf path of a pattern (once per occurrence, `$or` alternatives included).
+fn leaf_paths<'a>(obj: &'a ObjPat, prefix: &mut Vec<&'a str>, out: &mut Vec<Vec<&'a str>>) {
+    for (k, fp) in &obj.fields {
+        prefix.push(k.as_str());
+        match fp {
+            FieldPat::Leaf(_) => out.push(prefix.clone()),
+            FieldPat::Obj(sub) => leaf_paths(sub, prefix, out),
+        }
+        prefix.pop();
+    }
+    for g in &obj.ors {
+        for alt in g {
+            leaf_paths(alt, prefix, out);
+        }
+    }
+}
+
+/// Parses an event keeping only the object keys present in the path trie.
+struct Pruner<'a, K>
+where
+    K: Copy + Eq + Hash + Ord + fmt::Debug,
+{
+    idx: &'a RuleIndex<K>,
+    node: u32,
+}
+
+impl<K> Clone for Pruner<'_, K>
+where
+    K: Copy + Eq + Hash + Ord + fmt::Debug,
+{
+    fn clone(&self) -> Self {
+        Pruner {
+            idx: self.idx,
+            node: self.node,
+        }
+    }
+}
+
+impl<'de, K> serde::de::DeserializeSeed<'de> for Pruner<'_, K>
+where
+    K: Copy + Eq + Hash + Ord + fmt::Debug,
+{
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// Looks an object key up among the children of a trie node.
+struct KeySeed<'a, K>
+where
+    K: Copy + Eq + Hash + Ord + fmt::Debug,
+{
+    idx: &'a RuleIndex<K>,
+    node: u32,
+}
+
+impl<'de, K> serde::de::DeserializeSeed<'de> for KeySeed<'_, K>
+where
+    K: Copy + Eq + Hash + Ord + fmt::Debug,
+{
+    type Value = Option<(String, u32)>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de, K> serde::de::Visitor<'de> for KeySeed<'_, K>
+where
+    K: Copy + Eq + Hash + Ord + fmt::Debug,
+{
+    type Value = Option<(String, u32)>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_str<E: serde::de::Error>(self, k: &str) -> Result<Self::Value, E> {
+        Ok(self
+            .idx
+            .nodes
+            .get(self.node as usize)
+            .and_then(|n| n.children.get(k))
+            .map(|&c| (k.to_string(), c)))
+    }
+}
+
+impl<'de, K> serde::de::Visitor<'de> for Pruner<'_, K>
+where
+    K: Copy + Eq + Hash + Ord + fmt::Debug,
+{
+    type Value = Value;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+    fn visit_i64<E>(self, i: i64) -> Result<Value, E> {
+        Ok(Value::from(i))
+    }
+    fn visit_u64<E>(self, u: u64) -> Result<Value, E> {
+        Ok(Value::from(u))
+    }
+    fn visit_f64<E>(self, f: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_string()))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(self.clone())? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key_seed(KeySeed {
+            idx: self.idx,
+            node: self.node,
+        })? {
+            match key {
+                Some((k, child)) => {
+                    let v = map.next_value_seed(Pruner {
+                        idx: self.idx,
+                        node: child,
+                    })?;
+                    out.insert(k, v);
+                }
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 #[derive(Default)]
@@ -849,6 +1018,13 @@ where
             always: false,
         };
         let root = pattern.root.clone();
+        // Every path the pattern reads is kept in the trie, so `matches_json` can drop
+        // everything else while parsing.
+        let mut paths = Vec::new();
+        leaf_paths(&root, &mut Vec::new(), &mut paths);
+        for p in &paths {
+            self.ensure_path(p);
+        }
         for conj in expand(&root, &[]) {
             // Register the conjunction under its single most selective indexable clause
             // (cheapest by current posting sizes); the rest is confirmed on a hit.
@@ -915,7 +1091,10 @@ where
         };
         let root = slot.pattern.root.clone();
         let conjs = expand(&root, &[]);
-        let mut it = conjs.iter().filter(|c| c.iter().any(|(_, alts)| alts.iter().all(Matcher::indexable)));
+        let mut it = conjs.iter().filter(|c| {
+            c.iter()
+                .any(|(_, alts)| alts.iter().all(Matcher::indexable))
+        });
         for &(cid, ci) in &slot.conjs {
             let Some(conj) = it.next() else { break };
             if let Some((path, alts)) = conj.get(ci as usize) {
@@ -936,8 +1115,32 @@ where
         if slot.always {
             self.always.retain(|&r| r != rid);
         }
+        let mut paths = Vec::new();
+        leaf_paths(&root, &mut Vec::new(), &mut paths);
+        for p in &paths {
+            if let Some(node) = self.find_path(p) {
+                self.release_path(node);
+            }
+        }
         self.free_rules.push(rid);
         true
+    }
+
+    /// Like [`RuleIndex::matches`] on `serde_json::from_str(text)`, but faster: while
+    /// parsing, only the fields that some rule reads are kept (everything else is
+    /// skipped without building values), so the result is the same.
+    pub fn matches_json(&self, text: &str, out: &mut Vec<K>) -> Result<(), serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let v = serde::de::DeserializeSeed::deserialize(
+            Pruner {
+                idx: self,
+                node: ROOT,
+            },
+            &mut de,
+        )?;
+        de.end()?;
+        self.matches(&v, out);
+        Ok(())
     }
 
     /// Appends the key of every rule matching `event` (each once, order unspecified).
@@ -1090,7 +1293,11 @@ where
             let bit = 1u64 << (h.bit & 63);
             if st.1 & bit == 0 {
                 st.1 |= bit;
-                if idx.conjs.get(h.conj as usize).is_some_and(|c| st.1 == c.full) {
+                if idx
+                    .conjs
+                    .get(h.conj as usize)
+                    .is_some_and(|c| st.1 == c.full)
+                {
                     sc.cand.push(h.conj);
                 }
             }
@@ -1121,7 +1328,10 @@ mod tests {
                 &pat(json!({"n": [{"numeric": [">=", lo, "<", lo + 10.5]}]})),
             );
         }
-        idx.insert(5000, &pat(json!({"n": [{"numeric": [">", -1e300, "<", 1e300]}]})));
+        idx.insert(
+            5000,
+            &pat(json!({"n": [{"numeric": [">", -1e300, "<", 1e300]}]})),
+        );
         idx.insert(5001, &pat(json!({"n": [{"numeric": ["<", 0.5]}]})));
         idx.insert(5002, &pat(json!({"n": [{"numeric": [">", 9990]}]})));
         let mut out = Vec::new();
@@ -1141,7 +1351,10 @@ mod tests {
     #[test]
     fn remove_frees_paths() {
         let mut idx = RuleIndex::new();
-        idx.insert(1u32, &pat(json!({"a": {"b": ["x"]}, "c": [{"prefix": "p"}]})));
+        idx.insert(
+            1u32,
+            &pat(json!({"a": {"b": ["x"]}, "c": [{"prefix": "p"}]})),
+        );
         idx.insert(2u32, &pat(json!({"a": {"b": ["x"]}})));
         assert!(idx.remove(1));
         assert!(!idx.remove(1));

@@ -84,11 +84,10 @@ impl Pattern {
                 ),
             });
         }
-        let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| PatternError {
-                path: String::new(),
-                reason: format!("pattern is not valid JSON: {e}"),
-            })?;
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| PatternError {
+            path: String::new(),
+            reason: format!("pattern is not valid JSON: {e}"),
+        })?;
         Self::validate(&value, limits)
     }
 
@@ -110,7 +109,10 @@ impl Pattern {
         Self::validate(value, limits)
     }
 
-    fn validate(value: &serde_json::Value, limits: &PatternLimits) -> Result<Pattern, PatternError> {
+    fn validate(
+        value: &serde_json::Value,
+        limits: &PatternLimits,
+    ) -> Result<Pattern, PatternError> {
         let root = ast::Parser { limits }.top(value)?;
         Ok(Pattern {
             root: Arc::new(root),

@@ -249,9 +249,8 @@ pub(crate) fn parse_ip(s: &str) -> Option<(bool, u128)> {
 
 impl Cidr {
     pub(crate) fn parse(s: &str) -> Result<Cidr, String> {
-        let bad = || {
-            format!("\"cidr\" needs an IPv4 or IPv6 block like \"10.0.0.0/24\", got {s:?}")
-        };
+        let bad =
+            || format!("\"cidr\" needs an IPv4 or IPv6 block like \"10.0.0.0/24\", got {s:?}");
         let (addr, len) = s.split_once('/').ok_or_else(bad)?;
         if len.is_empty() || len.len() > 3 || !len.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
@@ -366,10 +365,10 @@ mod tests {
         assert!(!c.contains_str("not an ip"));
         assert!(Cidr::parse("0.0.0.0/0").is_ok_and(|c| c.contains_str("255.1.2.3")));
         assert!(Cidr::parse("::/0").is_ok_and(|c| c.contains_str("2001:db8::1")));
-        assert!(Cidr::parse("2001:db8::/32").is_ok_and(|c| c.contains_str("2001:db8:ffff::1")
-            && !c.contains_str("2001:db9::1")));
-        assert!(Cidr::parse("1.2.3.4/32").is_ok_and(|c| c.contains_str("1.2.3.4")
-            && !c.contains_str("1.2.3.5")));
+        assert!(Cidr::parse("2001:db8::/32")
+            .is_ok_and(|c| c.contains_str("2001:db8:ffff::1") && !c.contains_str("2001:db9::1")));
+        assert!(Cidr::parse("1.2.3.4/32")
+            .is_ok_and(|c| c.contains_str("1.2.3.4") && !c.contains_str("1.2.3.5")));
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("::/129").is_err());
         assert!(Cidr::parse("10.0.0.0").is_err());
