@@ -289,13 +289,21 @@ fn bench_match(c: &mut Criterion) {
         }
         // quamina, on the rules it supports (no `$or`), and eventgate on the same subset.
         let (mut q, mut subset) = quamina_build(n, &pats);
-        if !quamina_probe(&q, &evs) {
-            eprintln!("[patterns] quamina panics matching the full rule set; retrying with the source-exact shapes only");
-            (q, subset) = quamina_build_filtered(n, &pats, |i| matches!(i % 10, 0 | 3 | 7 | 9));
-            if !quamina_probe(&q, &evs) {
-                eprintln!("[patterns] quamina still panics at {n} rules; skipped");
-                continue;
+        let mut ok = quamina_probe(&q, &evs);
+        // quamina 0.7 panics on some rule sets; fall back to fewer rule shapes.
+        for shapes in [&[0usize, 3, 7, 9][..], &[0, 3, 9], &[0, 3], &[0]] {
+            if ok {
+                break;
             }
+            eprintln!(
+                "[patterns] quamina panics matching {n} rules; retrying with shapes {shapes:?}"
+            );
+            (q, subset) = quamina_build_filtered(n, &pats, |i| shapes.contains(&(i % 10)));
+            ok = quamina_probe(&q, &evs);
+        }
+        if !ok {
+            eprintln!("[patterns] quamina panics at {n} rules; skipped");
+            continue;
         }
         eprintln!("[patterns] quamina accepted {} of {n} rules", subset.len());
         let sidx = build(&subset);
@@ -315,9 +323,8 @@ fn bench_match(c: &mut Criterion) {
             |b, _| {
                 b.iter(|| {
                     i = (i + 1) % evs.len();
-                    let v: serde_json::Value = serde_json::from_str(&evs[i]).expect("event");
                     out.clear();
-                    sidx.matches(&v, &mut out);
+                    sidx.matches_json(&evs[i], &mut out).expect("event");
                     black_box(out.len())
                 })
             },
