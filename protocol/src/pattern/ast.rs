@@ -17,7 +17,7 @@ pub(crate) struct ObjPat {
 #[derive(Clone, Debug)]
 pub(crate) enum FieldPat {
     Obj(ObjPat),
-    Leaf(Vec<Matcher>),
+    Leaf(std::sync::Arc<[Matcher]>),
 }
 
 #[derive(Clone, Debug)]
@@ -224,7 +224,7 @@ impl Parser<'_> {
                 Value::Array(a) => {
                     let (ms, n) = self.leaf(a, &fp)?;
                     count = count.and(Count { conj: 1, values: n });
-                    obj.fields.push((k.clone(), FieldPat::Leaf(ms)));
+                    obj.fields.push((k.clone(), FieldPat::Leaf(ms.into())));
                 }
                 other => {
                     return Err(err(

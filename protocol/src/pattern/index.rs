@@ -1,24 +1,26 @@
 //! [`RuleIndex`]: many patterns, one pass over the event.
 //!
 //! Every rule is expanded into conjunctions (`$or` multiplied out). Each conjunction is a
-//! list of clauses `(field path, alternatives)`. A clause whose alternatives can all be
-//! found by a positive lookup ("indexable") is registered, per path node, in hash maps /
-//! ordered maps keyed by the values it accepts. Matching walks only the event fields that
-//! some rule mentions (path trie), looks each leaf value up, and sets one bit per hit
-//! clause in a per-conjunction mask (generation-stamped, so nothing is cleared between
-//! events). A conjunction whose mask is full is a candidate; it is accepted directly when
-//! the count is known to be exact, otherwise confirmed with the reference evaluator.
+//! list of clauses `(field path, alternatives)` and is registered under its single most
+//! selective indexable clause, in per-path hash maps / ordered maps keyed by the values
+//! that clause accepts. Matching walks only the event fields that some rule mentions
+//! (path trie), looks each leaf value up and marks the hit conjunctions (generation-
+//! stamped scratch, nothing is cleared between events). A hit conjunction is then
+//! checked clause by clause against the leaves collected during the walk, or, when the
+//! event has objects inside arrays on indexed paths, its rule is confirmed with the
+//! reference evaluator (array consistency).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::ops::Bound as RBound;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
 use super::ast::{FieldPat, Matcher, ObjPat};
-use super::eval::MAX_ARRAY_NEST;
+use super::eval::{match_scalar, MAX_ARRAY_NEST};
 use super::values::{fold, mask, parse_ip, Num, Wildcard};
 use super::Pattern;
 
@@ -628,9 +630,11 @@ struct Node {
 struct Conj {
     rule: u32,
     full: u64,
-    /// All clauses are indexed: a full mask is a match unless the event had objects
-    /// inside arrays (then array-consistency must be checked by the oracle).
-    exact: bool,
+    /// Every clause as (path node, alternatives), checked against the event's leaves
+    /// when the event has no objects inside arrays on indexed paths.
+    clauses: Vec<(u32, Arc<[Matcher]>)>,
+    /// Always confirm with the reference evaluator (defensive; not expected).
+    oracle: bool,
 }
 
 struct RuleSlot<K> {
@@ -641,7 +645,7 @@ struct RuleSlot<K> {
     always: bool,
 }
 
-type Clause<'a> = (Vec<&'a str>, &'a [Matcher]);
+type Clause<'a> = (Vec<&'a str>, &'a Arc<[Matcher]>);
 
 fn cross<'a>(a: Vec<Vec<Clause<'a>>>, b: &[Vec<Clause<'a>>]) -> Vec<Vec<Clause<'a>>> {
     let mut out = Vec::with_capacity(a.len().saturating_mul(b.len()));
@@ -664,7 +668,7 @@ fn expand<'a>(obj: &'a ObjPat, prefix: &[&'a str]) -> Vec<Vec<Clause<'a>>> {
         match fp {
             FieldPat::Leaf(alts) => {
                 for c in acc.iter_mut() {
-                    c.push((path.clone(), alts.as_slice()));
+                    c.push((path.clone(), alts));
                 }
             }
             FieldPat::Obj(sub) => {
@@ -1048,7 +1052,8 @@ where
                     self.conjs.push(Conj {
                         rule: 0,
                         full: 0,
-                        exact: false,
+                        clauses: Vec::new(),
+                        oracle: false,
                     });
                     (self.conjs.len() - 1) as u32
                 }
@@ -1057,7 +1062,8 @@ where
                 *c = Conj {
                     rule: rid,
                     full: 1,
-                    exact: conj.len() == 1,
+                    clauses: Vec::new(),
+                    oracle: false,
                 };
             }
             if let Some((path, alts)) = conj.get(ci) {
@@ -1069,6 +1075,14 @@ where
                         m.add(alt, Hit { conj: cid, bit: 0 });
                     }
                 }
+            }
+            let clauses: Vec<(u32, Arc<[Matcher]>)> = conj
+                .iter()
+                .filter_map(|(path, alts)| self.find_path(path).map(|n| (n, Arc::clone(alts))))
+                .collect();
+            if let Some(c) = self.conjs.get_mut(cid as usize) {
+                c.oracle = clauses.len() != conj.len();
+                c.clauses = clauses;
             }
             slot.conjs.push((cid, ci as u32));
         }
@@ -1109,6 +1123,7 @@ where
             }
             if let Some(c) = self.conjs.get_mut(cid as usize) {
                 c.full = 0;
+                c.clauses = Vec::new();
             }
             self.free_conjs.push(cid);
         }
@@ -1176,11 +1191,13 @@ where
             idx: self,
             sc,
             saw_array_obj: false,
+            leaves: Vec::new(),
         };
         if let Value::Object(m) = event {
             w.walk_obj(ROOT, m);
         }
         let saw_array_obj = w.saw_array_obj;
+        let leaves = std::mem::take(&mut w.leaves);
         let gen = sc.gen;
         let cands = std::mem::take(&mut sc.cand);
         for &c in &cands {
@@ -1188,14 +1205,28 @@ where
                 continue;
             };
             let r = conj.rule as usize;
-            match sc.rule.get_mut(r) {
-                Some(stamp) if *stamp != gen => *stamp = gen,
-                _ => continue,
+            let Some(stamp) = sc.rule.get_mut(r) else {
+                continue;
+            };
+            if *stamp == gen {
+                continue;
             }
-            if let Some(Some(slot)) = self.rules.get(r) {
-                if (conj.exact && !saw_array_obj) || slot.pattern.matches(event) {
+            let Some(Some(slot)) = self.rules.get(r) else {
+                continue;
+            };
+            if saw_array_obj || conj.oracle {
+                // Objects inside arrays: array consistency needs the full evaluator.
+                *stamp = gen;
+                if slot.pattern.matches(event) {
                     out.push(slot.key);
                 }
+            } else if conj
+                .clauses
+                .iter()
+                .all(|(node, alts)| clause_holds(*node, alts, &leaves))
+            {
+                *stamp = gen;
+                out.push(slot.key);
             }
         }
         sc.cand = cands;
@@ -1214,20 +1245,37 @@ where
     }
 }
 
-struct Walk<'a, K>
+/// Without objects inside arrays, a clause holds when a leaf at its path satisfies an
+/// alternative, or when there is no leaf there and `exists: false` is an alternative.
+fn clause_holds(node: u32, alts: &[Matcher], leaves: &[(u32, &Value)]) -> bool {
+    let mut any_leaf = false;
+    for (n, v) in leaves {
+        if *n == node {
+            any_leaf = true;
+            if alts.iter().any(|m| match_scalar(m, v)) {
+                return true;
+            }
+        }
+    }
+    !any_leaf && alts.iter().any(|m| matches!(m, Matcher::Exists(false)))
+}
+
+struct Walk<'a, 'e, K>
 where
     K: Copy + Eq + Hash + Ord + fmt::Debug,
 {
     idx: &'a RuleIndex<K>,
     sc: &'a mut Scratch,
     saw_array_obj: bool,
+    /// Every scalar leaf met on an indexed path, with its path node.
+    leaves: Vec<(u32, &'e Value)>,
 }
 
-impl<K> Walk<'_, K>
+impl<'e, K> Walk<'_, 'e, K>
 where
     K: Copy + Eq + Hash + Ord + fmt::Debug,
 {
-    fn walk_obj(&mut self, node: u32, map: &Map<String, Value>) {
+    fn walk_obj(&mut self, node: u32, map: &'e Map<String, Value>) {
         let Some(n) = self.idx.nodes.get(node as usize) else {
             return;
         };
@@ -1246,7 +1294,7 @@ where
         }
     }
 
-    fn walk_val(&mut self, node: u32, v: &Value, nest: usize) {
+    fn walk_val(&mut self, node: u32, v: &'e Value, nest: usize) {
         match v {
             Value::Object(m) => self.walk_obj(node, m),
             Value::Array(a) => {
@@ -1276,7 +1324,8 @@ where
         }
     }
 
-    fn leaf(&mut self, node: u32, v: &Value) {
+    fn leaf(&mut self, node: u32, v: &'e Value) {
+        self.leaves.push((node, v));
         let idx = self.idx;
         let Some(m) = idx.nodes.get(node as usize).and_then(|n| n.m.as_deref()) else {
             return;
