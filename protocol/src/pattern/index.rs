@@ -870,8 +870,14 @@ where
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RuleIndex")
             .field("rules", &self.by_key.len())
-            .field("conjunctions", &(self.conjs.len() - self.free_conjs.len()))
-            .field("paths", &(self.nodes.len() - self.free_nodes.len()))
+            .field(
+                "conjunctions",
+                &self.conjs.len().saturating_sub(self.free_conjs.len()),
+            )
+            .field(
+                "paths",
+                &self.nodes.len().saturating_sub(self.free_nodes.len()),
+            )
             .finish()
     }
 }
@@ -938,11 +944,13 @@ where
                         m: None,
                     };
                     let id = match self.free_nodes.pop() {
-                        Some(id) => {
-                            self.nodes[id as usize] = node;
+                        Some(id) if (id as usize) < self.nodes.len() => {
+                            if let Some(slot) = self.nodes.get_mut(id as usize) {
+                                *slot = node;
+                            }
                             id
                         }
-                        None => {
+                        _ => {
                             self.nodes.push(node);
                             (self.nodes.len() - 1) as u32
                         }
