@@ -12,7 +12,7 @@
 //! `detail: {"data_base64": "..."}`.
 
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// Values the caller supplies for fields an entry leaves out.
 #[derive(Debug, Clone)]

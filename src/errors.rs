@@ -1,0 +1,165 @@
+//! Every error the gateway shows to the outside, and how it is shown: HTTP statuses with a
+//! JSON body for the upgrade and ingest, WebSocket close codes with a reason for sessions.
+//!
+//! Owns the mapping in one place. Does not own the decisions (auth, ingest and the session
+//! decide), nor Ack texts (those come from the protocol crate).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use eventgate_protocol::header::HeaderError;
+
+/// Why a WebSocket upgrade was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error("the header query parameter is missing")]
+    MissingHeader,
+    #[error("{0}")]
+    BadHeader(HeaderError),
+    #[error("the Host in the header is not this server")]
+    WrongHost,
+    #[error("the ApiKey in the header is not valid")]
+    WrongApiKey,
+    #[error("the Id in the header is not a GUID")]
+    InvalidClientId,
+    #[error("this Origin may not open a connection")]
+    OriginNotAllowed,
+    #[error("the server is shutting down")]
+    Draining,
+}
+
+impl UpgradeError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            UpgradeError::MissingHeader => StatusCode::UNAUTHORIZED,
+            UpgradeError::BadHeader(_) => StatusCode::BAD_REQUEST,
+            UpgradeError::WrongHost
+            | UpgradeError::WrongApiKey
+            | UpgradeError::InvalidClientId
+            | UpgradeError::OriginNotAllowed => StatusCode::FORBIDDEN,
+            UpgradeError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Label for the auth-failure metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            UpgradeError::MissingHeader => "missing_header",
+            UpgradeError::BadHeader(_) => "bad_header",
+            UpgradeError::WrongHost => "wrong_host",
+            UpgradeError::WrongApiKey => "wrong_api_key",
+            UpgradeError::InvalidClientId => "invalid_client_id",
+            UpgradeError::OriginNotAllowed => "origin_not_allowed",
+            UpgradeError::Draining => "draining",
+        }
+    }
+}
+
+impl IntoResponse for UpgradeError {
+    fn into_response(self) -> Response {
+        (
+            self.status(),
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
+    }
+}
+
+/// Whole-request ingest failures (per-entry failures are reported in the body instead).
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("unsupported content type {0:?}; use application/json, application/cloudevents+json, application/cloudevents-batch+json or CloudEvents binary mode")]
+    UnsupportedMediaType(String),
+    #[error("the server is shutting down")]
+    Unavailable,
+}
+
+impl IngestError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            IngestError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            IngestError::Forbidden(_) => StatusCode::FORBIDDEN,
+            IngestError::MalformedJson(_) | IngestError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            IngestError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IngestError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for IngestError {
+    fn into_response(self) -> Response {
+        (
+            self.status(),
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
+    }
+}
+
+/// Why the server closes a WebSocket, with its close code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// 1001: the server is shutting down.
+    ShuttingDown,
+    /// 1008: no Hello within `hello_timeout`.
+    HelloTimeout,
+    /// 1003: binary frames are not part of the protocol.
+    BinaryFrame,
+    /// 1009: a message over `max_frame_bytes`.
+    FrameTooLarge,
+    /// 1008: actions over the per-connection rate.
+    RateLimited,
+    /// 1013: the client does not read its notifications fast enough.
+    SlowConsumer,
+    /// 1001: nothing heard from the peer within `idle_timeout`.
+    Idle,
+}
+
+impl CloseReason {
+    pub fn code(self) -> u16 {
+        match self {
+            CloseReason::ShuttingDown | CloseReason::Idle => 1001,
+            CloseReason::HelloTimeout | CloseReason::RateLimited => 1008,
+            CloseReason::BinaryFrame => 1003,
+            CloseReason::FrameTooLarge => 1009,
+            CloseReason::SlowConsumer => 1013,
+        }
+    }
+
+    pub fn text(self) -> &'static str {
+        match self {
+            CloseReason::ShuttingDown => "server shutting down",
+            CloseReason::HelloTimeout => "no Hello received in time",
+            CloseReason::BinaryFrame => "binary frames are not supported; send JSON text frames",
+            CloseReason::FrameTooLarge => "message too large",
+            CloseReason::RateLimited => "too many actions per second",
+            CloseReason::SlowConsumer => "client too slow: outbound queue full",
+            CloseReason::Idle => "connection idle: no pong received",
+        }
+    }
+
+    /// Label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::ShuttingDown => "shutdown",
+            CloseReason::HelloTimeout => "hello_timeout",
+            CloseReason::BinaryFrame => "binary_frame",
+            CloseReason::FrameTooLarge => "frame_too_large",
+            CloseReason::RateLimited => "rate_limited",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Idle => "idle",
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! eventgate: a WebSocket event gateway that speaks the LambdaSharp `App.EventBus`
+//! protocol, matches events with EventBridge patterns and fans them out to browsers.
+//!
+//! The library is the whole server; `main.rs` only parses the command line. Tests start it
+//! with [`run`] on `127.0.0.1:0`.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+pub mod errors;
+pub mod hub;
+pub mod ingest;
+pub mod server;
+pub mod session;
+pub mod telemetry;
+
+pub use config::Config;
+pub use server::{run, RunError};

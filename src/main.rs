@@ -1,0 +1,220 @@
+//! The `eventgate` command: `serve`, `key` and `test-pattern`. Parses the command line,
+//! loads configuration and hands over to the library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use eventgate::config::{self, Config};
+
+/// Exit code for configuration errors (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "eventgate",
+    version,
+    about = "WebSocket event gateway with EventBridge patterns"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Print the API key clients must present.
+    Key {
+        #[arg(long)]
+        stack_id: String,
+        /// Without it, the dev-mode key base64(StackId) is printed.
+        #[arg(long)]
+        app_version: Option<String>,
+    },
+    /// Check a pattern against an event: prints true/false, exit 0/1; invalid input exit 2.
+    TestPattern {
+        /// The pattern JSON.
+        #[arg(long)]
+        pattern: String,
+        /// The event JSON.
+        #[arg(long)]
+        event: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "EVENTGATE_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// Dev mode: no config needed, 127.0.0.1:8080, generated stack id, debug logs, demo page.
+    #[arg(long)]
+    dev: bool,
+    /// Address to bind (127.0.0.1:0 picks a free port).
+    #[arg(long)]
+    listen: Option<String>,
+    #[arg(long)]
+    stack_id: Option<String>,
+    #[arg(long)]
+    keepalive_interval: Option<String>,
+    #[arg(long)]
+    hello_timeout: Option<String>,
+}
+
+fn load_config(args: &ServeArgs) -> Result<Config, config::ConfigError> {
+    let text = match &args.config {
+        Some(path) => {
+            Some(
+                std::fs::read_to_string(path).map_err(|source| config::ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+            )
+        }
+        None => None,
+    };
+    let mut overrides = Vec::new();
+    let environment_dev = std::env::var("EVENTGATE_DEV").is_ok_and(|v| v == "1" || v == "true");
+    if args.dev {
+        overrides.push(("dev", toml::Value::Boolean(true)));
+    }
+    let file_sets_listen = text.as_deref().is_some_and(|t| t.contains("listen"));
+    if (args.dev || environment_dev)
+        && !file_sets_listen
+        && std::env::var("EVENTGATE_LISTEN").is_err()
+    {
+        overrides.push(("listen", toml::Value::String("127.0.0.1:8080".into())));
+    }
+    for (key, value) in [
+        ("listen", &args.listen),
+        ("stack_id", &args.stack_id),
+        ("keepalive_interval", &args.keepalive_interval),
+        ("hello_timeout", &args.hello_timeout),
+    ] {
+        if let Some(value) = value {
+            overrides.push((key, toml::Value::String(value.clone())));
+        }
+    }
+    let mut config = config::load(text.as_deref(), std::env::vars(), overrides)?;
+    if config.dev && config.stack_id.is_none() {
+        config.stack_id = Some(uuid::Uuid::new_v4().to_string());
+    }
+    Ok(config)
+}
+
+fn init_logging(dev: bool) {
+    let default = if dev { "eventgate=debug,info" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EVENTGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let config = match load_config(&args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("eventgate: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_logging(config.dev);
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("eventgate: cannot listen on {}: {error}", config.listen);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let address = listener.local_addr().unwrap_or(config.listen);
+    println!("listening on http://{address}");
+    if config.dev {
+        let key = eventgate_protocol::header::api_key(
+            config.stack_id.as_deref().unwrap_or_default(),
+            None,
+        );
+        println!("websocket url: ws://{address}/");
+        println!("api key: {key}");
+        println!("demo: http://{address}/demo/");
+        println!(
+            "publish: curl -s -X POST http://{address}/events -H 'content-type: application/json' -d '{{\"source\":\"demo\",\"detail-type\":\"hello\",\"detail\":{{\"n\":1}}}}'"
+        );
+    }
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        signal.cancel();
+    });
+    match eventgate::run(config, listener, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("eventgate: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn test_pattern(pattern: &str, event: &str) -> ExitCode {
+    let pattern = serde_json::Value::String(pattern.to_owned());
+    let event = serde_json::Value::String(event.to_owned());
+    let limits = eventgate::config::Limits::default().pattern_limits();
+    match eventgate::server::evaluate_pattern(&pattern, &event, &limits) {
+        Ok(true) => {
+            println!("true");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            println!("false");
+            ExitCode::from(1)
+        }
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Key {
+            stack_id,
+            app_version,
+        } => {
+            println!(
+                "{}",
+                eventgate_protocol::header::api_key(&stack_id, app_version.as_deref())
+            );
+            ExitCode::SUCCESS
+        }
+        Command::TestPattern { pattern, event } => test_pattern(&pattern, &event),
+        Command::Serve(args) => match tokio::runtime::Runtime::new() {
+            Ok(runtime) => runtime.block_on(serve(args)),
+            Err(error) => {
+                eprintln!("eventgate: cannot start the runtime: {error}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

@@ -1,0 +1,291 @@
+//! One WebSocket connection after the upgrade: reads actions, answers each with exactly one
+//! Ack, writes queued notifications, pings the peer and closes with a specific code.
+//!
+//! Owns the connection's protocol state (announced or not), the Hello deadline, the
+//! per-connection action rate limit and liveness. Does not own matching or fan-out (the
+//! hub does) nor the upgrade checks (auth does).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use tokio::time::Instant;
+
+use eventgate_protocol::pattern::Pattern;
+use eventgate_protocol::wire::{self, ack_text, ClientAction, DecodeLimits, PatternSource};
+
+use crate::errors::CloseReason;
+use crate::hub::{outbound_queue, ConnectionId, SubscribeError};
+use crate::server::AppState;
+use crate::telemetry;
+
+/// A token bucket: `rate` actions per second, bursts of twice that.
+struct RateLimit {
+    tokens: f64,
+    capacity: f64,
+    rate: f64,
+    updated: Instant,
+}
+
+impl RateLimit {
+    fn new(rate: u32) -> Self {
+        let rate = f64::from(rate);
+        Self {
+            tokens: rate * 2.0,
+            capacity: rate * 2.0,
+            rate,
+            updated: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.updated).as_secs_f64();
+        self.updated = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+enum Step {
+    Continue,
+    Close(CloseReason),
+    Gone,
+}
+
+struct Session {
+    state: Arc<AppState>,
+    connection: ConnectionId,
+    announced: bool,
+    outbox: Option<crate::hub::Outbox>,
+    decode_limits: DecodeLimits,
+    rate: RateLimit,
+}
+
+/// Runs a connection to its end.
+pub async fn run(socket: WebSocket, state: Arc<AppState>, connection: ConnectionId) {
+    telemetry::connection_opened();
+    let (mut sink, mut stream) = socket.split();
+    let (outbox, mut inbox) = outbound_queue(state.config.limits.max_queued_messages);
+    let slow = inbox.slow.clone();
+    let mut session = Session {
+        decode_limits: DecodeLimits {
+            max_request_id_bytes: 128,
+            max_rule_name_bytes: state.config.limits.max_rule_name_bytes,
+        },
+        rate: RateLimit::new(state.config.limits.max_actions_per_second),
+        state,
+        connection,
+        announced: false,
+        outbox: Some(outbox),
+    };
+    let keepalive = session.state.config.keepalive_interval.0;
+    let idle_timeout = session.state.config.idle_timeout.0;
+    let hello_deadline = Instant::now() + session.state.config.hello_timeout.0;
+    let mut last_heard = Instant::now();
+    let mut next_ping = Instant::now() + keepalive;
+    let shutdown = session.state.shutdown.clone();
+
+    let outcome: Option<CloseReason> = loop {
+        let next_timer = if session.announced {
+            next_ping.min(last_heard + idle_timeout)
+        } else {
+            hello_deadline.min(next_ping)
+        };
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Some(CloseReason::ShuttingDown),
+            _ = slow.cancelled() => break Some(CloseReason::SlowConsumer),
+            message = inbox.recv(), if session.announced => {
+                let Some(message) = message else { break None };
+                if sink.send(Message::Text(message)).await.is_err() {
+                    break None;
+                }
+            }
+            frame = stream.next() => {
+                last_heard = Instant::now();
+                let step = match frame {
+                    None => Step::Gone,
+                    Some(Err(error)) => match error_close(&error) {
+                        Some(reason) => Step::Close(reason),
+                        None => Step::Gone,
+                    },
+                    Some(Ok(Message::Text(text))) => {
+                        if session.rate.allow() {
+                            let reply = session.handle_text(&text).await;
+                            if sink.send(Message::Text(Utf8Bytes::from(reply))).await.is_err() {
+                                Step::Gone
+                            } else {
+                                Step::Continue
+                            }
+                        } else {
+                            Step::Close(CloseReason::RateLimited)
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => Step::Close(CloseReason::BinaryFrame),
+                    Some(Ok(Message::Close(_))) => Step::Gone,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Step::Continue,
+                };
+                match step {
+                    Step::Continue => {}
+                    Step::Close(reason) => break Some(reason),
+                    Step::Gone => break None,
+                }
+            }
+            _ = tokio::time::sleep_until(next_timer) => {
+                let now = Instant::now();
+                if !session.announced && now >= hello_deadline {
+                    break Some(CloseReason::HelloTimeout);
+                }
+                if now >= last_heard + idle_timeout {
+                    break Some(CloseReason::Idle);
+                }
+                if now >= next_ping {
+                    next_ping = now + keepalive;
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                        break None;
+                    }
+                }
+            }
+        }
+    };
+
+    if let Some(reason) = outcome {
+        let frame = CloseFrame {
+            code: reason.code(),
+            reason: Utf8Bytes::from_static(reason.text()),
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = sink.send(Message::Close(Some(frame))).await;
+            let _ = sink.flush().await;
+        })
+        .await;
+    }
+    if session.announced {
+        session.state.hub.deregister(connection).await;
+    }
+    let label = outcome.map_or("peer_closed", CloseReason::label);
+    telemetry::connection_closed(label, session.announced);
+}
+
+fn error_close(error: &axum::Error) -> Option<CloseReason> {
+    let text = error.to_string();
+    if text.contains("Space limit exceeded")
+        || text.contains("too long")
+        || text.contains("Message too")
+    {
+        Some(CloseReason::FrameTooLarge)
+    } else {
+        None
+    }
+}
+
+impl Session {
+    /// Handles one text frame and returns the Ack to send.
+    async fn handle_text(&mut self, text: &str) -> String {
+        let decoded = wire::decode_action(text, &self.decode_limits);
+        let request_id = decoded.request_id.as_deref();
+        let result = match decoded.action {
+            Err(error) => {
+                telemetry::action_rejected("malformed");
+                Err(error.to_string())
+            }
+            Ok(action) => self.apply(action).await,
+        };
+        match result {
+            Ok(()) => wire::ack_ok(request_id),
+            Err(message) => wire::ack_error(request_id, &message),
+        }
+    }
+
+    async fn apply(&mut self, action: ClientAction) -> Result<(), String> {
+        match action {
+            ClientAction::Hello => {
+                let Some(outbox) = self.outbox.take() else {
+                    telemetry::action_rejected("already_announced");
+                    return Err(ack_text::ALREADY_ANNOUNCED.to_owned());
+                };
+                self.state
+                    .hub
+                    .register(self.connection, outbox)
+                    .await
+                    .map_err(|error| format!("internal error: {error}"))?;
+                self.announced = true;
+                telemetry::connection_announced();
+                Ok(())
+            }
+            ClientAction::Subscribe { .. } | ClientAction::Unsubscribe { .. }
+                if !self.announced =>
+            {
+                telemetry::action_rejected("unannounced");
+                Err(format!(
+                    "{}: send Hello before Subscribe or Unsubscribe",
+                    ack_text::UNANNOUNCED
+                ))
+            }
+            ClientAction::Subscribe { rule, pattern } => {
+                let pattern = self.parse_pattern(pattern)?;
+                self.state
+                    .hub
+                    .subscribe(self.connection, Arc::from(rule), pattern)
+                    .await
+                    .map_err(|error| match error {
+                        SubscribeError::TooManyRules(limit) => {
+                            telemetry::action_rejected("too_many_rules");
+                            format!(
+                                "{}: this connection already has {limit} rules, the limit",
+                                ack_text::TOO_MANY_RULES
+                            )
+                        }
+                        SubscribeError::ConnectionGone => "connection gone".to_owned(),
+                    })
+            }
+            ClientAction::Unsubscribe { rule } => self
+                .state
+                .hub
+                .unsubscribe(self.connection, Arc::from(rule))
+                .await
+                .map_err(|_| "connection gone".to_owned()),
+        }
+    }
+
+    fn parse_pattern(&self, pattern: PatternSource) -> Result<Pattern, String> {
+        let limits = &self.state.pattern_limits;
+        let parsed = match pattern {
+            PatternSource::Text(text) => {
+                if text.len() > limits.max_pattern_bytes {
+                    telemetry::action_rejected("pattern_too_large");
+                    return Err(format!(
+                        "{}: the pattern is {} bytes, the limit is {}",
+                        ack_text::PATTERN_TOO_LARGE,
+                        text.len(),
+                        limits.max_pattern_bytes
+                    ));
+                }
+                Pattern::parse(&text, limits)
+            }
+            PatternSource::Object(value) => {
+                let size = value.to_string().len();
+                if size > limits.max_pattern_bytes {
+                    telemetry::action_rejected("pattern_too_large");
+                    return Err(format!(
+                        "{}: the pattern is {size} bytes, the limit is {}",
+                        ack_text::PATTERN_TOO_LARGE,
+                        limits.max_pattern_bytes
+                    ));
+                }
+                Pattern::from_value(&value, limits)
+            }
+        };
+        parsed.map_err(|error| {
+            telemetry::action_rejected("invalid_pattern");
+            format!("{}: {error}", ack_text::INVALID_PATTERN)
+        })
+    }
+}

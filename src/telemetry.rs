@@ -1,0 +1,82 @@
+//! Metrics and logs in one place: metric names as constants, the Prometheus recorder, and
+//! small functions that log an event and count it together.
+//!
+//! Owns what is measured and how it is named. Does not own when things happen: callers
+//! report them.
+
+use metrics::{counter, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const CONNECTIONS: &str = "eventgate_connections";
+pub const ANNOUNCED_CONNECTIONS: &str = "eventgate_announced_connections";
+pub const RULES: &str = "eventgate_rules";
+pub const EVENTS_INGESTED: &str = "eventgate_events_ingested_total";
+pub const NOTIFICATIONS_SENT: &str = "eventgate_notifications_sent_total";
+pub const SLOW_CONSUMER_CLOSES: &str = "eventgate_slow_consumer_closes_total";
+pub const AUTH_FAILURES: &str = "eventgate_auth_failures_total";
+pub const INGEST_ERRORS: &str = "eventgate_ingest_errors_total";
+pub const ACTION_ERRORS: &str = "eventgate_action_errors_total";
+pub const CONNECTIONS_CLOSED: &str = "eventgate_connections_closed_total";
+
+/// Installs the global Prometheus recorder once and returns a handle that renders it.
+/// Later calls (several servers in one test process) share the same recorder.
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; then metrics go there.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+pub fn connection_opened() {
+    gauge!(CONNECTIONS).increment(1.0);
+}
+
+pub fn connection_closed(reason: &'static str, announced: bool) {
+    gauge!(CONNECTIONS).decrement(1.0);
+    if announced {
+        gauge!(ANNOUNCED_CONNECTIONS).decrement(1.0);
+    }
+    counter!(CONNECTIONS_CLOSED, "reason" => reason).increment(1);
+    tracing::debug!(reason, "connection closed");
+}
+
+pub fn connection_announced() {
+    gauge!(ANNOUNCED_CONNECTIONS).increment(1.0);
+}
+
+pub fn rules_changed(delta: f64) {
+    gauge!(RULES).increment(delta);
+}
+
+pub fn auth_failed(reason: &'static str) {
+    counter!(AUTH_FAILURES, "reason" => reason).increment(1);
+    tracing::info!(reason, "websocket upgrade rejected");
+}
+
+pub fn events_ingested(count: u64) {
+    counter!(EVENTS_INGESTED).increment(count);
+}
+
+pub fn ingest_error(code: &'static str) {
+    counter!(INGEST_ERRORS, "code" => code).increment(1);
+    tracing::debug!(code, "ingest entry rejected");
+}
+
+pub fn notifications_sent(count: u64) {
+    counter!(NOTIFICATIONS_SENT).increment(count);
+}
+
+pub fn slow_consumer_closed(connection: u64) {
+    counter!(SLOW_CONSUMER_CLOSES).increment(1);
+    tracing::info!(connection, "slow consumer closed");
+}
+
+pub fn action_rejected(kind: &'static str) {
+    counter!(ACTION_ERRORS, "kind" => kind).increment(1);
+}
