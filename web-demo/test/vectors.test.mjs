@@ -12,7 +12,10 @@ if (!fs.existsSync(VECTORS)) {
   console.error(msg);
   test('pattern vectors via POST /test-pattern', (t) => t.skip(msg.trim()));
 } else {
-  const cases = JSON.parse(fs.readFileSync(VECTORS, 'utf8'));
+  const text = fs.readFileSync(VECTORS, 'utf8');
+  const cases = JSON.parse(text);
+  // Re-serialising parsed JSON would round big integers (2^53+1 -> 2^53): send the raw text.
+  const raw = splitValues(text, 0).map((r) => Object.fromEntries(splitMembers(text, r)));
   let server;
   before(async () => {
     server = await startEventgate();
@@ -29,11 +32,12 @@ if (!fs.existsSync(VECTORS)) {
     const failures = [];
     for (const [i, c] of cases.entries()) {
       const name = c.name ?? `case #${i}`;
-      const body = { EventPattern: c.pattern, Event: c.event ?? {} };
+      const r = raw[i];
+      const body = `{"EventPattern":${r.pattern ?? JSON.stringify(c.pattern)},"Event":${r.event ?? '{}'}}`;
       const res = await fetch(`${server.httpUrl}/test-pattern`, {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
-        body: JSON.stringify(body),
+        body,
       });
       const text = await res.text();
       let json;
@@ -56,4 +60,57 @@ if (!fs.existsSync(VECTORS)) {
     t.diagnostic(`${cases.length - failures.length}/${cases.length} vector cases agree`);
     assert.deepEqual(failures, [], `${failures.length} of ${cases.length} vector cases disagree:\n${failures.join('\n')}`);
   });
+}
+
+// --- minimal raw-JSON slicer (no precision loss) -------------------------------------
+function skipWs(t, i) {
+  while (i < t.length && ' \t\r\n'.includes(t[i])) i++;
+  return i;
+}
+/** End index (exclusive) of the JSON value starting at i. */
+function valueEnd(t, i) {
+  if (t[i] === '"') {
+    for (i++; t[i] !== '"'; i++) if (t[i] === '\\') i++;
+    return i + 1;
+  }
+  if (t[i] === '{' || t[i] === '[') {
+    let depth = 0;
+    for (; i < t.length; i++) {
+      const ch = t[i];
+      if (ch === '"') i = valueEnd(t, i) - 1;
+      else if (ch === '{' || ch === '[') depth++;
+      else if (ch === '}' || ch === ']') if (--depth === 0) return i + 1;
+    }
+    throw new Error('unbalanced JSON');
+  }
+  while (i < t.length && !',]} \t\r\n'.includes(t[i])) i++;
+  return i;
+}
+/** [start, end) of each element of the array starting at i. */
+function splitValues(t, i) {
+  i = skipWs(t, i);
+  const out = [];
+  i = skipWs(t, i + 1);
+  while (t[i] !== ']') {
+    const end = valueEnd(t, i);
+    out.push([i, end]);
+    i = skipWs(t, end);
+    if (t[i] === ',') i = skipWs(t, i + 1);
+  }
+  return out;
+}
+/** [key, raw value text] of each member of the object at [start, end). */
+function splitMembers(t, [start]) {
+  const out = [];
+  let i = skipWs(t, start + 1);
+  while (t[i] !== '}') {
+    const kEnd = valueEnd(t, i);
+    const key = JSON.parse(t.slice(i, kEnd));
+    i = skipWs(t, skipWs(t, kEnd) + 1);
+    const vEnd = valueEnd(t, i);
+    out.push([key, t.slice(i, vEnd)]);
+    i = skipWs(t, vEnd);
+    if (t[i] === ',') i = skipWs(t, i + 1);
+  }
+  return out;
 }
