@@ -63,6 +63,14 @@ impl Inbox {
             .fetch_sub(message.len(), Ordering::Relaxed);
         Some(message)
     }
+
+    /// A message that is already queued, without waiting.
+    pub fn try_recv(&mut self) -> Option<Utf8Bytes> {
+        let message = self.receiver.try_recv().ok()?;
+        self.queued_bytes
+            .fetch_sub(message.len(), Ordering::Relaxed);
+        Some(message)
+    }
 }
 
 /// A bounded outbound queue for one connection.

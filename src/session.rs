@@ -20,6 +20,9 @@ use crate::hub::{outbound_queue, ConnectionId, SubscribeError};
 use crate::server::AppState;
 use crate::telemetry;
 
+/// Most queued notifications written before one flush.
+const WRITE_BATCH: usize = 64;
+
 /// A token bucket: `rate` actions per second, bursts of twice that.
 struct RateLimit {
     tokens: f64,
@@ -104,7 +107,15 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, connection: Connection
             _ = slow.cancelled() => break Some(CloseReason::SlowConsumer),
             message = inbox.recv(), if session.announced => {
                 let Some(message) = message else { break None };
-                if sink.send(Message::Text(message)).await.is_err() {
+                // Write what is already queued in one go, then flush once.
+                let mut written = sink.feed(Message::Text(message)).await;
+                let mut batch = 1;
+                while written.is_ok() && batch < WRITE_BATCH {
+                    let Some(next) = inbox.try_recv() else { break };
+                    written = sink.feed(Message::Text(next)).await;
+                    batch += 1;
+                }
+                if written.is_err() || sink.flush().await.is_err() {
                     break None;
                 }
             }
