@@ -5,36 +5,24 @@
 //!
 //! Run: `cargo bench --bench patterns` (add `-- match/` etc. to filter).
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::System;
+
+use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use eventgate_protocol::pattern::{Pattern, PatternLimits, RuleIndex};
 
-// A counting allocator, only to report bytes per rule.
-struct Counting;
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: delegates every call unchanged to the system allocator and only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        LIVE.fetch_add(n as isize - l.size() as isize, Ordering::Relaxed);
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
+// Counts live heap bytes, only to report bytes per rule (stats_alloc wraps the system
+// allocator; this crate itself stays free of `unsafe`).
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+fn live_bytes() -> isize {
+    let stats = ALLOC.stats();
+    (stats.bytes_allocated as isize - stats.bytes_deallocated as isize) + (stats.bytes_reallocated)
+}
 
 /// Small deterministic PRNG (xorshift64*), so runs are comparable.
 struct Rng(u64);
@@ -365,10 +353,10 @@ fn bench_insert_remove(c: &mut Criterion) {
 
     // Plain wall-clock figures and memory per rule.
     let t = Instant::now();
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live_bytes();
     let idx = build(&pats);
     let dt = t.elapsed();
-    let after = LIVE.load(Ordering::Relaxed);
+    let after = live_bytes();
     eprintln!(
         "[patterns] built 100k rules in {:?} ({:.0} inserts/s); index holds {:.0} bytes/rule beyond the parsed patterns",
         dt,
@@ -376,20 +364,20 @@ fn bench_insert_remove(c: &mut Criterion) {
         (after - before) as f64 / 100_000.0
     );
     drop(idx);
-    let base = LIVE.load(Ordering::Relaxed);
+    let base = live_bytes();
     let idx = {
         let pats = patterns(100_000);
         build(&pats)
     };
     eprintln!(
         "[patterns] index with its own patterns: {:.0} bytes/rule",
-        (LIVE.load(Ordering::Relaxed) - base) as f64 / 100_000.0
+        (live_bytes() - base) as f64 / 100_000.0
     );
-    let base = LIVE.load(Ordering::Relaxed);
+    let base = live_bytes();
     let (q, _) = quamina_build(100_000, &pats);
     eprintln!(
         "[patterns] quamina: {:.0} bytes/rule ({} rules)",
-        (LIVE.load(Ordering::Relaxed) - base) as f64 / q.pattern_count().max(1) as f64,
+        (live_bytes() - base) as f64 / q.pattern_count().max(1) as f64,
         q.pattern_count()
     );
     black_box((idx.len(), q.pattern_count()));

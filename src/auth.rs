@@ -96,11 +96,7 @@ impl Auth {
             return Ok(());
         };
         let origin = origin.trim_end_matches('/').to_ascii_lowercase();
-        if self
-            .allowed_origins
-            .iter()
-            .any(|allowed| *allowed == origin)
-        {
+        if self.allowed_origins.contains(&origin) {
             Ok(())
         } else {
             Err(UpgradeError::OriginNotAllowed)
@@ -120,7 +116,7 @@ impl Auth {
         let host_ok = if self.public_hosts.is_empty() {
             request_host.is_some_and(|request| strip_port(request).eq_ignore_ascii_case(&host))
         } else {
-            self.public_hosts.iter().any(|allowed| *allowed == host)
+            self.public_hosts.contains(&host)
         };
         // Compare the key even when the host is wrong, so timing tells nothing about either.
         let key_ok = header
