@@ -49,12 +49,12 @@ async fn missing_header_is_401() {
 async fn undecodable_headers_are_400() {
     let server = Server::dev().await;
     for value in [
-        "%%%".to_owned(),                      // not base64
-        "a".to_owned(),                        // impossible base64 length
-        encode_base64(b"not json at all"),     // not JSON
-        encode_base64(br#"[1,2,3]"#),          // not an object
-        encode_base64(b"\"a string\""),        // not an object
-        encode_base64(br#"{"ApiKey":5}"#),     // field not a string
+        "%%%".to_owned(),                  // not base64
+        "a".to_owned(),                    // impossible base64 length
+        encode_base64(b"not json at all"), // not JSON
+        encode_base64(br#"[1,2,3]"#),      // not an object
+        encode_base64(b"\"a string\""),    // not an object
+        encode_base64(br#"{"ApiKey":5}"#), // field not a string
     ] {
         let error = expect_refused(server.ws_url_with("/", &value), 400).await;
         assert_no_secret(&error, &[&dev_key()]);
@@ -137,7 +137,11 @@ async fn public_hosts_compare_case_insensitively_and_ignore_ports() {
         ..dev_config()
     })
     .await;
-    for host in ["events.example.com", "EVENTS.EXAMPLE.COM:8443", "events.example.com:443"] {
+    for host in [
+        "events.example.com",
+        "EVENTS.EXAMPLE.COM:8443",
+        "events.example.com:443",
+    ] {
         let value = header(&doc(host, &dev_key(), CLIENT_ID));
         let mut client = Client::connect(&server.ws_url_with("/", &value)).await;
         client.hello().await;
@@ -194,7 +198,11 @@ async fn several_app_version_ids_are_valid_at_once() {
     })
     .await;
     for version in ["v1", "v2", "v3"] {
-        let value = header(&doc("127.0.0.1", &api_key(STACK_ID, Some(version)), CLIENT_ID));
+        let value = header(&doc(
+            "127.0.0.1",
+            &api_key(STACK_ID, Some(version)),
+            CLIENT_ID,
+        ));
         let mut client = Client::connect(&server.ws_url_with("/", &value)).await;
         client.hello().await;
     }
@@ -231,7 +239,12 @@ async fn url_safe_alphabet_without_padding() {
     let (_, encoded) = awkward_header();
     let url_safe = encoded.replace('+', "-").replace('/', "_");
     let unpadded = url_safe.trim_end_matches('=').to_owned();
-    for value in [encoded.clone(), url_safe, unpadded, encoded.trim_end_matches('=').to_owned()] {
+    for value in [
+        encoded.clone(),
+        url_safe,
+        unpadded,
+        encoded.trim_end_matches('=').to_owned(),
+    ] {
         let mut client = Client::connect(&server.ws_url_with("/", &value)).await;
         client.hello().await;
     }

@@ -136,9 +136,7 @@ impl Server {
 
     /// Publishes and asserts that every entry was accepted.
     pub async fn publish(&self, body: &Value) -> Value {
-        let (status, reply) = self
-            .post_events("application/json", body.to_string())
-            .await;
+        let (status, reply) = self.post_events("application/json", body.to_string()).await;
         assert_eq!(status, 200, "publish failed: {reply}");
         assert_eq!(reply["FailedEntryCount"], 0, "publish failed: {reply}");
         reply
@@ -396,7 +394,10 @@ impl Client {
     /// The next Event notification (KeepAlives skipped), with its `Event` string parsed.
     pub async fn next_event(&mut self) -> (Value, Value) {
         let message = self.recv().await;
-        assert_eq!(message["Action"], "Event", "expected an Event, got {message}");
+        assert_eq!(
+            message["Action"], "Event",
+            "expected an Event, got {message}"
+        );
         let event: Value = serde_json::from_str(
             message["Event"]
                 .as_str()
@@ -431,7 +432,10 @@ pub fn assert_error(ack: &Value, request_id: Option<&str>, prefix: &str) -> Stri
     assert_eq!(ack["Status"], "Error", "{ack}");
     match request_id {
         Some(id) => assert_eq!(ack["RequestId"], id, "{ack}"),
-        None => assert!(ack.get("RequestId").is_none(), "no RequestId expected: {ack}"),
+        None => assert!(
+            ack.get("RequestId").is_none(),
+            "no RequestId expected: {ack}"
+        ),
     }
     let message = ack["Message"].as_str().expect("Message").to_owned();
     assert!(
