@@ -95,7 +95,7 @@ async fn upgrade(
     let tracker = state.sessions.clone();
     upgrade
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(16 * 1024)
+        .write_buffer_size(4 * 1024)
         .max_write_buffer_size(limits.max_queued_bytes.max(64 * 1024) * 2)
         .max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
