@@ -191,22 +191,19 @@ describe('against eventgate', () => {
     }
   });
 
-  test('stackKey + appVersionId credentials (LambdaSharp style) connect', async (t) => {
-    const decoded = base64DecodeUtf8(server.apiKey);
-    const colon = decoded.indexOf(':');
-    if (colon < 0) {
-      t.skip(`dev api key is not base64("<AppVersionId>:<StackId>"): ${decoded}`);
-      return;
-    }
-    const appVersionId = decoded.slice(0, colon);
-    const stackKey = base64EncodeUtf8(decoded.slice(colon + 1));
-    const client = new EventGateClient(server.url, { stackKey, appVersionId }, clientOpts());
+  test('stackKey + appVersionId credentials (LambdaSharp style) connect', async () => {
+    // A server that accepts base64("<AppVersionId>:<StackId>") for a configured app version.
+    const appVersionId = '5c1e0a9e-0000-4000-8000-00000000abcd';
+    const versioned = await startEventgate({ env: { EVENTGATE_APP_VERSION_IDS: appVersionId } });
+    const stackKey = base64EncodeUtf8(STACK_ID);
+    const client = new EventGateClient(versioned.url, { stackKey, appVersionId }, clientOpts());
     try {
-      assert.equal(client.apiKey, server.apiKey);
+      assert.equal(client.apiKey, base64EncodeUtf8(`${appVersionId}:${STACK_ID}`));
       await client.subscribe('r', { source: ['stack.key'] }, () => {});
       assert.equal(client.state, 'open');
     } finally {
       client.close();
+      await versioned.stop();
     }
   });
 

@@ -29,7 +29,7 @@ export function assertBinary() {
  * @returns {Promise<{proc, port:number, url:string, apiKey:string, httpUrl:string, demoUrl:string,
  *   output:()=>string, stop:(signal?:string)=>Promise<void>}>}
  */
-export async function startEventgate({ port = 0, stackId = STACK_ID, keepAlive, extraArgs = [] } = {}) {
+export async function startEventgate({ port = 0, stackId = STACK_ID, keepAlive, extraArgs = [], env = {} } = {}) {
   assertBinary();
   const args = ['serve', '--dev', '--listen', `127.0.0.1:${port}`, '--stack-id', stackId];
   if (keepAlive) args.push('--keepalive-interval', keepAlive);
@@ -38,7 +38,7 @@ export async function startEventgate({ port = 0, stackId = STACK_ID, keepAlive, 
   let lastErr;
   for (let attempt = 0; attempt < 20; attempt++) {
     try {
-      return await spawnOnce(args);
+      return await spawnOnce(args, env);
     } catch (err) {
       lastErr = err;
       if (port === 0) break;
@@ -48,12 +48,12 @@ export async function startEventgate({ port = 0, stackId = STACK_ID, keepAlive, 
   throw lastErr;
 }
 
-function spawnOnce(args) {
+function spawnOnce(args, extraEnv = {}) {
   return new Promise((resolve, reject) => {
     const proc = spawn(EVENTGATE_BIN, args, {
       cwd: REPO_ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn', NO_COLOR: '1' },
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn', NO_COLOR: '1', ...extraEnv },
     });
     let stdout = '';
     let stderr = '';
