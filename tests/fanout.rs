@@ -1,0 +1,164 @@
+//! Matching and fan-out: the Event notification shape, replace-in-place, rule sorting, one
+//! notification per event and connection, unsubscribe.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// Publishes a marker event and asserts it is the next thing `client` receives, proving
+/// nothing else was delivered before it. `client` must hold a rule matching source "marker".
+async fn expect_only_marker(server: &Server, client: &mut Client, tag: &str) {
+    server
+        .publish_event("marker", "marker", json!({"tag": tag}))
+        .await;
+    let (message, event) = client.next_event().await;
+    assert_eq!(
+        message["Source"], "marker",
+        "expected the marker, got {message}"
+    );
+    assert_eq!(event["detail"]["tag"], tag);
+}
+
+#[tokio::test]
+async fn event_notification_shape() {
+    let server = Server::dev().await;
+    let mut client = server.announced().await;
+    client.subscribe("r", &json!({"source": ["orders"]})).await;
+    let id = server
+        .publish_event("orders", "OrderPlaced", json!({"n": 1}))
+        .await;
+    let (message, event) = client.next_event().await;
+    let object = message.as_object().expect("object");
+    let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["Action", "Event", "RequestId", "Rules", "Source", "Type"],
+        "{message}"
+    );
+    assert_eq!(message["Rules"], json!(["r"]));
+    assert_eq!(message["Source"], "orders");
+    assert_eq!(message["Type"], "OrderPlaced");
+    let request_id = message["RequestId"].as_str().expect("RequestId");
+    assert_eq!(request_id.len(), 36, "a UUID: {request_id}");
+    assert_eq!(event["id"], id.as_str());
+    assert_eq!(event["source"], "orders");
+    assert_eq!(event["detail-type"], "OrderPlaced");
+    assert_eq!(event["detail"], json!({"n": 1}));
+}
+
+#[tokio::test]
+async fn only_matching_connections_receive_events() {
+    let server = Server::dev().await;
+    let mut matching = server.announced().await;
+    let mut other = server.announced().await;
+    let mut unannounced = server.connect().await;
+    matching.subscribe("m", &json!({"detail": {"n": [{"numeric": [">", 10]}]}})).await;
+    matching.subscribe("marker", &json!({"source": ["marker"]})).await;
+    other.subscribe("o", &json!({"source": ["elsewhere"]})).await;
+    other.subscribe("marker", &json!({"source": ["marker"]})).await;
+
+    server.publish_event("s", "t", json!({"n": 5})).await;
+    server.publish_event("s", "t", json!({"n": 50})).await;
+    let (message, event) = matching.next_event().await;
+    assert_eq!(message["Rules"], json!(["m"]));
+    assert_eq!(event["detail"]["n"], 50);
+    // One marker: for both clients it is the next thing they receive.
+    server
+        .publish_event("marker", "marker", json!({"tag": "m"}))
+        .await;
+    for client in [&mut matching, &mut other] {
+        let (message, _) = client.next_event().await;
+        assert_eq!(message["Source"], "marker", "{message}");
+        assert_eq!(message["Rules"], json!(["marker"]));
+    }
+    assert!(unannounced.try_recv(QUIET).await.is_none());
+}
+
+#[tokio::test]
+async fn subscribe_replaces_a_rule_in_place() {
+    let server = Server::dev().await;
+    let mut client = server.announced().await;
+    client.subscribe("marker", &json!({"source": ["marker"]})).await;
+    client.subscribe("a", &json!({"source": ["p1"]})).await;
+    server.publish_event("p1", "t", json!({"step": 0})).await;
+    let (message, _) = client.next_event().await;
+    assert_eq!(message["Source"], "p1");
+
+    client.subscribe("a", &json!({"source": ["p2"]})).await;
+    server.publish_event("p1", "t", json!({"step": 1})).await;
+    server.publish_event("p2", "t", json!({"step": 2})).await;
+    let (message, event) = client.next_event().await;
+    assert_eq!(message["Source"], "p2", "old pattern still matches: {message}");
+    assert_eq!(message["Rules"], json!(["a"]));
+    assert_eq!(event["detail"]["step"], 2);
+    expect_only_marker(&server, &mut client, "after-replace").await;
+
+    // An event that the old and the new pattern would both match lists the rule once.
+    client
+        .subscribe("a", &json!({"detail-type": ["both"]}))
+        .await;
+    server.publish_event("p2", "both", json!({"step": 3})).await;
+    let (message, _) = client.next_event().await;
+    assert_eq!(message["Rules"], json!(["a"]), "{message}");
+    expect_only_marker(&server, &mut client, "after-both").await;
+}
+
+#[tokio::test]
+async fn rules_are_sorted_and_one_notification_per_event() {
+    let server = Server::dev().await;
+    let mut client = server.announced().await;
+    client.subscribe("marker", &json!({"source": ["marker"]})).await;
+    let pattern = json!({"source": ["x"]});
+    for rule in ["b", "B", "a", "é", "_"] {
+        client.subscribe(rule, &pattern).await;
+    }
+    // A rule matching by another field also joins the same notification.
+    client
+        .subscribe("Z", &json!({"detail": {"k": [{"prefix": "v"}]}}))
+        .await;
+    server.publish_event("x", "t", json!({"k": "value"})).await;
+    let (message, _) = client.next_event().await;
+    assert_eq!(message["Rules"], json!(["B", "Z", "_", "a", "b", "é"]));
+    expect_only_marker(&server, &mut client, "sorted").await;
+
+    // After Unsubscribe the rule is no longer listed.
+    client.unsubscribe("B").await;
+    client.unsubscribe("Z").await;
+    server.publish_event("x", "t", json!({"k": "value"})).await;
+    let (message, _) = client.next_event().await;
+    assert_eq!(message["Rules"], json!(["_", "a", "b", "é"]));
+    expect_only_marker(&server, &mut client, "after-unsubscribe").await;
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_delivery() {
+    let server = Server::dev().await;
+    let mut client = server.announced().await;
+    client.subscribe("marker", &json!({"source": ["marker"]})).await;
+    client.subscribe("a", &json!({"source": ["x"]})).await;
+    client.unsubscribe("a").await;
+    server.publish_event("x", "t", json!({})).await;
+    expect_only_marker(&server, &mut client, "unsubscribed").await;
+}
+
+#[tokio::test]
+async fn every_event_of_a_batch_is_delivered_in_order() {
+    let server = Server::dev().await;
+    let mut first = server.announced().await;
+    let mut second = server.announced().await;
+    let pattern = json!({"source": ["batch"]});
+    first.subscribe("r", &pattern).await;
+    second.subscribe("r", &pattern).await;
+    let events: Vec<Value> = (0..5)
+        .map(|n| json!({"source": "batch", "detail-type": "t", "detail": {"n": n}}))
+        .collect();
+    server.publish(&Value::Array(events)).await;
+    for client in [&mut first, &mut second] {
+        for n in 0..5 {
+            let (_, event) = client.next_event().await;
+            assert_eq!(event["detail"]["n"], n);
+        }
+    }
+}
