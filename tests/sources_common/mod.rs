@@ -1,0 +1,165 @@
+//! Helpers for the broker source tests: broker reachability (skip loudly, or fail in CI),
+//! a gateway with sources configured, and a minimal WebSocket client.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+use eventgate::config::Seconds;
+use eventgate::Config;
+use eventgate_protocol::header::{api_key, encode_base64};
+
+pub const STACK_ID: &str = "9d3c1f5e-7a2b-4c8d-9e0f-1a2b3c4d5e6f";
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// True when the broker answers on `addr`. When it does not: in CI (`CI=true`) the test
+/// fails, elsewhere it prints a loud SKIPPED line and the caller returns.
+pub async fn broker_available(kind: &str, addr: &str) -> bool {
+    let reachable = matches!(
+        tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    );
+    if reachable {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
+        panic!("{kind} not reachable at {addr}, and brokers are mandatory in CI (CI=true)");
+    }
+    eprintln!("\n*** SKIPPED: {kind} not reachable at {addr} ***\n");
+    false
+}
+
+/// A unique suffix for stream, group and consumer names.
+pub fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// A running gateway with the `[[sources]]` of `sources_toml`.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub token: CancellationToken,
+    pub handle: tokio::task::JoinHandle<Result<(), eventgate::RunError>>,
+}
+
+impl Gateway {
+    pub async fn start(sources_toml: &str) -> Gateway {
+        let text = format!("dev = true\nstack_id = \"{STACK_ID}\"\nshutdown_grace = \"2s\"\n{sources_toml}");
+        let mut config: Config =
+            eventgate::config::load(Some(&text), Vec::new(), Vec::new()).expect("config loads");
+        config.shutdown_grace = Seconds(Duration::from_secs(2));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(eventgate::run(config, listener, token.clone()));
+        Gateway {
+            addr,
+            token,
+            handle,
+        }
+    }
+
+    /// Connects, says Hello and subscribes `pattern` as rule `rule`.
+    pub async fn subscriber(&self, rule: &str, pattern: &Value) -> Client {
+        let header = json!({"Host": "127.0.0.1", "ApiKey": api_key(STACK_ID, None), "Id": uuid::Uuid::new_v4().to_string()});
+        let header = encode_base64(header.to_string().as_bytes())
+            .replace('+', "%2B")
+            .replace('/', "%2F")
+            .replace('=', "%3D");
+        let url = format!("ws://{}/?header={header}", self.addr);
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connects");
+        let mut client = Client { ws };
+        client
+            .request(json!({"Action": "Hello", "RequestId": "hello"}))
+            .await;
+        client
+            .request(json!({
+                "Action": "Subscribe",
+                "RequestId": "sub",
+                "Rule": rule,
+                "Pattern": pattern.to_string(),
+            }))
+            .await;
+        client
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("http client")
+            .get(format!("http://{}/metrics", self.addr))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    pub async fn shutdown(self) {
+        self.token.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.handle)
+            .await
+            .expect("run returns after shutdown")
+            .expect("run did not panic")
+            .expect("run ends cleanly");
+    }
+}
+
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    /// Next JSON text frame (KeepAlives skipped), or None after `timeout`.
+    pub async fn next_within(&mut self, timeout: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let message = tokio::time::timeout(left, self.ws.next()).await.ok()??;
+            match message.expect("websocket read") {
+                Message::Text(text) => {
+                    let value: Value = serde_json::from_str(&text).expect("frame is JSON");
+                    if value["Action"] == "KeepAlive" {
+                        continue;
+                    }
+                    return Some(value);
+                }
+                Message::Close(frame) => panic!("connection closed: {frame:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    async fn request(&mut self, action: Value) {
+        self.ws
+            .send(Message::Text(action.to_string().into()))
+            .await
+            .expect("send");
+        let ack = self.next_within(WAIT).await.expect("an Ack");
+        assert_eq!(ack["Action"], "Ack", "{ack}");
+        assert_eq!(ack["Status"], "Ok", "{ack}");
+    }
+
+    /// The next Event notification's event, parsed.
+    pub async fn next_event(&mut self) -> Value {
+        let message = self
+            .next_within(WAIT)
+            .await
+            .expect("an event within the wait");
+        assert_eq!(message["Action"], "Event", "{message}");
+        serde_json::from_str(message["Event"].as_str().expect("Event is a string"))
+            .expect("Event holds JSON")
+    }
+}
