@@ -1,0 +1,274 @@
+//! The Redis Streams source against a real Redis at 127.0.0.1:6379: SuperMQ events reach
+//! WebSocket subscribers, malformed entries land in `<stream>.dlq`, pending entries of a
+//! dead consumer are claimed.
+
+mod sources_common;
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::Value as RedisValue;
+use serde_json::{json, Value};
+
+use sources_common::{broker_available, unique, Gateway, WAIT};
+
+const REDIS: &str = "127.0.0.1:6379";
+
+async fn redis() -> MultiplexedConnection {
+    redis::Client::open(format!("redis://{REDIS}/"))
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connects")
+}
+
+/// XADD with fields in the given order; returns the entry id.
+async fn xadd(conn: &mut MultiplexedConnection, stream: &str, fields: &[(&str, &str)]) -> String {
+    redis::cmd("XADD")
+        .arg(stream)
+        .arg("*")
+        .arg(fields)
+        .query_async(conn)
+        .await
+        .expect("XADD")
+}
+
+/// The `user.create` entry exactly as SuperMQ writes it to `supermq.users`.
+const USER_CREATE: &[(&str, &str)] = &[
+    ("occurred_at", "1693307171925834295"),
+    ("operation", "user.create"),
+    ("id", "e1b982d8-a332-4bc2-aaff-4bbaa86880fc"),
+    ("status", "enabled"),
+    ("created_at", "2023-08-29T11:06:11.914074Z"),
+    ("name", "-dry-sun"),
+    ("metadata", "{}"),
+    ("identity", "[email protected]"),
+];
+
+fn source_toml(name: &str, stream: &str, group: &str, extra: &str) -> String {
+    format!(
+        "[[sources]]\nname = \"{name}\"\nkind = \"redis_streams\"\nurl = \"redis://{REDIS}/\"\n\
+         streams = [\"{stream}\"]\ngroup = \"{group}\"\nconsumer = \"gw-{name}\"\nstart_id = \"0\"\n\
+         block = \"1s\"\n{extra}"
+    )
+}
+
+async fn pending_count(conn: &mut MultiplexedConnection, stream: &str, group: &str) -> i64 {
+    let reply: RedisValue = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async(conn)
+        .await
+        .expect("XPENDING");
+    match reply {
+        RedisValue::Array(parts) => match parts.first() {
+            Some(RedisValue::Int(n)) => *n,
+            other => panic!("unexpected XPENDING reply {other:?}"),
+        },
+        other => panic!("unexpected XPENDING reply {other:?}"),
+    }
+}
+
+async fn cleanup(conn: &mut MultiplexedConnection, stream: &str) {
+    let _: Result<i64, _> = redis::cmd("DEL")
+        .arg(stream)
+        .arg(format!("{stream}.dlq"))
+        .query_async(conn)
+        .await;
+}
+
+#[tokio::test]
+async fn supermq_user_create_reaches_the_websocket_and_bad_entries_are_dead_lettered() {
+    if !broker_available("redis", REDIS).await {
+        return;
+    }
+    let id = unique();
+    let stream = format!("supermq.users.{id}");
+    let group = format!("eventgate-{id}");
+    let name = format!("redis-{id}");
+    let mut conn = redis().await;
+    let gateway = Gateway::start(&source_toml(&name, &stream, &group, "")).await;
+    let mut client = gateway
+        .subscriber("users", &json!({"detail-type": [{"prefix": "user."}]}))
+        .await;
+
+    let entry_id = xadd(&mut conn, &stream, USER_CREATE).await;
+    let event = client.next_event().await;
+    assert_eq!(event["source"], stream.as_str());
+    assert_eq!(event["detail-type"], "user.create");
+    assert_eq!(event["id"], entry_id.as_str());
+    assert_eq!(event["time"], "2023-08-29T11:06:11Z");
+    assert_eq!(event["account"], "000000000000");
+    assert_eq!(event["region"], "local");
+    assert_eq!(
+        event["detail"],
+        json!({
+            "occurred_at": "1693307171925834295",
+            "operation": "user.create",
+            "id": "e1b982d8-a332-4bc2-aaff-4bbaa86880fc",
+            "status": "enabled",
+            "created_at": "2023-08-29T11:06:11.914074Z",
+            "name": "-dry-sun",
+            "metadata": {},
+            "identity": "[email protected]",
+        })
+    );
+
+    // metadata that is not JSON: dead-lettered with its reason, acked, and the next good
+    // entry still flows.
+    let bad_id = xadd(
+        &mut conn,
+        &stream,
+        &[
+            ("occurred_at", "1693307172248000000"),
+            ("operation", "user.update"),
+            ("metadata", "{not json"),
+        ],
+    )
+    .await;
+    let good_id = xadd(
+        &mut conn,
+        &stream,
+        &[
+            ("operation", "user.view"),
+            ("metadata", "{\"role\":\"admin\"}"),
+            ("occurred_at", "1693307172247989798"),
+        ],
+    )
+    .await;
+    let event = client.next_event().await;
+    assert_eq!(event["detail-type"], "user.view", "{event}");
+    assert_eq!(event["id"], good_id.as_str());
+    assert_eq!(event["detail"]["metadata"], json!({"role": "admin"}));
+
+    let dlq: RedisValue = redis::cmd("XRANGE")
+        .arg(format!("{stream}.dlq"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .expect("XRANGE dlq");
+    let dlq = format!("{dlq:?}");
+    let RedisValue::Array(_) = redis::cmd("XRANGE")
+        .arg(format!("{stream}.dlq"))
+        .arg("-")
+        .arg("+")
+        .query_async::<RedisValue>(&mut conn)
+        .await
+        .expect("XRANGE")
+    else {
+        panic!("dlq is not a list: {dlq}");
+    };
+    let fields: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(format!("{stream}.dlq"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .expect("XRANGE typed");
+    assert_eq!(fields.len(), 1, "one dead letter: {dlq}");
+    let dead: std::collections::HashMap<String, String> = fields[0].1.iter().cloned().collect();
+    assert_eq!(dead["original_id"], bad_id);
+    assert!(
+        dead["reason"].contains("metadata") && dead["reason"].contains("not valid JSON"),
+        "reason: {}",
+        dead["reason"]
+    );
+    let payload: Value = serde_json::from_str(&dead["payload"]).expect("payload is JSON");
+    assert_eq!(payload["metadata"], "{not json");
+    assert_eq!(payload["operation"], "user.update");
+
+    // Everything was acked (the ack follows the hand-off, so allow it a moment).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while pending_count(&mut conn, &stream, &group).await != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "entries left pending");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = gateway.metrics().await;
+    for (metric, value) in [
+        ("eventgate_source_consumed_total", 3),
+        ("eventgate_source_dispatched_total", 2),
+        ("eventgate_source_dead_lettered_total", 1),
+    ] {
+        let line = format!("{metric}{{source=\"{name}\"}} {value}");
+        assert!(metrics.contains(&line), "missing {line} in\n{metrics}");
+    }
+
+    gateway.shutdown().await;
+    cleanup(&mut conn, &stream).await;
+}
+
+#[tokio::test]
+async fn entries_pending_on_a_dead_consumer_are_claimed() {
+    if !broker_available("redis", REDIS).await {
+        return;
+    }
+    let id = unique();
+    let stream = format!("supermq.users.{id}");
+    let group = format!("eventgate-{id}");
+    let name = format!("redis-claim-{id}");
+    let mut conn = redis().await;
+    let () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg(&group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .expect("XGROUP CREATE");
+    let entry_id = xadd(&mut conn, &stream, USER_CREATE).await;
+    // Another gateway read the entry and died before acking it.
+    let _: RedisValue = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(&group)
+        .arg("dead-gateway")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .expect("XREADGROUP");
+    assert_eq!(pending_count(&mut conn, &stream, &group).await, 1);
+
+    let gateway = Gateway::start(&source_toml(
+        &name,
+        &stream,
+        &group,
+        "claim_idle = \"300ms\"\n",
+    ))
+    .await;
+    let mut client = gateway
+        .subscriber("users", &json!({"detail-type": ["user.create"]}))
+        .await;
+    // The first claim pass may run before the entry is idle long enough; the next one
+    // (every claim_idle / 2, at least 1 s) takes it.
+    let event = client.next_event().await;
+    assert_eq!(event["id"], entry_id.as_str());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while pending_count(&mut conn, &stream, &group).await != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "claimed entry not acked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gateway.shutdown().await;
+    cleanup(&mut conn, &stream).await;
+}
+
+#[test]
+fn source_config_is_strict() {
+    let base = "dev = true\nstack_id = \"s\"\n";
+    let good = format!(
+        "{base}[[sources]]\nname = \"a\"\nkind = \"redis_streams\"\nurl = \"redis://127.0.0.1/\"\nstreams = [\"supermq.users\"]\ngroup = \"g\"\nconsumer = \"c\"\n"
+    );
+    let config = eventgate::config::load(Some(&good), Vec::new(), Vec::new()).expect("valid");
+    assert_eq!(config.sources.len(), 1);
+    assert_eq!(config.sources[0].name(), "a");
+    let unknown_key = format!("{good}bogus = 1\n");
+    let error = eventgate::config::load(Some(&unknown_key), Vec::new(), Vec::new())
+        .expect_err("unknown key");
+    assert!(error.to_string().contains("bogus"), "{error}");
+    let unknown_kind = good.replace("redis_streams", "kafka");
+    assert!(eventgate::config::load(Some(&unknown_kind), Vec::new(), Vec::new()).is_err());
+}
