@@ -141,47 +141,37 @@ async fn supermq_user_create_reaches_the_websocket_and_bad_entries_are_dead_lett
     assert_eq!(event["id"], good_id.as_str());
     assert_eq!(event["detail"]["metadata"], json!({"role": "admin"}));
 
-    let dlq: RedisValue = redis::cmd("XRANGE")
+    let dlq: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(format!("{stream}.dlq"))
         .arg("-")
         .arg("+")
         .query_async(&mut conn)
         .await
         .expect("XRANGE dlq");
-    let dlq = format!("{dlq:?}");
-    let RedisValue::Array(_) = redis::cmd("XRANGE")
-        .arg(format!("{stream}.dlq"))
-        .arg("-")
-        .arg("+")
-        .query_async::<RedisValue>(&mut conn)
-        .await
-        .expect("XRANGE")
-    else {
-        panic!("dlq is not a list: {dlq}");
+    assert_eq!(dlq.ids.len(), 1, "one dead letter: {dlq:?}");
+    let dead = &dlq.ids[0];
+    let field = |key: &str| -> String {
+        dead.get(key)
+            .unwrap_or_else(|| panic!("no {key} in {dead:?}"))
     };
-    let fields: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(format!("{stream}.dlq"))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .expect("XRANGE typed");
-    assert_eq!(fields.len(), 1, "one dead letter: {dlq}");
-    let dead: std::collections::HashMap<String, String> = fields[0].1.iter().cloned().collect();
-    assert_eq!(dead["original_id"], bad_id);
+    assert_eq!(field("original_id"), bad_id);
+    let reason = field("reason");
     assert!(
-        dead["reason"].contains("metadata") && dead["reason"].contains("not valid JSON"),
-        "reason: {}",
-        dead["reason"]
+        reason.contains("metadata") && reason.contains("not valid JSON"),
+        "reason: {reason}"
     );
-    let payload: Value = serde_json::from_str(&dead["payload"]).expect("payload is JSON");
+    assert_eq!(field("source"), name);
+    let payload: Value = serde_json::from_str(&field("payload")).expect("payload is JSON");
     assert_eq!(payload["metadata"], "{not json");
     assert_eq!(payload["operation"], "user.update");
 
     // Everything was acked (the ack follows the hand-off, so allow it a moment).
     let deadline = tokio::time::Instant::now() + WAIT;
     while pending_count(&mut conn, &stream, &group).await != 0 {
-        assert!(tokio::time::Instant::now() < deadline, "entries left pending");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "entries left pending"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let metrics = gateway.metrics().await;
@@ -249,7 +239,10 @@ async fn entries_pending_on_a_dead_consumer_are_claimed() {
     assert_eq!(event["id"], entry_id.as_str());
     let deadline = tokio::time::Instant::now() + WAIT;
     while pending_count(&mut conn, &stream, &group).await != 0 {
-        assert!(tokio::time::Instant::now() < deadline, "claimed entry not acked");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "claimed entry not acked"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     gateway.shutdown().await;

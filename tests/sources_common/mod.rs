@@ -50,7 +50,9 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn start(sources_toml: &str) -> Gateway {
-        let text = format!("dev = true\nstack_id = \"{STACK_ID}\"\nshutdown_grace = \"2s\"\n{sources_toml}");
+        let text = format!(
+            "dev = true\nstack_id = \"{STACK_ID}\"\nshutdown_grace = \"2s\"\n{sources_toml}"
+        );
         let mut config: Config =
             eventgate::config::load(Some(&text), Vec::new(), Vec::new()).expect("config loads");
         config.shutdown_grace = Seconds(Duration::from_secs(2));
