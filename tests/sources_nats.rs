@@ -1,0 +1,194 @@
+//! The NATS JetStream source against a real NATS server at 127.0.0.1:4222: SuperMQ events
+//! reach WebSocket subscribers, malformed messages are published to the DLQ subject with
+//! their reason and terminated.
+
+mod sources_common;
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures_util::StreamExt;
+use serde_json::json;
+
+use sources_common::{broker_available, unique, Gateway, WAIT};
+
+const NATS: &str = "127.0.0.1:4222";
+
+/// `user.create` exactly as SuperMQ publishes it on `events.supermq.users`.
+const USER_CREATE: &str = r#"{"created_at":"2023-10-05T12:41:04.743529Z","id":"0a5f2e21-1a8b-460e-bfa9-732e570df095","identity":"[email protected]","metadata":"e30=","name":"wizardly_hopper","occurred_at":1696509664755440542,"operation":"user.create","status":"enabled"}"#;
+const USER_VIEW_PROFILE: &str = r#"{"created_at":"2023-10-05T11:59:02.029606Z","id":"97466511-6317-4c98-8d58-7bd78bcaf587","identity":"[email protected]","metadata":"eyJyb2xlIjoiYWRtaW4ifQ==","name":"admin","occurred_at":1696524061363472648,"operation":"user.view_profile","status":"enabled"}"#;
+
+#[tokio::test]
+async fn supermq_user_create_reaches_the_websocket_and_bad_messages_are_dead_lettered() {
+    if !broker_available("nats", NATS).await {
+        return;
+    }
+    let id = unique();
+    let stream_name = format!("EG_{id}");
+    let prefix = format!("events.{id}");
+    let subject = format!("{prefix}.supermq.users");
+    let dlq_subject = format!("eventgate.dlq.{id}");
+    let name = format!("nats-{id}");
+    let durable = format!("eventgate-{id}");
+
+    let client = async_nats::connect(NATS).await.expect("nats connects");
+    let js = jetstream::new(client.clone());
+    js.create_stream(jetstream::stream::Config {
+        name: stream_name.clone(),
+        subjects: vec![format!("{prefix}.>")],
+        ..Default::default()
+    })
+    .await
+    .expect("create stream");
+    let mut dead_letters = client
+        .subscribe(dlq_subject.clone())
+        .await
+        .expect("subscribe to the dlq subject");
+    client.flush().await.expect("flush");
+
+    let gateway = Gateway::start(&format!(
+        "[[sources]]\nname = \"{name}\"\nkind = \"nats_jetstream\"\nurl = \"nats://{NATS}\"\n\
+         stream = \"{stream_name}\"\nsubjects = [\"{prefix}.supermq.>\"]\ndurable = \"{durable}\"\n\
+         ack_wait = \"5s\"\nmax_ack_pending = 100\ndlq_subject = \"{dlq_subject}\"\n"
+    ))
+    .await;
+    let mut ws = gateway
+        .subscriber("users", &json!({"detail-type": [{"prefix": "user."}]}))
+        .await;
+
+    js.publish(subject.clone(), USER_CREATE.into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let event = ws.next_event().await;
+    assert_eq!(event["source"], subject.as_str());
+    assert_eq!(event["detail-type"], "user.create");
+    assert_eq!(event["id"], format!("{stream_name}-1"));
+    assert_eq!(event["time"], "2023-10-05T12:41:04Z");
+    assert_eq!(
+        event["detail"],
+        json!({
+            "created_at": "2023-10-05T12:41:04.743529Z",
+            "id": "0a5f2e21-1a8b-460e-bfa9-732e570df095",
+            "identity": "[email protected]",
+            "metadata": {},
+            "name": "wizardly_hopper",
+            "occurred_at": 1696509664755440542u64,
+            "operation": "user.create",
+            "status": "enabled",
+        })
+    );
+
+    // Not JSON: dead-lettered with its reason; the next good message still flows.
+    js.publish(subject.clone(), "{not json".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    js.publish(subject.clone(), USER_VIEW_PROFILE.into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let event = ws.next_event().await;
+    assert_eq!(event["detail-type"], "user.view_profile", "{event}");
+    assert_eq!(event["detail"]["metadata"], json!({"role": "admin"}));
+
+    let dead = tokio::time::timeout(WAIT, dead_letters.next())
+        .await
+        .expect("a dead letter in time")
+        .expect("subscription open");
+    assert_eq!(dead.payload.as_ref(), b"{not json");
+    let headers = dead.headers.expect("dead letter has headers");
+    let reason = headers
+        .get("Eventgate-Dlq-Reason")
+        .expect("reason header")
+        .to_string();
+    assert!(reason.contains("not a JSON object"), "reason: {reason}");
+    assert_eq!(
+        headers
+            .get("Eventgate-Original-Subject")
+            .map(|v| v.to_string()),
+        Some(subject.clone())
+    );
+    assert_eq!(
+        headers
+            .get("Eventgate-Original-Sequence")
+            .map(|v| v.to_string()),
+        Some("2".to_owned())
+    );
+
+    // All three were acked (terminated for the bad one).
+    let stream = js.get_stream(&stream_name).await.expect("stream");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let info = stream.consumer_info(&durable).await.expect("consumer info");
+        if info.num_ack_pending == 0 && info.ack_floor.stream_sequence == 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not all acked: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = gateway.metrics().await;
+    for (metric, value) in [
+        ("eventgate_source_consumed_total", 3),
+        ("eventgate_source_dispatched_total", 2),
+        ("eventgate_source_dead_lettered_total", 1),
+    ] {
+        let line = format!("{metric}{{source=\"{name}\"}} {value}");
+        assert!(metrics.contains(&line), "missing {line} in\n{metrics}");
+    }
+
+    gateway.shutdown().await;
+    js.delete_stream(&stream_name).await.expect("delete stream");
+}
+
+#[tokio::test]
+async fn a_missing_stream_is_retried_until_it_exists() {
+    if !broker_available("nats", NATS).await {
+        return;
+    }
+    let id = unique();
+    let stream_name = format!("EG_{id}");
+    let subject = format!("events.{id}.supermq.users");
+    let name = format!("nats-late-{id}");
+    let gateway = Gateway::start(&format!(
+        "[[sources]]\nname = \"{name}\"\nkind = \"nats_jetstream\"\nurl = \"nats://{NATS}\"\n\
+         stream = \"{stream_name}\"\ndurable = \"eventgate-{id}\"\nmax_backoff = \"500ms\"\n"
+    ))
+    .await;
+    let mut ws = gateway
+        .subscriber("users", &json!({"detail-type": ["user.create"]}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let client = async_nats::connect(NATS).await.expect("nats connects");
+    let js = jetstream::new(client);
+    js.create_stream(jetstream::stream::Config {
+        name: stream_name.clone(),
+        subjects: vec![format!("events.{id}.>")],
+        ..Default::default()
+    })
+    .await
+    .expect("create stream");
+    js.publish(subject.clone(), USER_CREATE.into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let event = ws.next_event().await;
+    assert_eq!(event["source"], subject.as_str());
+    let metrics = gateway.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            "eventgate_source_reconnects_total{{source=\"{name}\"}}"
+        )),
+        "{metrics}"
+    );
+    gateway.shutdown().await;
+    js.delete_stream(&stream_name).await.expect("delete stream");
+}
