@@ -166,6 +166,9 @@ pub struct Config {
     /// Time allowed for draining on shutdown.
     pub shutdown_grace: Seconds,
     pub limits: Limits,
+    /// Broker sources (`[[sources]]`), see `docs/sources.md`.
+    #[serde(default)]
+    pub sources: Vec<crate::sources::SourceConfig>,
 }
 
 impl Default for Config {
@@ -186,6 +189,7 @@ impl Default for Config {
             idle_timeout: Seconds(Duration::from_secs(75)),
             shutdown_grace: Seconds(Duration::from_secs(10)),
             limits: Limits::default(),
+            sources: Vec::new(),
         }
     }
 }

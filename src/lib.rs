@@ -12,6 +12,7 @@ pub mod hub;
 pub mod ingest;
 pub mod server;
 pub mod session;
+pub mod sources;
 pub mod telemetry;
 
 pub use config::Config;

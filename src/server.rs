@@ -288,6 +288,15 @@ pub async fn run(
         hub_stop.clone(),
         &background,
     );
+    let sources_stop = hub_stop.child_token();
+    crate::sources::start(
+        &config.sources,
+        &hub,
+        &config.account,
+        &config.region,
+        &sources_stop,
+        &background,
+    );
     let sessions_stop = CancellationToken::new();
     let state = Arc::new(AppState {
         pattern_limits: config.limits.pattern_limits(),
@@ -305,8 +314,11 @@ pub async fn run(
     });
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let drain_state = state.clone();
+    let drain_sources = sources_stop.clone();
     let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.cancelled().await;
+        // No new broker messages once draining starts: unread ones stay in the broker.
+        drain_sources.cancel();
         drain_state.draining.store(true, Ordering::Relaxed);
         tracing::info!("shutting down: closing connections");
         sessions_stop.cancel();
@@ -321,6 +333,8 @@ pub async fn run(
     {
         tracing::warn!("grace period over with connections still open");
     }
+    // Sources stop first (they may be in the middle of handing off), then the hub.
+    sources_stop.cancel();
     hub_stop.cancel();
     background.close();
     background.wait().await;

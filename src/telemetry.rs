@@ -80,3 +80,33 @@ pub fn slow_consumer_closed(connection: u64) {
 pub fn action_rejected(kind: &'static str) {
     counter!(ACTION_ERRORS, "kind" => kind).increment(1);
 }
+
+pub const SOURCE_CONSUMED: &str = "eventgate_source_consumed_total";
+pub const SOURCE_DISPATCHED: &str = "eventgate_source_dispatched_total";
+pub const SOURCE_DEAD_LETTERED: &str = "eventgate_source_dead_lettered_total";
+pub const SOURCE_ERRORS: &str = "eventgate_source_errors_total";
+pub const SOURCE_RECONNECTS: &str = "eventgate_source_reconnects_total";
+
+pub fn source_consumed(source: &str, count: u64) {
+    counter!(SOURCE_CONSUMED, "source" => source.to_owned()).increment(count);
+}
+
+pub fn source_dispatched(source: &str, count: u64) {
+    counter!(SOURCE_DISPATCHED, "source" => source.to_owned()).increment(count);
+    tracing::trace!(source, count, "source events handed to the hub");
+}
+
+pub fn source_dead_lettered(source: &str, message_id: &str, reason: &str) {
+    counter!(SOURCE_DEAD_LETTERED, "source" => source.to_owned()).increment(1);
+    tracing::warn!(source, message_id, reason, "source message dead-lettered");
+}
+
+pub fn source_error(source: &str, error: &dyn std::fmt::Display) {
+    counter!(SOURCE_ERRORS, "source" => source.to_owned()).increment(1);
+    tracing::warn!(source, %error, "source error");
+}
+
+pub fn source_reconnecting(source: &str, delay_ms: u128) {
+    counter!(SOURCE_RECONNECTS, "source" => source.to_owned()).increment(1);
+    tracing::info!(source, delay_ms, "source reconnecting");
+}
