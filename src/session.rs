@@ -23,6 +23,11 @@ use crate::telemetry;
 /// Most queued notifications written before one flush.
 const WRITE_BATCH: usize = 64;
 
+/// How long the server waits for the peer's Close after sending its own (RFC 6455 §7.1.1:
+/// the side that closes first reads on until the peer answers, so TCP ends with FIN, not a
+/// reset that would destroy the close frame in flight).
+const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// A token bucket: `rate` actions per second, bursts of twice that.
 struct RateLimit {
     tokens: f64,
@@ -59,6 +64,18 @@ impl RateLimit {
 enum Step {
     Continue,
     Close(CloseReason),
+    /// The peer sent Close: answer it, then end.
+    PeerClosed,
+    Gone,
+}
+
+/// How the read/write loop ended.
+enum Outcome {
+    /// The server closes with this reason.
+    Close(CloseReason),
+    /// The peer started the close handshake.
+    PeerClosed,
+    /// The transport failed or ended.
     Gone,
 }
 
@@ -95,7 +112,7 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, connection: Connection
     let mut next_ping = Instant::now() + keepalive;
     let shutdown = session.state.shutdown.clone();
 
-    let outcome: Option<CloseReason> = loop {
+    let outcome: Outcome = loop {
         let next_timer = if session.announced {
             next_ping.min(last_heard + idle_timeout)
         } else {
@@ -103,10 +120,10 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, connection: Connection
         };
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break Some(CloseReason::ShuttingDown),
-            _ = slow.cancelled() => break Some(CloseReason::SlowConsumer),
+            _ = shutdown.cancelled() => break Outcome::Close(CloseReason::ShuttingDown),
+            _ = slow.cancelled() => break Outcome::Close(CloseReason::SlowConsumer),
             message = inbox.recv(), if session.announced => {
-                let Some(message) = message else { break None };
+                let Some(message) = message else { break Outcome::Gone };
                 // Write what is already queued in one go, then flush once.
                 let mut written = sink.feed(Message::Text(message)).await;
                 let mut batch = 1;
@@ -116,7 +133,7 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, connection: Connection
                     batch += 1;
                 }
                 if written.is_err() || sink.flush().await.is_err() {
-                    break None;
+                    break Outcome::Gone;
                 }
             }
             frame = stream.next() => {
@@ -140,48 +157,64 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, connection: Connection
                         }
                     }
                     Some(Ok(Message::Binary(_))) => Step::Close(CloseReason::BinaryFrame),
-                    Some(Ok(Message::Close(_))) => Step::Gone,
+                    Some(Ok(Message::Close(_))) => Step::PeerClosed,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Step::Continue,
                 };
                 match step {
                     Step::Continue => {}
-                    Step::Close(reason) => break Some(reason),
-                    Step::Gone => break None,
+                    Step::Close(reason) => break Outcome::Close(reason),
+                    Step::PeerClosed => break Outcome::PeerClosed,
+                    Step::Gone => break Outcome::Gone,
                 }
             }
             _ = tokio::time::sleep_until(next_timer) => {
                 let now = Instant::now();
                 if !session.announced && now >= hello_deadline {
-                    break Some(CloseReason::HelloTimeout);
+                    break Outcome::Close(CloseReason::HelloTimeout);
                 }
                 if now >= last_heard + idle_timeout {
-                    break Some(CloseReason::Idle);
+                    break Outcome::Close(CloseReason::Idle);
                 }
                 if now >= next_ping {
                     next_ping = now + keepalive;
                     if sink.send(Message::Ping(Default::default())).await.is_err() {
-                        break None;
+                        break Outcome::Gone;
                     }
                 }
             }
         }
     };
 
-    if let Some(reason) = outcome {
-        let frame = CloseFrame {
-            code: reason.code(),
-            reason: Utf8Bytes::from_static(reason.text()),
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            let _ = sink.send(Message::Close(Some(frame))).await;
-            let _ = sink.flush().await;
-        })
-        .await;
-    }
+    let closed_by_server = match outcome {
+        Outcome::Close(reason) => {
+            let frame = CloseFrame {
+                code: reason.code(),
+                reason: Utf8Bytes::from_static(reason.text()),
+            };
+            let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+                if sink.send(Message::Close(Some(frame))).await.is_ok() {
+                    // Read on until the peer's Close (or the end of the stream).
+                    while let Some(Ok(frame)) = stream.next().await {
+                        if matches!(frame, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                }
+            })
+            .await;
+            Some(reason)
+        }
+        Outcome::PeerClosed => {
+            // tungstenite queued the Close reply when it read the peer's Close; send it.
+            let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, sink.close()).await;
+            None
+        }
+        Outcome::Gone => None,
+    };
     if session.announced {
         session.state.hub.deregister(connection).await;
     }
-    let label = outcome.map_or("peer_closed", CloseReason::label);
+    let label = closed_by_server.map_or("peer_closed", CloseReason::label);
     telemetry::connection_closed(label, session.announced);
 }
 

@@ -72,18 +72,35 @@ async fn missing_or_empty_rule_names() {
     let mut client = server.announced().await;
     let pattern = json!({"source": ["x"]}).to_string();
     for (frame, id) in [
-        (json!({"Action": "Subscribe", "RequestId": "1", "Pattern": pattern}), "1"),
-        (json!({"Action": "Subscribe", "RequestId": "2", "Rule": "", "Pattern": pattern}), "2"),
-        (json!({"Action": "Subscribe", "RequestId": "3", "Rule": 5, "Pattern": pattern}), "3"),
-        (json!({"Action": "Subscribe", "RequestId": "4", "Rule": "r".repeat(17), "Pattern": pattern}), "4"),
+        (
+            json!({"Action": "Subscribe", "RequestId": "1", "Pattern": pattern}),
+            "1",
+        ),
+        (
+            json!({"Action": "Subscribe", "RequestId": "2", "Rule": "", "Pattern": pattern}),
+            "2",
+        ),
+        (
+            json!({"Action": "Subscribe", "RequestId": "3", "Rule": 5, "Pattern": pattern}),
+            "3",
+        ),
+        (
+            json!({"Action": "Subscribe", "RequestId": "4", "Rule": "r".repeat(17), "Pattern": pattern}),
+            "4",
+        ),
         (json!({"Action": "Unsubscribe", "RequestId": "5"}), "5"),
-        (json!({"Action": "Unsubscribe", "RequestId": "6", "Rule": ""}), "6"),
+        (
+            json!({"Action": "Unsubscribe", "RequestId": "6", "Rule": ""}),
+            "6",
+        ),
     ] {
         let ack = client.request(&frame).await;
         assert_error(&ack, Some(id), "missing or invalid rule name");
     }
     // A name at the limit is fine.
-    client.subscribe(&"r".repeat(16), &json!({"source": ["x"]})).await;
+    client
+        .subscribe(&"r".repeat(16), &json!({"source": ["x"]}))
+        .await;
 }
 
 #[tokio::test]
@@ -102,7 +119,9 @@ async fn invalid_patterns_name_the_path_and_reason() {
 
     // Not JSON inside the string.
     let ack = client
-        .request(&json!({"Action": "Subscribe", "RequestId": "j", "Rule": "j", "Pattern": "{not json"}))
+        .request(
+            &json!({"Action": "Subscribe", "RequestId": "j", "Rule": "j", "Pattern": "{not json"}),
+        )
         .await;
     assert_error(&ack, Some("j"), "invalid pattern: ");
     // Pattern of the wrong type, and missing.
@@ -317,7 +336,12 @@ async fn action_flood_closes_with_1008() {
     let mut client = server.announced().await;
     for n in 0..40 {
         let frame = json!({"Action": "Unsubscribe", "RequestId": format!("f{n}"), "Rule": "a"});
-        if client.ws.send(Message::text(frame.to_string())).await.is_err() {
+        if client
+            .ws
+            .send(Message::text(frame.to_string()))
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -336,4 +360,64 @@ async fn action_flood_closes_with_1008() {
     assert_eq!(code, 1008, "{reason}");
     // The burst allowance (twice the rate, minus the Hello) was answered.
     assert!((5..=12).contains(&acks), "{acks} acks before the close");
+}
+
+#[tokio::test]
+async fn client_close_is_answered_with_a_close_frame() {
+    let server = Server::dev().await;
+    let mut client = server.announced().await;
+    client
+        .ws
+        .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: "bye".into(),
+        }))
+        .await
+        .expect("send close");
+    // RFC 6455 §5.5.1: the server answers a Close with a Close before dropping TCP.
+    let mut answered = false;
+    loop {
+        match tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut client.ws)).await {
+            Err(_) => panic!("no answer to the client's close"),
+            Ok(Some(Ok(Message::Close(_)))) => answered = true,
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed))) | Ok(None) => {
+                break
+            }
+            Ok(Some(Err(error))) => panic!("close handshake not completed: {error}"),
+        }
+    }
+    assert!(
+        answered,
+        "the server dropped the connection without a close frame"
+    );
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_and_live_ones_kept() {
+    let server = Server::start(Config {
+        keepalive_interval: ms(100),
+        idle_timeout: ms(500),
+        ..dev_config()
+    })
+    .await;
+    let mut live = server.announced().await;
+    let mut idle = server.announced().await;
+    // `live` keeps reading (tungstenite answers pings); `idle` reads nothing for a while.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1200);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match live.next_within(left).await {
+            None => break,
+            Some(Received::Text(message)) => assert_eq!(message["Action"], "KeepAlive"),
+            Some(other) => panic!("the live connection got {other:?}"),
+        }
+    }
+    live.subscribe("still-here", &json!({"source": ["x"]}))
+        .await;
+    let (code, reason) = idle.expect_close().await.expect("a close frame");
+    assert_eq!(code, 1001, "{reason}");
 }

@@ -20,17 +20,19 @@ async fn small_buffer_client(server: &Server) -> Client {
     socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
     let stream = socket.connect(server.addr).await.expect("connect");
     let request = server.ws_url().into_client_request().expect("request");
-    let (ws, _) = tokio_tungstenite::client_async(
-        request,
-        tokio_tungstenite::MaybeTlsStream::Plain(stream),
-    )
-    .await
-    .expect("upgrade");
+    let (ws, _) =
+        tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .expect("upgrade");
     Client { ws }
 }
 
 async fn slow_closes(server: &Server) -> f64 {
-    metric_value(&server.metrics().await, "eventgate_slow_consumer_closes_total").unwrap_or(0.0)
+    metric_value(
+        &server.metrics().await,
+        "eventgate_slow_consumer_closes_total",
+    )
+    .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -54,10 +54,18 @@ async fn only_matching_connections_receive_events() {
     let mut matching = server.announced().await;
     let mut other = server.announced().await;
     let mut unannounced = server.connect().await;
-    matching.subscribe("m", &json!({"detail": {"n": [{"numeric": [">", 10]}]}})).await;
-    matching.subscribe("marker", &json!({"source": ["marker"]})).await;
-    other.subscribe("o", &json!({"source": ["elsewhere"]})).await;
-    other.subscribe("marker", &json!({"source": ["marker"]})).await;
+    matching
+        .subscribe("m", &json!({"detail": {"n": [{"numeric": [">", 10]}]}}))
+        .await;
+    matching
+        .subscribe("marker", &json!({"source": ["marker"]}))
+        .await;
+    other
+        .subscribe("o", &json!({"source": ["elsewhere"]}))
+        .await;
+    other
+        .subscribe("marker", &json!({"source": ["marker"]}))
+        .await;
 
     server.publish_event("s", "t", json!({"n": 5})).await;
     server.publish_event("s", "t", json!({"n": 50})).await;
@@ -80,7 +88,9 @@ async fn only_matching_connections_receive_events() {
 async fn subscribe_replaces_a_rule_in_place() {
     let server = Server::dev().await;
     let mut client = server.announced().await;
-    client.subscribe("marker", &json!({"source": ["marker"]})).await;
+    client
+        .subscribe("marker", &json!({"source": ["marker"]}))
+        .await;
     client.subscribe("a", &json!({"source": ["p1"]})).await;
     server.publish_event("p1", "t", json!({"step": 0})).await;
     let (message, _) = client.next_event().await;
@@ -90,7 +100,10 @@ async fn subscribe_replaces_a_rule_in_place() {
     server.publish_event("p1", "t", json!({"step": 1})).await;
     server.publish_event("p2", "t", json!({"step": 2})).await;
     let (message, event) = client.next_event().await;
-    assert_eq!(message["Source"], "p2", "old pattern still matches: {message}");
+    assert_eq!(
+        message["Source"], "p2",
+        "old pattern still matches: {message}"
+    );
     assert_eq!(message["Rules"], json!(["a"]));
     assert_eq!(event["detail"]["step"], 2);
     expect_only_marker(&server, &mut client, "after-replace").await;
@@ -109,7 +122,9 @@ async fn subscribe_replaces_a_rule_in_place() {
 async fn rules_are_sorted_and_one_notification_per_event() {
     let server = Server::dev().await;
     let mut client = server.announced().await;
-    client.subscribe("marker", &json!({"source": ["marker"]})).await;
+    client
+        .subscribe("marker", &json!({"source": ["marker"]}))
+        .await;
     let pattern = json!({"source": ["x"]});
     for rule in ["b", "B", "a", "é", "_"] {
         client.subscribe(rule, &pattern).await;
@@ -136,7 +151,9 @@ async fn rules_are_sorted_and_one_notification_per_event() {
 async fn unsubscribe_stops_delivery() {
     let server = Server::dev().await;
     let mut client = server.announced().await;
-    client.subscribe("marker", &json!({"source": ["marker"]})).await;
+    client
+        .subscribe("marker", &json!({"source": ["marker"]}))
+        .await;
     client.subscribe("a", &json!({"source": ["x"]})).await;
     client.unsubscribe("a").await;
     server.publish_event("x", "t", json!({})).await;

@@ -50,7 +50,9 @@ async fn eventbridge_object_with_defaults_and_verbatim_numbers() {
     assert!(text.contains("1.50"), "{text}");
     assert!(text.contains("12345678901234567890123"), "{text}");
     assert!(
-        text.contains(r#""detail":{"price":1.50,"big":12345678901234567890123,"neg":-0.0,"exp":2.50E+3}"#),
+        text.contains(
+            r#""detail":{"price":1.50,"big":12345678901234567890123,"neg":-0.0,"exp":2.50E+3}"#
+        ),
         "detail not forwarded byte for byte: {text}"
     );
     assert_eq!(event["id"], id.as_str());
@@ -151,7 +153,10 @@ async fn put_events_entries() {
     let (message, event) = client.next_event().await;
     assert_eq!(message["Type"], "A");
     let text = message["Event"].as_str().expect("Event");
-    assert!(text.contains("1.50") && text.contains("12345678901234567890123"), "{text}");
+    assert!(
+        text.contains("1.50") && text.contains("12345678901234567890123"),
+        "{text}"
+    );
     assert_eq!(event["resources"], json!(["r1"]));
     assert_eq!(event["id"].as_str(), entries[0]["EventId"].as_str());
     let (message, _) = client.next_event().await;
@@ -211,7 +216,12 @@ async fn cloudevents_batch() {
     assert_eq!(reply["FailedEntryCount"], 1, "{reply}");
     assert_eq!(
         event_ids(&reply),
-        [Some("b-1".into()), None, Some("b-3".into()), Some("b-4".into())]
+        [
+            Some("b-1".into()),
+            None,
+            Some("b-3".into()),
+            Some("b-4".into())
+        ]
     );
     let (_, event) = client.next_event().await;
     assert_eq!(event["detail"], json!({"n": 1}));
@@ -248,7 +258,10 @@ async fn binary_cloudevent() {
     let (message, event) = client.next_event().await;
     assert_eq!(message["Type"], "com.example.binary");
     let text = message["Event"].as_str().expect("Event");
-    assert!(text.contains("1.50") && text.contains("12345678901234567890123"), "{text}");
+    assert!(
+        text.contains("1.50") && text.contains("12345678901234567890123"),
+        "{text}"
+    );
     assert_eq!(event["resources"], json!(["thing"]));
 
     // Text data becomes {"data": "..."}; a missing id fails the entry.
@@ -301,8 +314,16 @@ async fn whole_request_errors() {
         ("application/json", "5".to_owned(), 400),
         ("application/json", "[]".to_owned(), 400),
         ("application/json", json!({"Entries": 5}).to_string(), 400),
-        ("application/json", json!([event, event, event, event]).to_string(), 400),
-        ("application/json", json!({"Entries": [1, 2, 3, 4]}).to_string(), 400),
+        (
+            "application/json",
+            json!([event, event, event, event]).to_string(),
+            400,
+        ),
+        (
+            "application/json",
+            json!({"Entries": [1, 2, 3, 4]}).to_string(),
+            400,
+        ),
         ("text/plain", event.to_string(), 415),
         ("application/xml", "<a/>".to_owned(), 415),
         (

@@ -125,7 +125,8 @@ async fn test_pattern_endpoint() {
     .await;
     assert_eq!((status, body), (200, json!({"Result": true})));
     for bad in [
-        json!({"EventPattern": {"detail": {"n": [{"numeric": [">"]}]}}, "Event": event}).to_string(),
+        json!({"EventPattern": {"detail": {"n": [{"numeric": [">"]}]}}, "Event": event})
+            .to_string(),
         json!({"EventPattern": matching, "Event": "not json"}).to_string(),
         json!({"EventPattern": matching, "Event": [1]}).to_string(),
         json!({"EventPattern": matching}).to_string(),
