@@ -169,6 +169,9 @@ pub struct Config {
     /// Broker sources (`[[sources]]`), see `docs/sources.md`.
     #[serde(default)]
     pub sources: Vec<crate::sources::SourceConfig>,
+    /// Multi-node fan-out (`[cluster]`); absent = this node alone, in-process.
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Default for Config {
@@ -190,6 +193,7 @@ impl Default for Config {
             shutdown_grace: Seconds(Duration::from_secs(10)),
             limits: Limits::default(),
             sources: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -255,6 +259,10 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("MAX_BODY_BYTES", "limits.max_body_bytes", Kind::Integer),
     ("MAX_EVENT_BYTES", "limits.max_event_bytes", Kind::Integer),
     ("MAX_ENTRIES", "limits.max_entries", Kind::Integer),
+    ("CLUSTER_BACKEND", "cluster.backend", Kind::Text),
+    ("CLUSTER_URL", "cluster.url", Kind::Text),
+    ("CLUSTER_CHANNEL", "cluster.channel", Kind::Text),
+    ("CLUSTER_NODE_ID", "cluster.node_id", Kind::Text),
 ];
 
 #[derive(Debug, Clone, Copy)]

@@ -120,6 +120,8 @@ enum Command {
 #[derive(Clone, Debug)]
 pub struct Hub {
     commands: mpsc::Sender<Command>,
+    /// Set on a cluster node: published events also go to the other nodes.
+    forwarder: Option<crate::cluster::Forwarder>,
 }
 
 impl std::fmt::Debug for Command {
@@ -154,7 +156,18 @@ impl Hub {
             deliveries: Vec::new(),
         };
         tracker.spawn(dispatcher.run(receiver, shutdown));
-        Hub { commands }
+        Hub {
+            commands,
+            forwarder: None,
+        }
+    }
+
+    /// This hub, with every event given to `publish` also forwarded to the cluster.
+    pub fn with_forwarder(self, forwarder: crate::cluster::Forwarder) -> Hub {
+        Hub {
+            forwarder: Some(forwarder),
+            ..self
+        }
     }
 
     async fn send(&self, command: Command) -> Result<(), HubStopped> {
@@ -212,7 +225,19 @@ impl Hub {
 
     /// Hands events to the dispatcher. Returns once they are queued, in order after every
     /// subscription acknowledged before this call.
+    /// On a cluster node the events are also queued for the other nodes (without waiting).
     pub async fn publish(&self, events: Vec<Arc<Event>>) -> Result<(), HubStopped> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        if let Some(forwarder) = &self.forwarder {
+            forwarder.forward(&events);
+        }
+        self.send(Command::Publish { events }).await
+    }
+
+    /// Hands events to this node's dispatcher only (events heard from other nodes).
+    pub async fn publish_local(&self, events: Vec<Arc<Event>>) -> Result<(), HubStopped> {
         if events.is_empty() {
             return Ok(());
         }

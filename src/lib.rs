@@ -6,10 +6,12 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod errors;
 pub mod hub;
 pub mod ingest;
+pub mod readiness;
 pub mod server;
 pub mod session;
 pub mod sources;

@@ -30,6 +30,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::errors::UpgradeError;
 use crate::hub::{Hub, HubSettings};
+use crate::readiness::Readiness;
 use crate::{session, telemetry};
 
 /// Shared state of one running gateway.
@@ -42,6 +43,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     pub sessions: TaskTracker,
     pub draining: AtomicBool,
+    /// Sources and the cluster backplane report their state here for `/readyz`.
+    pub readiness: Readiness,
     pub next_connection: AtomicU64,
     pub metrics: PrometheusHandle,
     /// What the dev-mode demo page is pre-filled with.
@@ -162,16 +165,22 @@ async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
+/// 200 when accepting and every source and the backplane are up; 503 while draining or
+/// while any of them is not, with each component's state in the body.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.draining.load(Ordering::Relaxed) {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "draining" })),
-        )
-            .into_response()
+    let (components_ready, components) = state.readiness.report();
+    let (status, text) = if state.draining.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if !components_ready {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
     } else {
-        Json(json!({ "status": "ready" })).into_response()
-    }
+        (StatusCode::OK, "ready")
+    };
+    (
+        status,
+        Json(json!({ "status": text, "components": components })),
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -288,12 +297,28 @@ pub async fn run(
         hub_stop.clone(),
         &background,
     );
+    let readiness = Readiness::default();
+    let cluster_stop = hub_stop.child_token();
+    let hub = match &config.cluster {
+        Some(cluster) => {
+            let forwarder = crate::cluster::start(
+                cluster,
+                hub.clone(),
+                &readiness,
+                cluster_stop.clone(),
+                &background,
+            );
+            hub.with_forwarder(forwarder)
+        }
+        None => hub,
+    };
     let sources_stop = hub_stop.child_token();
     crate::sources::start(
         &config.sources,
         &hub,
         &config.account,
         &config.region,
+        &readiness,
         &sources_stop,
         &background,
     );
@@ -309,6 +334,7 @@ pub async fn run(
         shutdown: sessions_stop.clone(),
         sessions: TaskTracker::new(),
         draining: AtomicBool::new(false),
+        readiness,
         next_connection: AtomicU64::new(1),
         metrics: telemetry::prometheus(),
     });
@@ -333,8 +359,10 @@ pub async fn run(
     {
         tracing::warn!("grace period over with connections still open");
     }
-    // Sources stop first (they may be in the middle of handing off), then the hub.
+    // Sources stop first (they may be in the middle of handing off), then the backplane
+    // (it forwards what is still queued), then the hub.
     sources_stop.cancel();
+    cluster_stop.cancel();
     hub_stop.cancel();
     background.close();
     background.wait().await;

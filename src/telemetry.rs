@@ -110,3 +110,48 @@ pub fn source_reconnecting(source: &str, delay_ms: u128) {
     counter!(SOURCE_RECONNECTS, "source" => source.to_owned()).increment(1);
     tracing::info!(source, delay_ms, "source reconnecting");
 }
+
+pub const SOURCE_LAG: &str = "eventgate_source_lag";
+
+/// Messages waiting in the broker for a source (Redis group lag, JetStream pending, AMQP
+/// queue depth).
+pub fn source_lag(source: &str, lag: u64) {
+    gauge!(SOURCE_LAG, "source" => source.to_owned()).set(lag as f64);
+}
+
+pub const CLUSTER_FORWARDED: &str = "eventgate_cluster_forwarded_total";
+pub const CLUSTER_NOT_FORWARDED: &str = "eventgate_cluster_not_forwarded_total";
+pub const CLUSTER_RECEIVED: &str = "eventgate_cluster_received_total";
+pub const CLUSTER_ERRORS: &str = "eventgate_cluster_errors_total";
+pub const CLUSTER_RECONNECTS: &str = "eventgate_cluster_reconnects_total";
+
+/// Events published to the backplane for the other nodes.
+pub fn cluster_forwarded(count: u64) {
+    counter!(CLUSTER_FORWARDED).increment(count);
+}
+
+/// Events delivered locally that the other nodes will not get (backplane down or queue full).
+pub fn cluster_not_forwarded(count: u64, reason: &'static str) {
+    counter!(CLUSTER_NOT_FORWARDED, "reason" => reason).increment(count);
+    tracing::warn!(count, reason, "events not forwarded to the cluster");
+}
+
+/// Events heard from other nodes.
+pub fn cluster_received(count: u64) {
+    counter!(CLUSTER_RECEIVED).increment(count);
+}
+
+pub fn cluster_bad_message(error: &dyn std::fmt::Display) {
+    counter!(CLUSTER_ERRORS, "kind" => "bad_message").increment(1);
+    tracing::warn!(%error, "ignored a malformed backplane message");
+}
+
+pub fn cluster_error(error: &dyn std::fmt::Display) {
+    counter!(CLUSTER_ERRORS, "kind" => "connection").increment(1);
+    tracing::warn!(%error, "cluster backplane error");
+}
+
+pub fn cluster_reconnecting(delay_ms: u128) {
+    counter!(CLUSTER_RECONNECTS).increment(1);
+    tracing::info!(delay_ms, "cluster backplane reconnecting");
+}

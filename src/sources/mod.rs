@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use eventgate_protocol::envelope::{self, EntryError, Event, Fill};
 
 use crate::hub::{Hub, HubStopped};
+use crate::readiness::{Component, Readiness};
 
 /// One `[[sources]]` entry; `kind` selects the broker.
 #[derive(Debug, Clone, Deserialize)]
@@ -89,6 +90,8 @@ pub struct SourceContext {
     pub account: String,
     pub region: String,
     pub shutdown: CancellationToken,
+    /// This source's line in `/readyz`.
+    pub status: Component,
 }
 
 impl SourceContext {
@@ -120,6 +123,7 @@ pub fn start(
     hub: &Hub,
     account: &str,
     region: &str,
+    readiness: &Readiness,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) {
@@ -129,6 +133,7 @@ pub fn start(
             account: account.to_owned(),
             region: region.to_owned(),
             shutdown: shutdown.clone(),
+            status: readiness.component(format!("source:{}", config.name())),
         };
         tracing::info!(source = config.name(), "starting source");
         match config.clone() {

@@ -113,6 +113,7 @@ pub async fn run(config: NatsConfig, context: SourceContext) {
             Ok(()) => break,
             Err(SourceError::HubStopped(_)) => break,
             Err(error) => {
+                context.status.set(false, "reconnecting");
                 telemetry::source_error(&name, &error);
                 if !backoff.wait(&name, &context.shutdown).await {
                     break;
@@ -120,8 +121,12 @@ pub async fn run(config: NatsConfig, context: SourceContext) {
             }
         }
     }
+    context.status.set(false, "stopped");
     tracing::info!(source = %name, "source stopped");
 }
+
+/// How often the consumer's pending count is read for the `eventgate_source_lag` gauge.
+const LAG_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
 async fn session(
     config: &NatsConfig,
@@ -168,12 +173,21 @@ async fn session(
         .await
         .map_err(SourceError::nats)?;
     tracing::info!(source = %config.name, stream = %config.stream, "connected to nats");
+    context.status.set(true, "consuming");
     backoff.reset();
+    let mut consumer = consumer;
+    let mut lag_report = tokio::time::interval(LAG_REPORT_INTERVAL);
     let mut batches = messages.ready_chunks(config.batch_size.max(1));
     let dlq_subject = config.dlq_subject();
     loop {
         let batch = tokio::select! {
             () = context.shutdown.cancelled() => return Ok(()),
+            _ = lag_report.tick() => {
+                // Messages the stream holds for this consumer that it has not yet received.
+                let info = consumer.info().await.map_err(SourceError::nats)?;
+                telemetry::source_lag(&config.name, info.num_pending + info.num_ack_pending as u64);
+                continue;
+            }
             batch = batches.next() => batch,
         };
         let Some(batch) = batch else {

@@ -90,6 +90,7 @@ pub async fn run(config: RedisStreamsConfig, context: SourceContext) {
             Ok(()) => break,
             Err(SourceError::HubStopped(_)) => break,
             Err(error) => {
+                context.status.set(false, "reconnecting");
                 telemetry::source_error(&name, &error);
                 if !backoff.wait(&name, &context.shutdown).await {
                     break;
@@ -97,6 +98,7 @@ pub async fn run(config: RedisStreamsConfig, context: SourceContext) {
             }
         }
     }
+    context.status.set(false, "stopped");
     tracing::info!(source = %name, "source stopped");
 }
 
@@ -151,6 +153,8 @@ async fn session(
         }
     }
     tracing::info!(source = %config.name, "connected to redis");
+    context.status.set(true, "consuming");
+    let mut next_lag_report = Instant::now();
 
     // First our own pending entries (read but not acked before a crash), then new ones.
     let mut pending_done = false;
@@ -159,6 +163,10 @@ async fn session(
     loop {
         if context.shutdown.is_cancelled() {
             return Ok(());
+        }
+        if Instant::now() >= next_lag_report {
+            report_lag(config, &mut commands).await?;
+            next_lag_report = Instant::now() + LAG_REPORT_INTERVAL;
         }
         if Instant::now() >= next_claim {
             for stream in &config.streams {
@@ -193,6 +201,60 @@ async fn session(
         }
         process(config, context, &mut commands, entries).await?;
     }
+}
+
+/// How often the group's lag is read for the `eventgate_source_lag` gauge.
+const LAG_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Sums the group's `lag` (entries not yet delivered to it, Redis 7+) and pending entries
+/// over the streams.
+async fn report_lag(
+    config: &RedisStreamsConfig,
+    commands: &mut MultiplexedConnection,
+) -> Result<(), SourceError> {
+    let mut total = 0u64;
+    for stream in &config.streams {
+        let reply: RedisValue = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream)
+            .query_async(commands)
+            .await?;
+        total += group_lag(&reply, &config.group);
+    }
+    telemetry::source_lag(&config.name, total);
+    Ok(())
+}
+
+/// `lag + pending` of `group` in an `XINFO GROUPS` reply (RESP2 flat arrays or RESP3 maps).
+fn group_lag(reply: &RedisValue, group: &str) -> u64 {
+    let RedisValue::Array(groups) = reply else {
+        return 0;
+    };
+    for entry in groups {
+        let pairs: Vec<(&RedisValue, &RedisValue)> = match entry {
+            RedisValue::Array(flat) => flat
+                .chunks(2)
+                .filter_map(|pair| Some((pair.first()?, pair.get(1)?)))
+                .collect(),
+            RedisValue::Map(map) => map.iter().map(|(k, v)| (k, v)).collect(),
+            _ => continue,
+        };
+        let field = |name: &str| {
+            pairs
+                .iter()
+                .find(|(key, _)| text(key).as_deref() == Some(name))
+                .map(|(_, value)| *value)
+        };
+        if field("name").and_then(text).as_deref() != Some(group) {
+            continue;
+        }
+        let number = |value: Option<&RedisValue>| match value {
+            Some(RedisValue::Int(n)) => u64::try_from(*n).unwrap_or(0),
+            _ => 0,
+        };
+        return number(field("lag")) + number(field("pending"));
+    }
+    0
 }
 
 /// Takes over entries pending longer than `claim_idle` on any consumer of the group.

@@ -109,6 +109,35 @@ impl Gateway {
             .expect("metrics body")
     }
 
+    /// `POST /events` (dev mode: loopback needs no token); returns the response body.
+    pub async fn post_events(&self, body: &Value) -> Value {
+        let response = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("http client")
+            .post(format!("http://{}/events", self.addr))
+            .json(body)
+            .send()
+            .await
+            .expect("POST /events");
+        assert!(response.status().is_success(), "{}", response.status());
+        response.json().await.expect("ingest answer")
+    }
+
+    /// `GET /readyz`: the status code and the body.
+    pub async fn readyz(&self) -> (u16, Value) {
+        let response = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("http client")
+            .get(format!("http://{}/readyz", self.addr))
+            .send()
+            .await
+            .expect("GET /readyz");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("readyz body"))
+    }
+
     pub async fn shutdown(self) {
         self.token.cancel();
         tokio::time::timeout(Duration::from_secs(15), self.handle)

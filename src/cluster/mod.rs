@@ -1,0 +1,310 @@
+//! Multi-node fan-out over an existing engine (`[cluster] backend = "redis" | "nats"`).
+//!
+//! Every event a node accepts (HTTP ingest or a broker source) is delivered to that node's
+//! own clients at once and also published once to the backplane (a Redis pub/sub channel or
+//! a NATS subject), stamped with the node's id. Every node delivers what it hears on the
+//! backplane to its own matching clients, skipping its own messages, so each matching
+//! connection gets an event exactly once whichever node accepted it. Subscriptions stay
+//! local to each node: nothing about rules crosses the backplane.
+//!
+//! Owns the `[cluster]` configuration, the backplane message format, the forwarding queue
+//! (bounded; when it is full or the backplane is down, events are counted as not forwarded
+//! and local delivery goes on) and the backplane tasks' readiness. Does not own matching or
+//! fan-out (the hub does).
+
+mod nats;
+mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use eventgate_protocol::envelope::{self, Event, Fill};
+
+use crate::config::Seconds;
+use crate::hub::Hub;
+use crate::readiness::Readiness;
+use crate::telemetry;
+
+/// Which engine carries events between nodes.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    Redis,
+    Nats,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub backend: Backend,
+    /// `redis://127.0.0.1:6379/` or `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Redis channel or NATS subject shared by the nodes.
+    #[serde(default = "default_channel")]
+    pub channel: String,
+    /// This node's id on the backplane (default: a fresh UUID at start-up); must differ
+    /// between nodes.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// Event batches waiting to be forwarded; beyond this they are counted as not forwarded.
+    #[serde(default = "default_forward_queue")]
+    pub forward_queue: usize,
+    /// Longest wait between reconnect attempts.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: Seconds,
+}
+
+fn default_channel() -> String {
+    "eventgate.events".to_owned()
+}
+
+fn default_forward_queue() -> usize {
+    1024
+}
+
+fn default_max_backoff() -> Seconds {
+    Seconds(Duration::from_secs(5))
+}
+
+/// Why the backplane connection failed; the task reconnects after a backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("nats: {0}")]
+    Nats(String),
+    #[error("the backplane connection ended")]
+    Ended,
+}
+
+/// Why a backplane message was ignored.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a backplane message: {0}")]
+    Malformed(String),
+    #[error("event {index}: {error}")]
+    Event {
+        index: usize,
+        error: envelope::EntryError,
+    },
+}
+
+/// The hub's end of the forwarding queue.
+#[derive(Debug, Clone)]
+pub struct Forwarder {
+    sender: mpsc::Sender<Vec<Arc<Event>>>,
+}
+
+impl Forwarder {
+    /// Queues events for the backplane without waiting; counts them as not forwarded when
+    /// the queue is full.
+    pub fn forward(&self, events: &[Arc<Event>]) {
+        if self.sender.try_send(events.to_vec()).is_err() {
+            telemetry::cluster_not_forwarded(events.len() as u64, "queue_full");
+        }
+    }
+}
+
+/// A backplane message: `{"node":"<id>","events":[<event>, ...]}`, events as the exact JSON
+/// clients receive.
+pub fn encode(node: &str, events: &[Arc<Event>]) -> String {
+    let size = events
+        .iter()
+        .map(|event| event.json.len() + 1)
+        .sum::<usize>();
+    let mut text = String::with_capacity(size + node.len() + 24);
+    text.push_str("{\"node\":");
+    text.push_str(&serde_json::Value::String(node.to_owned()).to_string());
+    text.push_str(",\"events\":[");
+    for (index, event) in events.iter().enumerate() {
+        if index > 0 {
+            text.push(',');
+        }
+        text.push_str(&event.json);
+    }
+    text.push_str("]}");
+    text
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow)]
+    node: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    events: Vec<&'a RawValue>,
+}
+
+/// Decodes a backplane message; `None` for this node's own messages.
+pub fn decode(own_node: &str, payload: &[u8]) -> Result<Option<Vec<Arc<Event>>>, DecodeError> {
+    let message: Message<'_> = serde_json::from_slice(payload)
+        .map_err(|error| DecodeError::Malformed(error.to_string()))?;
+    if message.node == own_node {
+        return Ok(None);
+    }
+    // Events on the backplane are complete: nothing is filled in.
+    let fill = Fill {
+        id: String::new(),
+        time: String::new(),
+        account: String::new(),
+        region: String::new(),
+    };
+    let mut events = Vec::with_capacity(message.events.len());
+    for (index, raw) in message.events.into_iter().enumerate() {
+        let event = envelope::from_eventbridge(raw, &fill)
+            .map_err(|error| DecodeError::Event { index, error })?;
+        events.push(Arc::new(event));
+    }
+    Ok(Some(events))
+}
+
+/// What the backplane tasks share.
+#[derive(Debug, Clone)]
+struct Node {
+    id: Arc<str>,
+    config: ClusterConfig,
+    hub: Hub,
+    shutdown: CancellationToken,
+}
+
+impl Node {
+    /// Delivers a message heard on the backplane to this node's clients.
+    async fn deliver(&self, payload: &[u8]) -> Result<(), crate::hub::HubStopped> {
+        match decode(&self.id, payload) {
+            Ok(None) => Ok(()),
+            Ok(Some(events)) => {
+                telemetry::cluster_received(events.len() as u64);
+                self.hub.publish_local(events).await
+            }
+            Err(error) => {
+                telemetry::cluster_bad_message(&error);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Starts the backplane tasks and returns the hub's forwarder. `hub` is the local hub the
+/// received events go to.
+pub fn start(
+    config: &ClusterConfig,
+    hub: Hub,
+    readiness: &Readiness,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> Forwarder {
+    let id: Arc<str> = config
+        .node_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+        .into();
+    tracing::info!(node = %id, backend = ?config.backend, channel = %config.channel, "joining the cluster");
+    let (sender, receiver) = mpsc::channel(config.forward_queue.max(1));
+    let node = Node {
+        id,
+        config: config.clone(),
+        hub,
+        shutdown,
+    };
+    match config.backend {
+        Backend::Redis => {
+            tracker.spawn(redis::publish(
+                node.clone(),
+                receiver,
+                readiness.component("cluster:publish"),
+            ));
+            tracker.spawn(redis::subscribe(
+                node,
+                readiness.component("cluster:subscribe"),
+            ));
+        }
+        Backend::Nats => {
+            tracker.spawn(nats::run(node, receiver, readiness.component("cluster")));
+        }
+    }
+    Forwarder { sender }
+}
+
+/// Most events carried in one backplane message.
+const MAX_EVENTS_PER_MESSAGE: usize = 512;
+
+/// Takes what is queued (at least one batch, waiting for it) and joins it into messages of
+/// at most `MAX_EVENTS_PER_MESSAGE` events. `None` when the queue is closed.
+async fn next_messages(
+    receiver: &mut mpsc::Receiver<Vec<Arc<Event>>>,
+    buffer: &mut Vec<Vec<Arc<Event>>>,
+) -> Option<Vec<Vec<Arc<Event>>>> {
+    if receiver.recv_many(buffer, 64).await == 0 {
+        return None;
+    }
+    let mut messages: Vec<Vec<Arc<Event>>> = Vec::new();
+    for batch in buffer.drain(..) {
+        match messages.last_mut() {
+            Some(last) if last.len() + batch.len() <= MAX_EVENTS_PER_MESSAGE => last.extend(batch),
+            _ => messages.push(batch),
+        }
+    }
+    Some(messages)
+}
+
+/// Counts everything still queued as not forwarded (the backplane is down).
+fn discard_queued(receiver: &mut mpsc::Receiver<Vec<Arc<Event>>>, reason: &'static str) {
+    while let Ok(batch) = receiver.try_recv() {
+        telemetry::cluster_not_forwarded(batch.len() as u64, reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(json: &str) -> Arc<Event> {
+        let raw = RawValue::from_string(json.to_owned()).unwrap();
+        let fill = Fill {
+            id: "id-1".into(),
+            time: "2026-01-01T00:00:00Z".into(),
+            account: "1".into(),
+            region: "r".into(),
+        };
+        Arc::new(envelope::from_eventbridge(&raw, &fill).unwrap())
+    }
+
+    #[test]
+    fn messages_round_trip_with_exact_numbers() {
+        let events = vec![
+            event(
+                r#"{"source":"a","detail-type":"t","detail":{"n":1.50,"big":12345678901234567890}}"#,
+            ),
+            event(r#"{"source":"b","detail-type":"u"}"#),
+        ];
+        let text = encode("node-a", &events);
+        assert_eq!(
+            decode("node-a", text.as_bytes()).unwrap().map(|e| e.len()),
+            None
+        );
+        let decoded = decode("node-b", text.as_bytes()).unwrap().unwrap();
+        assert_eq!(decoded.len(), 2);
+        assert_eq!(decoded[0].json, events[0].json);
+        assert!(decoded[0].json.contains("12345678901234567890"));
+        assert!(decoded[0].json.contains("1.50"));
+        assert_eq!(decoded[1].source, "b");
+        assert_eq!(decoded[1].detail_type, "u");
+    }
+
+    #[test]
+    fn bad_messages_are_errors_not_panics() {
+        assert!(decode("n", b"not json").is_err());
+        assert!(decode("n", br#"{"node":"x","events":[{"detail-type":"t"}]}"#).is_err());
+        assert!(decode("n", br#"{"node":"x"}"#).is_err());
+        assert!(decode("n", br#"{"node":"x","events":[]}"#)
+            .unwrap()
+            .unwrap()
+            .is_empty());
+    }
+}
