@@ -14,6 +14,8 @@ const els = {
 };
 
 const MAX_EVENTS = 200;
+/** Characters per line that fit the sidebar's JSON editors without wrapping. */
+const EDITOR_WIDTH = 42;
 
 const EXAMPLES = {
   supermq: {
@@ -155,7 +157,7 @@ function compact(text) {
 
 function pretty(text) {
   try {
-    return formatJson(JSON.parse(text));
+    return formatJson(JSON.parse(text), EDITOR_WIDTH);
   } catch {
     return text;
   }
@@ -163,9 +165,10 @@ function pretty(text) {
 
 /**
  * JSON.stringify(value, null, 2), except that an array or object whose one-line form is short
- * stays on one line: `"source": ["supermq.users"]` instead of three lines per array.
+ * stays on one line: `"source": ["supermq.users"]` instead of three lines per array. `width` is
+ * the line length to stay within (the editors are narrower than the event list).
  */
-function formatJson(value, indent = '', width = 64) {
+function formatJson(value, width = 72, indent = '', used = indent.length) {
   if (value === null || typeof value !== 'object') return JSON.stringify(value) ?? String(value);
   const isArray = Array.isArray(value);
   const entries = isArray ? value.map((v) => [null, v]) : Object.entries(value);
@@ -178,9 +181,9 @@ function formatJson(value, indent = '', width = 64) {
     return Array.isArray(v) ? `[${parts.join(', ')}]` : `{ ${parts.join(', ')} }`;
   };
   const one = inline(value);
-  if (indent.length + one.length <= width) return one;
+  if (used + one.length <= width) return one;
   const inner = `${indent}  `;
-  const lines = entries.map(([k, v]) => `${inner}${key(k)}${formatJson(v, inner, width)}`);
+  const lines = entries.map(([k, v]) => `${inner}${key(k)}${formatJson(v, width, inner, inner.length + key(k).length)}`);
   return `${isArray ? '[' : '{'}\n${lines.join(',\n')}\n${indent}${isArray ? ']' : '}'}`;
 }
 
@@ -233,10 +236,10 @@ function loadExample(key) {
   const ex = EXAMPLES[key];
   if (!ex) return;
   els.rule.value = ex.rule;
-  els.pattern.value = formatJson(ex.pattern);
+  els.pattern.value = formatJson(ex.pattern, EDITOR_WIDTH);
   els.pubSource.value = ex.event.source;
   els.pubType.value = ex.event['detail-type'];
-  els.pubDetail.value = formatJson(ex.event.detail);
+  els.pubDetail.value = formatJson(ex.event.detail, EDITOR_WIDTH);
   showPatternError(null);
   note(els.subNote, 'Example loaded — press Subscribe.', 'hint');
 }
