@@ -14,6 +14,8 @@ const els = {
 };
 
 const MAX_EVENTS = 200;
+/** Characters per line that fit the sidebar's JSON editors without wrapping. */
+const EDITOR_WIDTH = 42;
 
 const EXAMPLES = {
   supermq: {
@@ -155,10 +157,34 @@ function compact(text) {
 
 function pretty(text) {
   try {
-    return JSON.stringify(JSON.parse(text), null, 2);
+    return formatJson(JSON.parse(text), EDITOR_WIDTH);
   } catch {
     return text;
   }
+}
+
+/**
+ * JSON.stringify(value, null, 2), except that an array or object whose one-line form is short
+ * stays on one line: `"source": ["supermq.users"]` instead of three lines per array. `width` is
+ * the line length to stay within (the editors are narrower than the event list).
+ */
+function formatJson(value, width = 72, indent = '', used = indent.length) {
+  if (value === null || typeof value !== 'object') return JSON.stringify(value) ?? String(value);
+  const isArray = Array.isArray(value);
+  const entries = isArray ? value.map((v) => [null, v]) : Object.entries(value);
+  if (entries.length === 0) return isArray ? '[]' : '{}';
+  const key = (k) => (k === null ? '' : `${JSON.stringify(k)}: `);
+  const inline = (v) => {
+    if (v === null || typeof v !== 'object') return JSON.stringify(v);
+    const parts = Array.isArray(v) ? v.map(inline) : Object.entries(v).map(([k, x]) => `${JSON.stringify(k)}: ${inline(x)}`);
+    if (parts.length === 0) return Array.isArray(v) ? '[]' : '{}';
+    return Array.isArray(v) ? `[${parts.join(', ')}]` : `{ ${parts.join(', ')} }`;
+  };
+  const one = inline(value);
+  if (used + one.length <= width) return one;
+  const inner = `${indent}  `;
+  const lines = entries.map(([k, v]) => `${inner}${key(k)}${formatJson(v, width, inner, inner.length + key(k).length)}`);
+  return `${isArray ? '[' : '{'}\n${lines.join(',\n')}\n${indent}${isArray ? ']' : '}'}`;
 }
 
 function showPatternError(message) {
@@ -210,10 +236,10 @@ function loadExample(key) {
   const ex = EXAMPLES[key];
   if (!ex) return;
   els.rule.value = ex.rule;
-  els.pattern.value = JSON.stringify(ex.pattern, null, 2);
+  els.pattern.value = formatJson(ex.pattern, EDITOR_WIDTH);
   els.pubSource.value = ex.event.source;
   els.pubType.value = ex.event['detail-type'];
-  els.pubDetail.value = JSON.stringify(ex.event.detail, null, 2);
+  els.pubDetail.value = formatJson(ex.event.detail, EDITOR_WIDTH);
   showPatternError(null);
   note(els.subNote, 'Example loaded — press Subscribe.', 'hint');
 }
@@ -221,7 +247,7 @@ function loadExample(key) {
 // ------------------------------------------------------------------ events
 function highlightJson(value) {
   const esc = (s) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
-  const json = esc(JSON.stringify(value, null, 2) ?? String(value));
+  const json = esc(formatJson(value));
   return json.replace(
     /("(?:\\u[a-fA-F0-9]{4}|\\[^u]|[^\\"])*"(\s*:)?|\b(?:true|false|null)\b|-?\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)/g,
     (m, _s, colon) => {

@@ -43,6 +43,8 @@ export interface EventGateClientOptions {
   WebSocket?: WebSocketConstructor;
   /** How long to wait for an Ack, in ms (default 10000). */
   ackTimeout?: number;
+  /** How long a new socket may take to open, in ms (default: ackTimeout); then it is dropped and retried. */
+  connectTimeout?: number;
   /** The server's KeepAlive interval in ms (default 30000); the watchdog fires after 2.5×. */
   keepAliveInterval?: number;
   /** Watchdog multiplier (default 2.5). */
@@ -124,6 +126,7 @@ export class EventGateClient {
   /** The connection Id sent in the header; fixed for this instance across reconnects. */
   readonly id: string;
   readonly ackTimeout: number;
+  readonly connectTimeout: number;
   readonly keepAliveInterval: number;
   readonly watchdogTimeout: number;
   readonly state: EventGateState;

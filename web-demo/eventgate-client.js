@@ -198,6 +198,9 @@ export class EventGateClient {
     }
     this._WebSocket = WS;
     this.ackTimeout = options.ackTimeout ?? DEFAULTS.ackTimeout;
+    /** A socket that has not opened within this time is abandoned (a server that accepts
+     * TCP but never answers the upgrade would otherwise stall reconnection forever). */
+    this.connectTimeout = options.connectTimeout ?? this.ackTimeout;
     this.keepAliveInterval = options.keepAliveInterval ?? DEFAULTS.keepAliveInterval;
     this.watchdogTimeout = Math.round(this.keepAliveInterval * (options.watchdogFactor ?? DEFAULTS.watchdogFactor));
     this.backoff = { ...DEFAULTS.backoff, ...(options.backoff ?? {}) };
@@ -213,6 +216,7 @@ export class EventGateClient {
     this._reconnectTimer = null;
     this._watchdogTimer = null;
     this._helloTimer = null;
+    this._connectTimer = null;
     /** @type {Map<string, any>} rule name -> subscription record */
     this._rules = new Map();
     /** @type {Map<string, any>} RequestId -> pending request */
@@ -336,7 +340,8 @@ export class EventGateClient {
     clearTimeout(this._reconnectTimer);
     clearTimeout(this._watchdogTimer);
     clearTimeout(this._helloTimer);
-    this._reconnectTimer = this._watchdogTimer = this._helloTimer = null;
+    clearTimeout(this._connectTimer);
+    this._reconnectTimer = this._watchdogTimer = this._helloTimer = this._connectTimer = null;
     const err = () => new EventGateError('client closed', { code: 'closed' });
     for (const record of this._rules.values()) {
       clearTimeout(record.timer);
@@ -398,6 +403,14 @@ export class EventGateClient {
     }
     this._socket = socket;
     this._ready = false;
+    if (this.connectTimeout > 0) {
+      this._connectTimer = setTimeout(() => {
+        this._connectTimer = null;
+        if (socket !== this._socket) return;
+        this.logger.warn(`socket not open within ${this.connectTimeout} ms; reconnecting`);
+        this._drop('connect timeout');
+      }, this.connectTimeout);
+    }
     socket.onopen = () => this._onOpen(socket);
     socket.onmessage = (ev) => this._onMessage(socket, ev);
     socket.onerror = (ev) => {
@@ -410,6 +423,8 @@ export class EventGateClient {
   _onOpen(socket) {
     if (socket !== this._socket || this._closed) return;
     this.stats.connects++;
+    clearTimeout(this._connectTimer);
+    this._connectTimer = null;
     this._armWatchdog();
     this._helloId = randomUuid();
     this._helloTimer = setTimeout(() => {
@@ -616,7 +631,8 @@ export class EventGateClient {
     this._ready = false;
     clearTimeout(this._watchdogTimer);
     clearTimeout(this._helloTimer);
-    this._watchdogTimer = this._helloTimer = null;
+    clearTimeout(this._connectTimer);
+    this._watchdogTimer = this._helloTimer = this._connectTimer = null;
     this._helloId = null;
     // In-flight subscribes are re-sent on the next socket; their promises stay pending.
     for (const record of this._rules.values()) {

@@ -9,8 +9,10 @@ if [ ! -x /usr/bin/chromium ]; then
   SUDO=""
   if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
   export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -q
-  $SUDO apt-get install -y -q --no-install-recommends chromium
+  # Another apt/dpkg run (unattended upgrades, a parallel job) may hold the lock: wait for it.
+  APT_WAIT=(-o DPkg::Lock::Timeout=600)
+  $SUDO apt-get "${APT_WAIT[@]}" update -q
+  $SUDO apt-get "${APT_WAIT[@]}" install -y -q --no-install-recommends chromium
 fi
 
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then

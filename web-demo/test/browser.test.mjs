@@ -2,9 +2,10 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
-import { startEventgate, publish, ARTIFACTS } from './helpers.mjs';
+import { startEventgate, publish, ARTIFACTS, WEB_DEMO } from './helpers.mjs';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const ARGS = [
@@ -13,16 +14,43 @@ const ARGS = [
 ];
 
 let server;
-let browser;
+let context;
+let profileDir;
 let page;
 const pageErrors = [];
+
+const DEMO_FILES = ['index.html', 'eventgate-client.js', 'eventgate-client.d.ts', 'demo.js', 'demo.css'];
+let staleDemo = [];
+
+/**
+ * The server embeds the demo files at build time (include_str!). When the binary is older than
+ * the working tree, the /demo/ tests below exercise the embedded copies, not the files on disk
+ * (the static-server test at the end always uses the files on disk): say so loudly.
+ * (Serving the disk copies through page routes is no way out: Chromium's local network access
+ * checks then block the page's WebSocket to 127.0.0.1.)
+ */
+async function checkEmbeddedDemo() {
+  staleDemo = [];
+  for (const f of DEMO_FILES) {
+    const served = await (await fetch(`${server.httpUrl}/demo/${f}`)).text();
+    if (served !== fs.readFileSync(path.join(WEB_DEMO, f), 'utf8')) staleDemo.push(f);
+  }
+  if (staleDemo.length) {
+    console.error(`\n!!! ${server.httpUrl}/demo/ serves older copies of ${staleDemo.join(', ')} than web-demo/: ` +
+      'rebuild eventgate (cargo build --bin eventgate) to test the current files in dev mode !!!\n');
+  }
+}
 
 before(async () => {
   fs.mkdirSync(ARTIFACTS, { recursive: true });
   server = await startEventgate({ keepAlive: '2s' });
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true });
-  const context = await browser.newContext({ viewport: { width: 1440, height: 900 }, deviceScaleFactor: 1 });
-  page = await context.newPage();
+  // A fresh, throw-away profile (--user-data-dir) for every run.
+  profileDir = fs.mkdtempSync(path.join(os.tmpdir(), 'eventgate-chromium-'));
+  context = await chromium.launchPersistentContext(profileDir, {
+    executablePath: CHROMIUM, args: ARGS, headless: true, viewport: { width: 1440, height: 900 }, deviceScaleFactor: 1,
+  });
+  page = context.pages()[0] ?? await context.newPage();
+  await checkEmbeddedDemo();
   page.on('pageerror', (err) => pageErrors.push(String(err)));
   page.on('console', (msg) => {
     if (msg.type() === 'error' && !/WebSocket connection|ERR_CONNECTION_REFUSED|Failed to load resource/.test(msg.text())) {
@@ -32,14 +60,16 @@ before(async () => {
 });
 
 after(async () => {
-  await browser?.close();
+  await context?.close();
   await server?.stop();
+  if (profileDir) fs.rmSync(profileDir, { recursive: true, force: true });
 });
 
 const state = () => page.getAttribute('[data-testid="state"]', 'data-state');
 const events = () => page.locator('[data-testid="events"] > li');
 
-test('demo page is served and pre-filled from /demo/config.json', async () => {
+test('demo page is served and pre-filled from /demo/config.json', async (t) => {
+  if (staleDemo.length) t.diagnostic(`embedded demo files older than web-demo/: ${staleDemo.join(', ')}`);
   const res = await page.goto(server.demoUrl);
   assert.equal(res.status(), 200);
   await page.waitForSelector('body[data-ready="true"]');
@@ -68,6 +98,8 @@ test('connect, subscribe with an example, publish over HTTP, see the event', asy
   await page.click('[data-testid="subscribe"]');
   await page.waitForSelector('[data-testid="rules"] li[data-rule="lamassu-certs"] .rule-status.active');
   await page.click('[data-testid="example-supermq"]');
+  assert.deepEqual(JSON.parse(await page.inputValue('[data-testid="pattern"]')),
+    { source: ['supermq.users'], 'detail-type': [{ prefix: 'user.' }] });
   await page.click('[data-testid="subscribe"]');
   await page.waitForSelector('[data-testid="rules"] li[data-rule="supermq-users"] .rule-status.active');
   assert.ok(await err.isHidden());
@@ -158,6 +190,8 @@ test('opened from a plain static server (no config.json): empty, editable fields
     await p2.waitForTimeout(300);
     assert.equal(await p2.locator('[data-testid="events"] > li').count(), 1, 'only the in-range reading matches');
     assert.match(await p2.locator('[data-testid="events"] > li pre.event-detail').textContent(), /23\.5/);
+    await p2.waitForTimeout(1400); // let the highlight animation settle
+    await p2.screenshot({ path: path.join(ARTIFACTS, 'demo-static.png') }); // the files on disk, whatever the binary embeds
     await p2.click('[data-testid="disconnect"]');
     await p2.waitForSelector('[data-testid="state"][data-state="closed"]');
     assert.deepEqual(errors, []);

@@ -278,6 +278,56 @@ describe('reconnect', () => {
     assert.ok(sockets >= 2);
   });
 
+  test('watchdog against eventgate: real KeepAlives keep it open; a frozen server (SIGSTOP) is left and rejoined', async () => {
+    const server = await startEventgate({ keepAlive: '1s' });
+    const client = new EventGateClient(
+      server.url,
+      { apiKey: server.apiKey },
+      clientOpts({ keepAliveInterval: 1000, connectTimeout: 600, backoff: { initial: 100, max: 300 } }),
+    );
+    const states = [];
+    client.on('state', (s) => states.push(s));
+    let frozen = false;
+    try {
+      assert.equal(client.watchdogTimeout, 2500);
+      const sink = eventSink();
+      await client.subscribe('wd', { source: ['watchdog.real'] }, sink.handler);
+      // Longer than the watchdog: only the server's KeepAlives keep this socket.
+      await sleep(3500);
+      assert.equal(client.state, 'open');
+      assert.equal(client.stats.connects, 1, 'KeepAlive from eventgate must feed the watchdog');
+
+      // Frozen, not dead: the TCP connection stays up, nothing arrives any more.
+      server.proc.kill('SIGSTOP');
+      frozen = true;
+      const t0 = Date.now();
+      await waitForState(client, 'reconnecting', 8000);
+      const elapsed = Date.now() - t0;
+      assert.ok(elapsed >= 1400 && elapsed < 5000, `watchdog fired after ${elapsed} ms`);
+      // The kernel still accepts TCP for the frozen process, but the upgrade never completes:
+      // the connect timeout abandons each attempt and the client keeps retrying.
+      await sleep(1800);
+      assert.equal(client.state, 'reconnecting');
+      assert.ok(client.stats.reconnects >= 2, `reconnect attempts while frozen: ${client.stats.reconnects}`);
+      assert.equal(client.stats.connects, 1);
+
+      server.proc.kill('SIGCONT');
+      frozen = false;
+      await waitForState(client, 'open', 15_000);
+      await waitFor(() => client.rules.every((r) => r.status === 'active'), { what: 'resubscribe' });
+      assert.ok(client.stats.connects >= 2, 'a new socket was opened');
+      await publish(server.httpUrl, { source: 'watchdog.real', 'detail-type': 'x', detail: { after: 'freeze' } });
+      const e = await sink.next();
+      assert.deepEqual(e.event.detail, { after: 'freeze' });
+      assert.deepEqual(e.rules, ['wd']);
+      assert.deepEqual(states.slice(0, 3), ['open', 'reconnecting', 'open']);
+    } finally {
+      if (frozen) server.proc.kill('SIGCONT');
+      client.close();
+      await server.stop();
+    }
+  });
+
   test('graceful shutdown (1001) also reconnects', async () => {
     let server = await startEventgate();
     const port = server.port;

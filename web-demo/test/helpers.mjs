@@ -48,12 +48,21 @@ export async function startEventgate({ port = 0, stackId = STACK_ID, keepAlive, 
   throw lastErr;
 }
 
+/**
+ * The test process's environment without any EVENTGATE_* variable: eventgate refuses unknown
+ * ones (EVENTGATE_BIN, EVENTGATE_VECTORS are for the tests) and the servers the tests start
+ * must not pick up a developer's configuration either. Tests pass what they need in `env`.
+ */
+function inheritedEnv() {
+  return Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('EVENTGATE_')));
+}
+
 function spawnOnce(args, extraEnv = {}) {
   return new Promise((resolve, reject) => {
     const proc = spawn(EVENTGATE_BIN, args, {
       cwd: REPO_ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn', NO_COLOR: '1', ...extraEnv },
+      env: { ...inheritedEnv(), RUST_LOG: process.env.RUST_LOG ?? 'warn', NO_COLOR: '1', ...extraEnv },
     });
     let stdout = '';
     let stderr = '';

@@ -3,7 +3,9 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { startEventgate, REPO_ROOT } from './helpers.mjs';
+import WebSocket from 'ws';
+import { EventGateClient } from '../eventgate-client.js';
+import { startEventgate, REPO_ROOT, quietLogger } from './helpers.mjs';
 
 const VECTORS = process.env.EVENTGATE_VECTORS ?? path.join(REPO_ROOT, 'protocol', 'vectors', 'patterns.json');
 
@@ -60,6 +62,52 @@ if (!fs.existsSync(VECTORS)) {
     t.diagnostic(`${cases.length - failures.length}/${cases.length} vector cases agree`);
     assert.deepEqual(failures, [], `${failures.length} of ${cases.length} vector cases disagree:\n${failures.join('\n')}`);
   });
+
+  test('every vector pattern via EventGateClient.subscribe: Ack Ok, or Ack Error with the expected message', async (t) => {
+    // Spread over several connections: each stays under the per-connection action burst (100)
+    // and the rule limit (100), so the server's rate limiting never kicks in.
+    const perClient = 90;
+    const clients = [];
+    const failures = [];
+    try {
+      const work = [];
+      for (let start = 0; start < cases.length; start += perClient) {
+        const client = new EventGateClient(server.url, { apiKey: server.apiKey }, { WebSocket, logger: quietLogger });
+        clients.push(client);
+        work.push((async () => {
+          for (let i = start; i < Math.min(start + perClient, cases.length); i++) {
+            const c = cases[i];
+            const name = c.name ?? `case #${i}`;
+            // A string is the pattern text itself; otherwise send the raw JSON text (no precision loss).
+            const pattern = typeof c.pattern === 'string' ? c.pattern : raw[i].pattern;
+            try {
+              await client.subscribe(`v${i}`, pattern, () => {});
+              if ('error' in c) failures.push(`${name}: expected Ack Error containing ${JSON.stringify(c.error)}, got Ok`);
+            } catch (err) {
+              if (!('error' in c)) failures.push(`${name}: expected Ack Ok, got ${err.message}`);
+              else if (err.code !== 'rejected' || !ackMatches(err.message, c.error)) {
+                failures.push(`${name}: Ack ${JSON.stringify(err.message)} does not contain ${JSON.stringify(c.error)}`);
+              }
+            }
+          }
+        })());
+      }
+      await Promise.all(work);
+    } finally {
+      for (const client of clients) client.close();
+    }
+    t.diagnostic(`${cases.length - failures.length}/${cases.length} vector patterns acked as expected over WebSocket`);
+    assert.deepEqual(failures, [], `${failures.length} of ${cases.length} disagree:\n${failures.join('\n')}`);
+  });
+}
+
+/**
+ * protocol/README.md §3: an Ack for a pattern over max_pattern_bytes says `pattern too large`
+ * (checked before parsing); the vector's text is the pattern parser's own wording for it.
+ */
+function ackMatches(message, expected) {
+  if (/max_pattern_bytes/.test(expected)) return message.startsWith('pattern too large');
+  return message.includes(expected);
 }
 
 // --- minimal raw-JSON slicer (no precision loss) -------------------------------------
