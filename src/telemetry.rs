@@ -110,3 +110,10 @@ pub fn source_reconnecting(source: &str, delay_ms: u128) {
     counter!(SOURCE_RECONNECTS, "source" => source.to_owned()).increment(1);
     tracing::info!(source, delay_ms, "source reconnecting");
 }
+
+pub const SOURCE_LAG: &str = "eventgate_source_lag";
+
+/// Messages waiting in the broker for `source` (e.g. a queue's ready count).
+pub fn source_lag(source: &str, lag: u64) {
+    gauge!(SOURCE_LAG, "source" => source.to_owned()).set(lag as f64);
+}

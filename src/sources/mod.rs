@@ -7,6 +7,7 @@
 //! the per-source error type. Does not own fan-out (see `hub`) nor the envelope rules (see
 //! `eventgate_protocol::envelope`).
 
+pub mod amqp;
 pub mod nats;
 pub mod redis_streams;
 
@@ -29,6 +30,7 @@ use crate::hub::{Hub, HubStopped};
 pub enum SourceConfig {
     RedisStreams(redis_streams::RedisStreamsConfig),
     NatsJetstream(nats::NatsConfig),
+    Amqp(amqp::AmqpConfig),
 }
 
 impl SourceConfig {
@@ -37,6 +39,7 @@ impl SourceConfig {
         match self {
             SourceConfig::RedisStreams(config) => &config.name,
             SourceConfig::NatsJetstream(config) => &config.name,
+            SourceConfig::Amqp(config) => &config.name,
         }
     }
 }
@@ -48,6 +51,8 @@ pub enum SourceError {
     Redis(#[from] redis::RedisError),
     #[error("nats: {0}")]
     Nats(String),
+    #[error("amqp: {0}")]
+    Amqp(String),
     #[error("invalid source configuration: {0}")]
     Config(String),
     #[error("the hub has stopped")]
@@ -137,6 +142,9 @@ pub fn start(
             }
             SourceConfig::NatsJetstream(config) => {
                 tracker.spawn(nats::run(config, context));
+            }
+            SourceConfig::Amqp(config) => {
+                tracker.spawn(amqp::run(config, context));
             }
         }
     }
