@@ -32,7 +32,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use eventgate_protocol::envelope::{self, EntryError, Event};
+use eventgate_protocol::envelope::{self, EntryError, Event, Fill};
 
 use super::{default_batch_size, Backoff, MapError, SourceContext, SourceError};
 use crate::config::Seconds;
@@ -176,13 +176,13 @@ pub struct AmqpSettings {
     /// Name of an environment variable holding the password (overrides the URL's).
     #[serde(default)]
     pub password_env: Option<String>,
-    /// PEM file of the CA(s) that signed the broker certificate (amqps).
+    /// PEM file of CA(s) trusted for the broker certificate (amqps), besides the webpki roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// PEM client certificate (chain) for mutual TLS; needs `client_key_file`.
     #[serde(default)]
     pub client_cert_file: Option<PathBuf>,
-    /// PEM PKCS#8 private key of `client_cert_file`.
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `client_cert_file`.
     #[serde(default)]
     pub client_key_file: Option<PathBuf>,
     /// AMQP heartbeat interval asked of the broker.
@@ -693,10 +693,9 @@ fn quote(text: &str) -> String {
 /// Maps one delivery onto an event according to `body_format`.
 fn map_delivery(
     config: &AmqpSettings,
-    context: &SourceContext,
+    fill: &Fill,
     delivery: &Delivery,
 ) -> Result<Event, MapError> {
-    let fill = context.fill();
     let properties = &delivery.properties;
     if matches!(
         config.body_format,
@@ -711,7 +710,7 @@ fn map_delivery(
                 &attributes,
                 &delivery.data,
                 body_is_json,
-                &fill,
+                fill,
             )?);
         }
     }
@@ -729,8 +728,8 @@ fn map_delivery(
         other => other,
     };
     match format {
-        BodyFormat::Cloudevents => Ok(envelope::from_cloudevent(raw, &fill)?),
-        BodyFormat::Eventbridge => Ok(envelope::from_eventbridge(raw, &fill)?),
+        BodyFormat::Cloudevents => Ok(envelope::from_cloudevent(raw, fill)?),
+        BodyFormat::Eventbridge => Ok(envelope::from_eventbridge(raw, fill)?),
         _ => {
             let Some(source) = config.source.as_deref() else {
                 return Err(MapError::Envelope(EntryError::InvalidArgument(
@@ -755,7 +754,7 @@ fn map_delivery(
             );
             let envelope = RawValue::from_string(envelope)
                 .map_err(|error| MapError::BodyNotObject(error.to_string()))?;
-            Ok(envelope::from_eventbridge(&envelope, &fill)?)
+            Ok(envelope::from_eventbridge(&envelope, fill)?)
         }
     }
 }
@@ -777,7 +776,7 @@ async fn process(
     let mut events = Vec::with_capacity(deliveries.len());
     let mut dead = Vec::new();
     for delivery in &deliveries {
-        match map_delivery(config, context, delivery) {
+        match map_delivery(config, &context.fill(), delivery) {
             Ok(event) => events.push(Arc::new(event)),
             Err(reason) => dead.push((delivery, reason)),
         }
@@ -874,6 +873,98 @@ async fn dead_letter(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings(extra: &str) -> AmqpSettings {
+        let text = format!("name = \"t\"\nexchange = \"e\"\nqueue = \"q\"\n{extra}");
+        toml::from_str(&text).expect("settings")
+    }
+
+    fn fill() -> Fill {
+        Fill {
+            id: "generated".into(),
+            time: "2026-01-01T00:00:00Z".into(),
+            account: "000000000000".into(),
+            region: "local".into(),
+        }
+    }
+
+    fn delivery(routing_key: &str, body: &str) -> Delivery {
+        Delivery::mock(
+            1,
+            "e".into(),
+            routing_key.into(),
+            false,
+            body.as_bytes().to_vec(),
+        )
+    }
+
+    #[test]
+    fn bodies_are_recognised() {
+        let config = settings("source = \"plain\"");
+        let cloudevent = r#"{"specversion":"1.0","id":"1","type":"lamassu.ca.created","source":"ca-service","subject":"root-ca","data":{"a":1}}"#;
+        let event = map_delivery(&config, &fill(), &delivery("rk", cloudevent)).unwrap();
+        assert_eq!(event.value["detail-type"], "lamassu.ca.created");
+        assert_eq!(event.value["resources"], serde_json::json!(["root-ca"]));
+
+        let eventbridge = r#"{"source":"s","detail-type":"t","detail":{"b":2}}"#;
+        let event = map_delivery(&config, &fill(), &delivery("rk", eventbridge)).unwrap();
+        assert_eq!(event.value["source"], "s");
+        assert_eq!(event.value["detail"]["b"], 2);
+
+        let event = map_delivery(&config, &fill(), &delivery("a.b", r#"{"n":1.50}"#)).unwrap();
+        assert_eq!(event.value["source"], "plain");
+        assert_eq!(event.value["detail-type"], "a.b");
+        assert!(
+            event.json.contains(r#""detail":{"n":1.50}"#),
+            "{}",
+            event.json
+        );
+
+        // Forced formats do not guess.
+        let forced = settings("body_format = \"eventbridge\"");
+        assert!(map_delivery(&forced, &fill(), &delivery("rk", cloudevent)).is_err());
+        let forced = settings("body_format = \"json\"\nsource = \"plain\"");
+        let event = map_delivery(&forced, &fill(), &delivery("rk", eventbridge)).unwrap();
+        assert_eq!(event.value["detail"]["source"], "s");
+    }
+
+    #[test]
+    fn binary_cloudevents_come_from_headers() {
+        let config = settings("");
+        let mut headers = FieldTable::default();
+        headers.insert("cloudEvents:specversion".into(), long_string("1.0"));
+        headers.insert("cloudEvents:id".into(), long_string("42"));
+        headers.insert(
+            "cloudEvents:type".into(),
+            long_string("lamassu.device.registered"),
+        );
+        headers.insert("cloudEvents:source".into(), long_string("device-manager"));
+        let mut message = delivery("rk", r#"{"device_id":"d1"}"#);
+        message.properties = BasicProperties::default()
+            .with_headers(headers)
+            .with_content_type("application/json".into());
+        let event = map_delivery(&config, &fill(), &message).unwrap();
+        assert_eq!(event.value["id"], "42");
+        assert_eq!(event.value["source"], "device-manager");
+        assert_eq!(event.value["detail"]["device_id"], "d1");
+    }
+
+    #[test]
+    fn unmappable_bodies_have_reasons() {
+        let config = settings("");
+        let reason = |body: &str| {
+            map_delivery(&config, &fill(), &delivery("rk", body))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(reason("{not json").contains("not a JSON object"));
+        assert!(reason("[1]").contains("not a JSON object"));
+        assert!(reason(r#"{"a":1}"#).contains("`source`"));
+        assert!(reason(r#"{"specversion":"1.0","type":"t","source":"s"}"#).contains("id"));
+        let mut bytes = delivery("rk", "");
+        bytes.data = vec![0xff, 0xfe];
+        assert!(map_delivery(&config, &fill(), &bytes).is_err());
+    }
 
     #[test]
     fn stream_offsets_parse() {
