@@ -404,7 +404,8 @@ struct Channels {
     consume: Channel,
     /// Publishes dead letters, in confirm mode.
     publish: Channel,
-    /// Passive declares for the depth gauge (a failure closes only this channel).
+    /// Passive declares for the depth gauge, kept off the consuming channel (a failed
+    /// declare closes its channel; the session then ends and reconnects).
     status: Channel,
 }
 
