@@ -61,7 +61,11 @@ impl Node {
     }
 
     async fn metric(&self, http: &reqwest::Client, name: &str) -> u64 {
-        let Ok(response) = http.get(format!("http://{}/metrics", self.addr)).send().await else {
+        let Ok(response) = http
+            .get(format!("http://{}/metrics", self.addr))
+            .send()
+            .await
+        else {
             return 0;
         };
         let text = response.text().await.unwrap_or_default();
@@ -74,7 +78,11 @@ impl Node {
 
     async fn wait_ready(&self, http: &reqwest::Client) {
         for _ in 0..200 {
-            if let Ok(response) = http.get(format!("http://{}/readyz", self.addr)).send().await {
+            if let Ok(response) = http
+                .get(format!("http://{}/readyz", self.addr))
+                .send()
+                .await
+            {
                 if response.status().is_success() {
                     return;
                 }
@@ -111,7 +119,10 @@ async fn time_until_dispatched(node: &Node, started: Instant, count: u64) -> Dur
         if dispatched >= count {
             return started.elapsed();
         }
-        assert!(Instant::now() < deadline, "only {dispatched} of {count} dispatched");
+        assert!(
+            Instant::now() < deadline,
+            "only {dispatched} of {count} dispatched"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

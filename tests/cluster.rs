@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use sources_common::{broker_available, unique, Client, Gateway};
+use sources_common::{broker_available, unique, Client, Gateway, TcpProxy};
 
 const REDIS: &str = "127.0.0.1:6379";
 const NATS: &str = "127.0.0.1:4222";
@@ -210,4 +210,72 @@ async fn a_stream_consumed_by_every_node_reaches_each_client_once() {
         .query_async(&mut redis)
         .await
         .expect("DEL");
+}
+
+#[tokio::test]
+async fn a_node_that_loses_the_backplane_keeps_serving_its_own_clients() {
+    if !broker_available("redis", REDIS).await {
+        return;
+    }
+    let id = unique();
+    let channel = format!("eg.{id}");
+    let proxy = TcpProxy::start(REDIS).await;
+    // Node `cut` reaches Redis through the proxy, node `steady` directly.
+    let cut = Gateway::start(&format!(
+        "{}max_backoff = \"200ms\"\n",
+        cluster_toml("redis", &format!("redis://{}/", proxy.addr), &channel)
+    ))
+    .await;
+    let steady = Gateway::start(&cluster_toml(
+        "redis",
+        &format!("redis://{REDIS}/"),
+        &channel,
+    ))
+    .await;
+    wait_ready(&cut).await;
+    wait_ready(&steady).await;
+    let source = format!("shop.{id}");
+    let pattern = json!({"source": [&source]});
+    let mut local = cut.subscriber("orders", &pattern).await;
+    let mut remote = steady.subscriber("orders", &pattern).await;
+
+    proxy.cut();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let (status, body) = cut.readyz().await;
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still ready: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(body["status"], "not ready", "{body}");
+    // Local delivery goes on; the other node does not get it, and the loss is counted.
+    cut.post_events(&json!(event(&source, "order.created", 1)))
+        .await;
+    assert_eq!(local.next_event().await["detail"]["n"], 1);
+    assert_eq!(remote.next_within(QUIET).await, None);
+    let metrics = cut.metrics().await;
+    assert!(
+        // `publish_failed` when the publish noticed the cut, `backplane_down` afterwards.
+        metrics.contains("eventgate_cluster_not_forwarded_total{reason="),
+        "{metrics}"
+    );
+    // The other node is unaffected.
+    steady
+        .post_events(&json!(event(&source, "order.created", 2)))
+        .await;
+    assert_eq!(remote.next_event().await["detail"]["n"], 2);
+
+    proxy.restore();
+    wait_ready(&cut).await;
+    cut.post_events(&json!(event(&source, "order.created", 3)))
+        .await;
+    assert_eq!(local.next_event().await["detail"]["n"], 3);
+    assert_eq!(remote.next_event().await["detail"]["n"], 3);
+    cut.shutdown().await;
+    steady.shutdown().await;
 }

@@ -10,7 +10,7 @@ use async_nats::jetstream;
 use futures_util::StreamExt;
 use serde_json::json;
 
-use sources_common::{broker_available, unique, Gateway, WAIT};
+use sources_common::{broker_available, unique, Gateway, TcpProxy, WAIT};
 
 const NATS: &str = "127.0.0.1:4222";
 
@@ -191,4 +191,89 @@ async fn a_missing_stream_is_retried_until_it_exists() {
     );
     gateway.shutdown().await;
     js.delete_stream(&stream_name).await.expect("delete stream");
+}
+
+#[tokio::test]
+async fn a_cut_connection_loses_nothing_and_acks_only_what_was_dispatched() {
+    if !broker_available("nats", NATS).await {
+        return;
+    }
+    let id = unique();
+    let stream_name = format!("EG_CUT_{id}");
+    let subject = format!("events.{id}.supermq.users");
+    let name = format!("nats-cut-{id}");
+    let durable = format!("eventgate-{id}");
+    let client = async_nats::connect(NATS).await.expect("nats connects");
+    let js = jetstream::new(client.clone());
+    js.create_stream(jetstream::stream::Config {
+        name: stream_name.clone(),
+        subjects: vec![format!("events.{id}.>")],
+        ..Default::default()
+    })
+    .await
+    .expect("create stream");
+    let proxy = TcpProxy::start(NATS).await;
+    let gateway = Gateway::start(&format!(
+        "[[sources]]\nname = \"{name}\"\nkind = \"nats_jetstream\"\nurl = \"nats://{}\"\n\
+         stream = \"{stream_name}\"\ndurable = \"{durable}\"\nack_wait = \"2s\"\n\
+         batch_size = 7\nmax_backoff = \"300ms\"\n",
+        proxy.addr
+    ))
+    .await;
+    let mut ws = gateway
+        .subscriber("users", &json!({"source": [&subject]}))
+        .await;
+    const TOTAL: usize = 60;
+    let publish = |n: usize| {
+        let js = js.clone();
+        let subject = subject.clone();
+        async move {
+            let body = format!(r#"{{"operation":"user.update","n":{n}}}"#);
+            js.publish(subject, body.into())
+                .await
+                .expect("publish")
+                .await
+                .expect("stored");
+        }
+    };
+    for n in 0..TOTAL / 2 {
+        publish(n).await;
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    proxy.cut();
+    for n in TOTAL / 2..TOTAL {
+        publish(n).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.restore();
+    let mut seen = [false; TOTAL];
+    while seen.iter().any(|s| !s) {
+        let event = ws.next_event().await;
+        let n = event["detail"]["n"].as_u64().expect("detail.n") as usize;
+        seen[n] = true;
+    }
+    // Every message ends acked: nothing pending, nothing waiting for an ack.
+    let mut consumer: jetstream::consumer::PullConsumer = js
+        .get_stream(&stream_name)
+        .await
+        .expect("stream")
+        .get_consumer(&durable)
+        .await
+        .expect("consumer");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let info = consumer.info().await.expect("consumer info");
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "left unacked: {} pending, {} ack pending",
+            info.num_pending,
+            info.num_ack_pending
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gateway.shutdown().await;
+    let _ = js.delete_stream(&stream_name).await;
 }

@@ -10,7 +10,7 @@ use redis::aio::MultiplexedConnection;
 use redis::Value as RedisValue;
 use serde_json::{json, Value};
 
-use sources_common::{broker_available, unique, Gateway, WAIT};
+use sources_common::{broker_available, unique, Gateway, TcpProxy, WAIT};
 
 const REDIS: &str = "127.0.0.1:6379";
 
@@ -264,4 +264,99 @@ fn source_config_is_strict() {
     assert!(error.to_string().contains("bogus"), "{error}");
     let unknown_kind = good.replace("redis_streams", "kafka");
     assert!(eventgate::config::load(Some(&unknown_kind), Vec::new(), Vec::new()).is_err());
+}
+
+/// Receives events until every `detail.n` in `0..count` was seen at least once.
+async fn receive_all_ns(client: &mut sources_common::Client, count: usize) {
+    let mut seen = vec![false; count];
+    while seen.iter().any(|s| !s) {
+        let event = client.next_event().await;
+        let n: usize = event["detail"]["n"]
+            .as_str()
+            .and_then(|n| n.parse().ok())
+            .expect("detail.n");
+        seen[n] = true;
+    }
+}
+
+#[tokio::test]
+async fn a_cut_connection_loses_nothing_and_acks_only_what_was_dispatched() {
+    if !broker_available("redis", REDIS).await {
+        return;
+    }
+    let id = unique();
+    let stream = format!("supermq.users.{id}");
+    let group = format!("eventgate-{id}");
+    let name = format!("redis-cut-{id}");
+    let mut conn = redis().await;
+    let proxy = TcpProxy::start(REDIS).await;
+    let toml = format!(
+        "[[sources]]\nname = \"{name}\"\nkind = \"redis_streams\"\nurl = \"redis://{}/\"\n\
+         streams = [\"{stream}\"]\ngroup = \"{group}\"\nconsumer = \"gw\"\nstart_id = \"0\"\n\
+         block = \"200ms\"\nbatch_size = 7\nmax_backoff = \"300ms\"\n",
+        proxy.addr
+    );
+    let gateway = Gateway::start(&toml).await;
+    let mut client = gateway
+        .subscriber("users", &json!({"source": [&stream]}))
+        .await;
+    const TOTAL: usize = 60;
+    let add = |conn: &mut MultiplexedConnection, n: usize| {
+        let n = n.to_string();
+        let stream = stream.clone();
+        let mut conn = conn.clone();
+        async move {
+            xadd(
+                &mut conn,
+                &stream,
+                &[("operation", "user.update"), ("n", n.as_str())],
+            )
+            .await
+        }
+    };
+    for n in 0..TOTAL / 2 {
+        add(&mut conn, n).await;
+    }
+    // Cut the broker connection while the first half is flowing, write the second half
+    // meanwhile, then let the source reconnect.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    proxy.cut();
+    for n in TOTAL / 2..TOTAL {
+        add(&mut conn, n).await;
+    }
+    let (status, body) = wait_for_readyz(&gateway, 503).await;
+    assert_eq!(status, 503, "{body}");
+    proxy.restore();
+    receive_all_ns(&mut client, TOTAL).await;
+    let (status, body) = wait_for_readyz(&gateway, 200).await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while pending_count(&mut conn, &stream, &group).await != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "entries left pending"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = gateway.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            "eventgate_source_reconnects_total{{source=\"{name}\"}}"
+        )),
+        "{metrics}"
+    );
+    gateway.shutdown().await;
+    cleanup(&mut conn, &stream).await;
+}
+
+/// Polls `/readyz` until it answers `want` (or the wait ends); returns the last answer.
+async fn wait_for_readyz(gateway: &Gateway, want: u16) -> (u16, Value) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = gateway.readyz().await;
+        if status == want || tokio::time::Instant::now() >= deadline {
+            return (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -7,6 +7,7 @@
 //! the per-source error type. Does not own fan-out (see `hub`) nor the envelope rules (see
 //! `eventgate_protocol::envelope`).
 
+pub mod amqp;
 pub mod nats;
 pub mod redis_streams;
 
@@ -30,14 +31,22 @@ use crate::readiness::{Component, Readiness};
 pub enum SourceConfig {
     RedisStreams(redis_streams::RedisStreamsConfig),
     NatsJetstream(nats::NatsConfig),
+    Amqp(amqp::AmqpConfig),
 }
 
 impl SourceConfig {
+    /// True for sources that deliver every message to every consumer (a RabbitMQ stream
+    /// queue read by each node), as opposed to sharing the messages out between consumers.
+    pub fn every_node_reads_everything(&self) -> bool {
+        matches!(self, SourceConfig::Amqp(config) if config.queue_type == amqp::QueueType::Stream)
+    }
+
     /// The configured name, used in logs, metrics and the DLQ.
     pub fn name(&self) -> &str {
         match self {
             SourceConfig::RedisStreams(config) => &config.name,
             SourceConfig::NatsJetstream(config) => &config.name,
+            SourceConfig::Amqp(config) => &config.name,
         }
     }
 }
@@ -49,6 +58,8 @@ pub enum SourceError {
     Redis(#[from] redis::RedisError),
     #[error("nats: {0}")]
     Nats(String),
+    #[error("amqp: {0}")]
+    Amqp(String),
     #[error("invalid source configuration: {0}")]
     Config(String),
     #[error("the hub has stopped")]
@@ -92,6 +103,10 @@ pub struct SourceContext {
     pub shutdown: CancellationToken,
     /// This source's line in `/readyz`.
     pub status: Component,
+    /// True when every cluster node reads every message of this source itself (a RabbitMQ
+    /// stream queue): its events then go to this node's clients only, never over the
+    /// backplane, or clients on other nodes would get them twice.
+    pub local_only: bool,
 }
 
 impl SourceContext {
@@ -112,7 +127,11 @@ impl SourceContext {
         if events.is_empty() {
             return Ok(());
         }
-        self.hub.publish(events).await
+        if self.local_only {
+            self.hub.publish_local(events).await
+        } else {
+            self.hub.publish(events).await
+        }
     }
 }
 
@@ -134,6 +153,7 @@ pub fn start(
             region: region.to_owned(),
             shutdown: shutdown.clone(),
             status: readiness.component(format!("source:{}", config.name())),
+            local_only: config.every_node_reads_everything(),
         };
         tracing::info!(source = config.name(), "starting source");
         match config.clone() {
@@ -142,6 +162,9 @@ pub fn start(
             }
             SourceConfig::NatsJetstream(config) => {
                 tracker.spawn(nats::run(config, context));
+            }
+            SourceConfig::Amqp(config) => {
+                tracker.spawn(amqp::run(config, context));
             }
         }
     }

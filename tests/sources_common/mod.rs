@@ -194,3 +194,87 @@ impl Client {
             .expect("Event holds JSON")
     }
 }
+
+/// A TCP proxy in front of a broker that a test can cut and restore, to simulate a
+/// network failure: `cut()` drops every live connection and drops new ones on accept
+/// until `restore()`.
+pub struct TcpProxy {
+    pub addr: SocketAddr,
+    state: std::sync::Arc<std::sync::Mutex<ProxyState>>,
+    stop: CancellationToken,
+}
+
+struct ProxyState {
+    cut: bool,
+    /// Cancelled by `cut()`: closes the connections opened before it.
+    epoch: CancellationToken,
+}
+
+impl TcpProxy {
+    /// Listens on 127.0.0.1 (a free port) and forwards to `upstream` (`host:port`).
+    pub async fn start(upstream: &str) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("proxy binds");
+        let addr = listener.local_addr().expect("proxy addr");
+        let state = std::sync::Arc::new(std::sync::Mutex::new(ProxyState {
+            cut: false,
+            epoch: CancellationToken::new(),
+        }));
+        let stop = CancellationToken::new();
+        let upstream = upstream.to_owned();
+        let accept_state = state.clone();
+        let accept_stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = accept_stop.cancelled() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((mut inbound, _)) = accepted else {
+                    continue;
+                };
+                let epoch = {
+                    let state = accept_state.lock().expect("proxy state");
+                    if state.cut {
+                        drop(inbound);
+                        continue;
+                    }
+                    state.epoch.clone()
+                };
+                let upstream = upstream.clone();
+                let stop = accept_stop.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        () = epoch.cancelled() => {}
+                        () = stop.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+        TcpProxy { addr, state, stop }
+    }
+
+    /// Drops all live connections and every new one until `restore()`.
+    pub fn cut(&self) {
+        let mut state = self.state.lock().expect("proxy state");
+        state.cut = true;
+        state.epoch.cancel();
+        state.epoch = CancellationToken::new();
+    }
+
+    /// Accepts and forwards connections again.
+    pub fn restore(&self) {
+        self.state.lock().expect("proxy state").cut = false;
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
