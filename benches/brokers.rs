@@ -3,13 +3,14 @@
 //! - `redis_streams` / `nats_jetstream`: a stream is pre-filled with N SuperMQ-shaped
 //!   entries, then a gateway starts with that source and the time until all N were handed
 //!   to the dispatcher (acked after hand-off) gives events/s into the dispatcher.
+//! - `amqp`: the same with a durable RabbitMQ queue (N/2 Lamassu CloudEvents), prefetch 1000.
 //! - `cluster`: notifications per second delivered to WebSocket clients by one node, then by
 //!   three nodes sharing the Redis backplane (clients spread over the nodes, events posted
 //!   round-robin); the ratio is the backplane's cost.
 //!
 //! Run: `cargo bench --bench brokers` (optionally `-- redis_streams nats_jetstream cluster`
 //! to pick, `EVENTGATE_BENCH_EVENTS=N` to size). Prints one `[brokers] ...` line per
-//! figure. Needs Redis at 127.0.0.1:6379 and NATS at 127.0.0.1:4222.
+//! figure. Needs Redis at 127.0.0.1:6379, NATS at 127.0.0.1:4222 and RabbitMQ at 127.0.0.1:5672.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -221,6 +222,101 @@ async fn nats_jetstream(count: usize) {
     let _ = js.delete_stream(&name).await;
 }
 
+async fn amqp(count: usize) {
+    use lapin::options::{
+        BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
+    };
+    use lapin::types::FieldTable;
+    use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+
+    let connection = Connection::connect(
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        ConnectionProperties::default(),
+    )
+    .await
+    .expect("rabbitmq connects");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let (exchange, queue) = (format!("bench-{id}"), format!("bench-{id}"));
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("exchange");
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue");
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+    let body = r#"{"id":"550e8400-e29b-41d4-a716-446655440000","type":"lamassu.certificate.issued","source":"ca-service","specversion":"1.0","time":"2024-01-15T10:30:00Z","datacontenttype":"application/json","data":{"serial_number":"1a2b3c4d5e6f","subject":"CN=device-001,O=Acme Corp","issuer_ca_id":"root-ca"}}"#;
+    let mut confirms = Vec::with_capacity(1000);
+    for _ in 0..count {
+        confirms.push(
+            channel
+                .basic_publish(
+                    exchange.as_str().into(),
+                    "lamassu.certificate.issued".into(),
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("publish"),
+        );
+        if confirms.len() == 1000 {
+            for confirm in confirms.drain(..) {
+                confirm.await.expect("confirmed");
+            }
+        }
+    }
+    for confirm in confirms.drain(..) {
+        confirm.await.expect("confirmed");
+    }
+    let started = Instant::now();
+    let node = start(&format!(
+        "[[sources]]\nname = \"bench-amqp\"\nkind = \"amqp\"\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\n\
+         exchange = \"{exchange}\"\nbinding_keys = [\"#\"]\nqueue = \"{queue}\"\nprefetch = 1000\nbatch_size = 250\n"
+    ))
+    .await;
+    let elapsed = time_until_dispatched(&node, started, count as u64).await;
+    report("amqp", count, elapsed);
+    node.stop().await;
+    let _ = channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = channel
+        .queue_delete(
+            format!("{queue}.dlq").as_str().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await;
+}
+
 /// Opens `per_node` announced connections on each node; connection `i` subscribes to
 /// group `i % groups`. Returns the shared received counter.
 async fn clients(
@@ -378,6 +474,9 @@ fn main() {
         }
         if wants("nats_jetstream") {
             nats_jetstream(count).await;
+        }
+        if wants("amqp") {
+            amqp(count / 2).await;
         }
         if wants("cluster") {
             cluster(count).await;
