@@ -110,3 +110,16 @@ pub fn source_reconnecting(source: &str, delay_ms: u128) {
     counter!(SOURCE_RECONNECTS, "source" => source.to_owned()).increment(1);
     tracing::info!(source, delay_ms, "source reconnecting");
 }
+
+pub const LIMIT_REJECTIONS: &str = "eventgate_limit_rejections_total";
+pub const TLS_RELOADS: &str = "eventgate_tls_reloads_total";
+
+/// A connection, action or publish refused by an abuse limit (`limit` is the config key).
+pub fn limit_rejected(limit: &'static str) {
+    counter!(LIMIT_REJECTIONS, "limit" => limit).increment(1);
+    tracing::debug!(limit, "refused by a limit");
+}
+
+pub fn tls_reloaded(ok: bool) {
+    counter!(TLS_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
