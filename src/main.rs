@@ -131,6 +131,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Before the first line is printed: SIGHUP from then on reloads instead of killing.
+    let reload = eventgate::CertReload::new();
+    reload_on_sighup(reload.clone());
     let address = listener.local_addr().unwrap_or(config.listen);
     let scheme = if config.tls.is_some() {
         "https"
@@ -162,8 +165,6 @@ async fn serve(args: ServeArgs) -> ExitCode {
         wait_for_signal().await;
         signal.cancel();
     });
-    let reload = eventgate::CertReload::new();
-    reload_on_sighup(reload.clone());
     match eventgate::run_with_reload(config, listener, shutdown, reload).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

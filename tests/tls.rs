@@ -379,3 +379,54 @@ async fn a_missing_certificate_fails_at_start() {
         "{result:?}"
     );
 }
+
+/// The binary wires SIGHUP to the reload handle (the signal goes to the child only).
+#[tokio::test]
+async fn sighup_reloads_the_certificate_in_the_binary() {
+    use std::io::{BufRead, BufReader};
+    let files = Files::new("sighup");
+    let first = new_cert();
+    let second = new_cert();
+    files.write(&first);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_eventgate"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("EVENTGATE_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+        .env("EVENTGATE_LOG", "warn")
+        .env("EVENTGATE_TLS_CERT", files.cert())
+        .env("EVENTGATE_TLS_KEY", files.key())
+        .env("EVENTGATE_TLS_RELOAD_INTERVAL", "1h")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start eventgate");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut reader = BufReader::new(stdout);
+    let mut first_line = String::new();
+    reader.read_line(&mut first_line).expect("first line");
+    // Keep reading: a closed pipe would fail the server's later prints.
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    let addr: std::net::SocketAddr = first_line
+        .trim()
+        .strip_prefix("listening on https://")
+        .unwrap_or_else(|| panic!("unexpected first line {first_line:?}"))
+        .parse()
+        .expect("address");
+    let both = [&first, &second];
+    assert!(presented(addr, &both).await == first.der);
+    files.write(&second);
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success());
+    wait_for_cert(addr, &both, &second).await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
