@@ -605,6 +605,40 @@ mod tests {
     }
 
     #[test]
+    fn serving_keys() {
+        let config = load(
+            Some("dev = true\n[limits]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n"),
+            env(&[
+                ("EVENTGATE_TLS_CERT", "/c.pem"),
+                ("EVENTGATE_TLS_KEY", "/k.pem"),
+                ("EVENTGATE_UPGRADE_TIMEOUT", "2s"),
+                ("EVENTGATE_MAX_CONNECTIONS_PER_IP", "7"),
+            ]),
+            vec![],
+        )
+        .expect("valid");
+        let tls = config.tls.expect("tls");
+        assert_eq!(tls.reload_interval, Seconds(Duration::from_secs(10)));
+        assert_eq!(
+            config.limits.upgrade_timeout,
+            Seconds(Duration::from_secs(2))
+        );
+        assert_eq!(config.limits.max_connections_per_ip, 7);
+        for file in [
+            "dev = true\n[limits]\ntrusted_proxies = [\"proxy\"]",
+            "dev = true\n[limits]\nupgrade_timeout = \"0s\"",
+            "dev = true\n[tls]\ncert = \"/c\"",
+            "dev = true\n[tls]\ncert = \"/c\"\nkey = \"/k\"\nbogus = 1",
+            "dev = true\nstack_id = \"sha256:00\"",
+        ] {
+            assert!(load(Some(file), env(&[]), vec![]).is_err(), "{file}");
+        }
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(sha256_digest(&digest), Some([0xab; 32]));
+        assert_eq!(sha256_digest("ab"), None);
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
