@@ -150,6 +150,29 @@ async fn slow_request_heads_are_disconnected() {
     );
     assert!(started.elapsed() < Duration::from_secs(3));
 
+    // Keep-alive: after a prompt first request, a dribbled second one is cut off too.
+    let mut keep = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    keep.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("first request");
+    let mut buffer = [0u8; 1024];
+    let read = tokio::time::timeout(WAIT, keep.read(&mut buffer))
+        .await
+        .expect("first response in time")
+        .expect("read");
+    assert!(String::from_utf8_lossy(&buffer[..read]).starts_with("HTTP/1.1 200"));
+    keep.write_all(b"GET /healthz HTTP/1.1\r\nHost: 1")
+        .await
+        .expect("half a second request");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(WAIT, keep.read_to_end(&mut rest)).await;
+    assert!(
+        read.is_ok(),
+        "the dribbling keep-alive client was not disconnected"
+    );
+
     // A prompt client is unaffected, and so is a WebSocket that stays open longer.
     let (status, _) = server.get("/healthz").await;
     assert_eq!(status, 200);
