@@ -110,13 +110,18 @@ fn events_to_run() -> usize {
 }
 
 /// Waits until the source's dispatched counter reaches `count`; returns the elapsed time.
-async fn time_until_dispatched(node: &Node, started: Instant, count: u64) -> Duration {
+/// (Metrics are process-wide: the counter is read by the source's own name.)
+async fn time_until_dispatched(
+    node: &Node,
+    source: &str,
+    started: Instant,
+    count: u64,
+) -> Duration {
     let http = http();
     let deadline = started + Duration::from_secs(120);
+    let metric = format!("eventgate_source_dispatched_total{{source=\"{source}\"}}");
     loop {
-        let dispatched = node
-            .metric(&http, "eventgate_source_dispatched_total{source=\"bench")
-            .await;
+        let dispatched = node.metric(&http, &metric).await;
         if dispatched >= count {
             return started.elapsed();
         }
@@ -169,7 +174,7 @@ async fn redis_streams(count: usize) {
          streams = [\"{stream}\"]\ngroup = \"bench\"\nconsumer = \"bench\"\nstart_id = \"0\"\nbatch_size = 500\n"
     ))
     .await;
-    let elapsed = time_until_dispatched(&node, started, count as u64).await;
+    let elapsed = time_until_dispatched(&node, "bench-redis", started, count as u64).await;
     report("redis_streams", count, elapsed);
     node.stop().await;
     let _: () = redis::cmd("DEL")
@@ -216,7 +221,7 @@ async fn nats_jetstream(count: usize) {
          stream = \"{name}\"\ndurable = \"bench\"\nbatch_size = 500\nmax_ack_pending = 20000\n"
     ))
     .await;
-    let elapsed = time_until_dispatched(&node, started, count as u64).await;
+    let elapsed = time_until_dispatched(&node, "bench-nats", started, count as u64).await;
     report("nats_jetstream", count, elapsed);
     node.stop().await;
     let _ = js.delete_stream(&name).await;
@@ -303,7 +308,7 @@ async fn amqp(count: usize) {
          exchange = \"{exchange}\"\nbinding_keys = [\"#\"]\nqueue = \"{queue}\"\nprefetch = 1000\nbatch_size = 250\n"
     ))
     .await;
-    let elapsed = time_until_dispatched(&node, started, count as u64).await;
+    let elapsed = time_until_dispatched(&node, "bench-amqp", started, count as u64).await;
     report("amqp", count, elapsed);
     node.stop().await;
     let _ = channel

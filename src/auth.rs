@@ -2,16 +2,18 @@
 //!
 //! Owns the `header` checks on the upgrade (host, API key, client id), the `Origin`
 //! allowlist and ingest bearer tokens. Keys and tokens are kept only as SHA-256 digests and
-//! compared in constant time. Does not own how a rejection is rendered (see `errors`).
+//! compared in constant time; `stack_id` and ingest tokens may be configured as
+//! `sha256:<hex>` digests, and the gateway then never holds the secret itself. Does not own
+//! how a rejection is rendered (see `errors`).
 
 use std::net::IpAddr;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use eventgate_protocol::header::{api_key, decode_header, is_guid};
+use eventgate_protocol::header::{api_key, decode_base64_lenient, decode_header, is_guid};
 
-use crate::config::Config;
+use crate::config::{sha256_digest, Config};
 use crate::errors::UpgradeError;
 
 type Sha = [u8; 32];
@@ -19,6 +21,14 @@ type Sha = [u8; 32];
 fn digest(text: &str) -> Sha {
     Sha256::digest(text.as_bytes()).into()
 }
+
+/// A configured secret: its digest when given as `sha256:<hex>`, else the digest of it.
+fn configured_digest(value: &str) -> Sha {
+    sha256_digest(value).unwrap_or_else(|| digest(value))
+}
+
+/// The ingest rate-limit key of requests without a token (dev mode, loopback).
+pub const ANONYMOUS_INGEST: Sha = [0; 32];
 
 /// True when `candidate` equals any of `digests`; every digest is compared, in constant time.
 fn any_equal(digests: &[Sha], candidate: &str) -> bool {
@@ -35,6 +45,11 @@ fn any_equal(digests: &[Sha], candidate: &str) -> bool {
 #[derive(Debug)]
 pub struct Auth {
     api_keys: Vec<Sha>,
+    /// Set when `stack_id` is configured as a digest: keys are then decoded and their
+    /// StackId part hashed and compared with it.
+    stack_digest: Option<Sha>,
+    app_version_digests: Vec<Sha>,
+    dev: bool,
     ingest_tokens: Vec<Sha>,
     public_hosts: Vec<String>,
     allowed_origins: Vec<String>,
@@ -61,17 +76,28 @@ fn strip_port(host: &str) -> &str {
 
 impl Auth {
     pub fn new(config: &Config, stack_id: &str) -> Self {
-        let mut api_keys: Vec<Sha> = config
-            .app_version_ids
-            .iter()
-            .map(|version| digest(&api_key(stack_id, Some(version))))
-            .collect();
-        if config.dev {
-            api_keys.push(digest(&api_key(stack_id, None)));
+        let stack_digest = sha256_digest(stack_id);
+        let mut api_keys: Vec<Sha> = Vec::new();
+        if stack_digest.is_none() {
+            api_keys = config
+                .app_version_ids
+                .iter()
+                .map(|version| digest(&api_key(stack_id, Some(version))))
+                .collect();
+            if config.dev {
+                api_keys.push(digest(&api_key(stack_id, None)));
+            }
         }
         Self {
             api_keys,
-            ingest_tokens: config.ingest_tokens.iter().map(|t| digest(t)).collect(),
+            stack_digest,
+            app_version_digests: config.app_version_ids.iter().map(|v| digest(v)).collect(),
+            dev: config.dev,
+            ingest_tokens: config
+                .ingest_tokens
+                .iter()
+                .map(|t| configured_digest(t))
+                .collect(),
             public_hosts: config
                 .public_hosts
                 .iter()
@@ -122,7 +148,7 @@ impl Auth {
         let key_ok = header
             .api_key
             .as_deref()
-            .is_some_and(|key| any_equal(&self.api_keys, key));
+            .is_some_and(|key| self.key_ok(key));
         if !host_ok {
             return Err(UpgradeError::WrongHost);
         }
@@ -137,12 +163,33 @@ impl Auth {
         }
     }
 
-    /// Checks an ingest request's `Authorization` header.
+    /// True when `key` is a valid API key, in constant time with respect to the secrets.
+    fn key_ok(&self, key: &str) -> bool {
+        let Some(stack) = &self.stack_digest else {
+            return any_equal(&self.api_keys, key);
+        };
+        // base64("<AppVersionId>:<StackId>"), or base64("<StackId>") in dev mode.
+        let decoded = decode_base64_lenient(key).unwrap_or_default();
+        let text = String::from_utf8_lossy(&decoded);
+        let mut ok = subtle::Choice::from(0);
+        if let Some((version, stack_part)) = text.split_once(':') {
+            let version_ok =
+                subtle::Choice::from(u8::from(any_equal(&self.app_version_digests, version)));
+            ok |= version_ok & digest(stack_part).ct_eq(stack);
+        }
+        if self.dev {
+            ok |= digest(&text).ct_eq(stack);
+        }
+        ok.into()
+    }
+
+    /// Checks an ingest request's `Authorization` header; returns the token's digest (the
+    /// key of its rate limit), [`ANONYMOUS_INGEST`] for open dev-mode loopback ingest.
     pub fn check_ingest(
         &self,
         authorization: Option<&str>,
         peer: IpAddr,
-    ) -> Result<(), crate::errors::IngestError> {
+    ) -> Result<Sha, crate::errors::IngestError> {
         use crate::errors::IngestError;
         match authorization {
             Some(value) => {
@@ -152,13 +199,14 @@ impl Auth {
                     .ok_or(IngestError::Unauthorized(
                         "the Authorization header must be \"Bearer <token>\"",
                     ))?;
-                if any_equal(&self.ingest_tokens, token.trim()) {
-                    Ok(())
+                let token = token.trim();
+                if any_equal(&self.ingest_tokens, token) {
+                    Ok(digest(token))
                 } else {
                     Err(IngestError::Forbidden("the ingest token is not valid"))
                 }
             }
-            None if self.open_loopback_ingest && peer.is_loopback() => Ok(()),
+            None if self.open_loopback_ingest && peer.is_loopback() => Ok(ANONYMOUS_INGEST),
             None => Err(IngestError::Unauthorized(
                 "an Authorization: Bearer <token> header is required",
             )),
@@ -176,6 +224,56 @@ mod tests {
         assert_eq!(strip_port("example.com"), "example.com");
         assert_eq!(strip_port("[::1]:8080"), "::1");
         assert_eq!(strip_port("::1"), "::1");
+    }
+
+    fn config(stack_id: &str, dev: bool) -> Config {
+        Config {
+            dev,
+            stack_id: Some(stack_id.to_owned()),
+            app_version_ids: vec!["v1".into(), "v2".into()],
+            ingest_tokens: vec![
+                "plain-token".into(),
+                format!("sha256:{}", hex(&digest("hashed-token"))),
+            ],
+            ..Config::default()
+        }
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn digest_stack_id_accepts_the_same_keys_as_the_plain_one() {
+        let stack = "the-stack";
+        let hashed = format!("sha256:{}", hex(&digest(stack)));
+        for dev in [false, true] {
+            let plain = Auth::new(&config(stack, dev), stack);
+            let digested = Auth::new(&config(&hashed, dev), &hashed);
+            for key in [
+                api_key(stack, Some("v1")),
+                api_key(stack, Some("v2")),
+                api_key(stack, Some("v3")),
+                api_key(stack, None),
+                api_key("other", Some("v1")),
+                api_key(&hashed, Some("v1")),
+                "not base64!".to_owned(),
+            ] {
+                assert_eq!(plain.key_ok(&key), digested.key_ok(&key), "{key} dev={dev}");
+            }
+            assert!(digested.key_ok(&api_key(stack, Some("v1"))));
+            assert!(!digested.key_ok(&api_key("other", Some("v1"))));
+        }
+    }
+
+    #[test]
+    fn ingest_tokens_plain_and_digest() {
+        let auth = Auth::new(&config("s", false), "s");
+        let peer = IpAddr::from([127, 0, 0, 1]);
+        assert!(auth.check_ingest(Some("Bearer plain-token"), peer).is_ok());
+        assert!(auth.check_ingest(Some("Bearer hashed-token"), peer).is_ok());
+        assert!(auth.check_ingest(Some("Bearer sha256:x"), peer).is_err());
+        assert!(auth.check_ingest(Some("Bearer other"), peer).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! enforce them do).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -98,6 +99,23 @@ pub struct Limits {
     pub max_event_bytes: usize,
     /// Most entries in one ingest request.
     pub max_entries: usize,
+
+    // Abuse limits (see `limits`); 0 turns a count or rate off.
+    /// Open WebSockets on this gateway; beyond it the upgrade answers 503.
+    pub max_connections: usize,
+    /// Open WebSockets from one client address; beyond it the upgrade answers 429.
+    pub max_connections_per_ip: usize,
+    /// Peers (CIDRs) whose `X-Forwarded-For` is believed: the right-most address in it
+    /// that is not itself a trusted proxy is then the client address.
+    pub trusted_proxies: Vec<String>,
+    /// New WebSockets per second from one client address (token bucket, bursts of as
+    /// many); beyond it 429 with `Retry-After`.
+    pub new_connections_per_second_per_ip: u32,
+    /// Time a client has to finish the TLS handshake and send its HTTP request head.
+    pub upgrade_timeout: Seconds,
+    /// Events per second one ingest token may publish (bursts of as many); beyond it 429
+    /// with `Retry-After`.
+    pub max_ingest_events_per_second_per_token: u32,
 }
 
 impl Default for Limits {
@@ -117,6 +135,12 @@ impl Default for Limits {
             max_body_bytes: 1024 * 1024,
             max_event_bytes: 256 * 1024,
             max_entries: 500,
+            max_connections: 100_000,
+            max_connections_per_ip: 0,
+            trusted_proxies: Vec::new(),
+            new_connections_per_second_per_ip: 0,
+            upgrade_timeout: Seconds(Duration::from_secs(10)),
+            max_ingest_events_per_second_per_token: 0,
         }
     }
 }
@@ -172,6 +196,43 @@ pub struct Config {
     /// Multi-node fan-out (`[cluster]`); absent = this node alone, in-process.
     #[serde(default)]
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Serve `https`/`wss` on the listener (`[tls]`); absent = plain HTTP.
+    pub tls: Option<TlsConfig>,
+    /// File holding `stack_id` (Docker/Kubernetes secrets); excludes `stack_id`.
+    pub stack_id_file: Option<PathBuf>,
+    /// File holding `ingest_tokens`, one a line; excludes `ingest_tokens`.
+    pub ingest_tokens_file: Option<PathBuf>,
+}
+
+/// `[tls]`: PEM files of the certificate chain and its private key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// How often the files' modification times are checked for a new certificate.
+    #[serde(default = "default_reload_interval")]
+    pub reload_interval: Seconds,
+}
+
+fn default_reload_interval() -> Seconds {
+    Seconds(Duration::from_secs(10))
+}
+
+/// Prefix of a secret given as its SHA-256 digest: `sha256:<64 hex digits>`.
+pub const SHA256_PREFIX: &str = "sha256:";
+
+/// The 32 bytes of a `sha256:<64 hex>` value; `None` when `value` is not one.
+pub fn sha256_digest(value: &str) -> Option<[u8; 32]> {
+    let hex = value.strip_prefix(SHA256_PREFIX)?;
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (index, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(index * 2..index * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 impl Default for Config {
@@ -194,6 +255,9 @@ impl Default for Config {
             limits: Limits::default(),
             sources: Vec::new(),
             cluster: None,
+            tls: None,
+            stack_id_file: None,
+            ingest_tokens_file: None,
         }
     }
 }
@@ -263,6 +327,29 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("CLUSTER_URL", "cluster.url", Kind::Text),
     ("CLUSTER_CHANNEL", "cluster.channel", Kind::Text),
     ("CLUSTER_NODE_ID", "cluster.node_id", Kind::Text),
+    ("MAX_CONNECTIONS", "limits.max_connections", Kind::Integer),
+    (
+        "MAX_CONNECTIONS_PER_IP",
+        "limits.max_connections_per_ip",
+        Kind::Integer,
+    ),
+    ("TRUSTED_PROXIES", "limits.trusted_proxies", Kind::List),
+    (
+        "NEW_CONNECTIONS_PER_SECOND_PER_IP",
+        "limits.new_connections_per_second_per_ip",
+        Kind::Integer,
+    ),
+    ("UPGRADE_TIMEOUT", "limits.upgrade_timeout", Kind::Text),
+    (
+        "MAX_INGEST_EVENTS_PER_SECOND_PER_TOKEN",
+        "limits.max_ingest_events_per_second_per_token",
+        Kind::Integer,
+    ),
+    ("TLS_CERT", "tls.cert", Kind::Text),
+    ("TLS_KEY", "tls.key", Kind::Text),
+    ("TLS_RELOAD_INTERVAL", "tls.reload_interval", Kind::Text),
+    ("STACK_ID_FILE", "stack_id_file", Kind::Text),
+    ("INGEST_TOKENS_FILE", "ingest_tokens_file", Kind::Text),
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -355,15 +442,79 @@ pub fn load(
     for (path, value) in overrides {
         set_path(&mut table, path, value);
     }
-    let config: Config = toml::Value::Table(table)
+    let mut config: Config = toml::Value::Table(table)
         .try_into()
         .map_err(|err: toml::de::Error| ConfigError::Invalid(err.to_string()))?;
+    config.read_secret_files()?;
     config.validate()?;
     Ok(config)
 }
 
+fn read_secret_file(path: &std::path::Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
 impl Config {
+    /// Fills `stack_id` and `ingest_tokens` from their `_file` keys; a value and its file
+    /// both set is an error.
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.stack_id_file {
+            if self.stack_id.is_some() {
+                return Err(ConfigError::Invalid(
+                    "stack_id and stack_id_file are both set; use one".into(),
+                ));
+            }
+            let text = read_secret_file(path)?;
+            self.stack_id = Some(text.trim().to_owned());
+        }
+        if let Some(path) = &self.ingest_tokens_file {
+            if !self.ingest_tokens.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "ingest_tokens and ingest_tokens_file are both set; use one".into(),
+                ));
+            }
+            self.ingest_tokens = read_secret_file(path)?
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                .map(str::to_owned)
+                .collect();
+        }
+        Ok(())
+    }
+
+    fn validate_serving(&self) -> Result<(), ConfigError> {
+        let fail = |message: String| Err(ConfigError::Invalid(message));
+        for value in self.ingest_tokens.iter().chain(&self.stack_id) {
+            if value.starts_with(SHA256_PREFIX) && sha256_digest(value).is_none() {
+                return fail(format!(
+                    "a secret starting with {SHA256_PREFIX:?} must be followed by 64 hex digits"
+                ));
+            }
+        }
+        for cidr in &self.limits.trusted_proxies {
+            if crate::limits::parse_cidr(cidr).is_none() {
+                return fail(format!(
+                    "limits.trusted_proxies: {cidr:?} is not an address or CIDR"
+                ));
+            }
+        }
+        if self.limits.upgrade_timeout.0.is_zero() {
+            return fail("limits.upgrade_timeout must be greater than zero".into());
+        }
+        if let Some(tls) = &self.tls {
+            if tls.reload_interval.0.is_zero() {
+                return fail("tls.reload_interval must be greater than zero".into());
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_serving()?;
         let fail = |message: String| Err(ConfigError::Invalid(message));
         if !self.dev && self.stack_id.as_deref().is_none_or(str::is_empty) {
             return fail("stack_id is required outside dev mode (or run with --dev)".into());
@@ -459,6 +610,40 @@ mod tests {
                 "{file} {vars:?}"
             );
         }
+    }
+
+    #[test]
+    fn serving_keys() {
+        let config = load(
+            Some("dev = true\n[limits]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n"),
+            env(&[
+                ("EVENTGATE_TLS_CERT", "/c.pem"),
+                ("EVENTGATE_TLS_KEY", "/k.pem"),
+                ("EVENTGATE_UPGRADE_TIMEOUT", "2s"),
+                ("EVENTGATE_MAX_CONNECTIONS_PER_IP", "7"),
+            ]),
+            vec![],
+        )
+        .expect("valid");
+        let tls = config.tls.expect("tls");
+        assert_eq!(tls.reload_interval, Seconds(Duration::from_secs(10)));
+        assert_eq!(
+            config.limits.upgrade_timeout,
+            Seconds(Duration::from_secs(2))
+        );
+        assert_eq!(config.limits.max_connections_per_ip, 7);
+        for file in [
+            "dev = true\n[limits]\ntrusted_proxies = [\"proxy\"]",
+            "dev = true\n[limits]\nupgrade_timeout = \"0s\"",
+            "dev = true\n[tls]\ncert = \"/c\"",
+            "dev = true\n[tls]\ncert = \"/c\"\nkey = \"/k\"\nbogus = 1",
+            "dev = true\nstack_id = \"sha256:00\"",
+        ] {
+            assert!(load(Some(file), env(&[]), vec![]).is_err(), "{file}");
+        }
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(sha256_digest(&digest), Some([0xab; 32]));
+        assert_eq!(sha256_digest("ab"), None);
     }
 
     #[test]

@@ -10,6 +10,31 @@ use axum::Json;
 
 use eventgate_protocol::header::HeaderError;
 
+use crate::limits::LimitError;
+
+/// Status of a limit refusal: 503 when the whole server is full, 429 otherwise.
+fn limit_status(error: &LimitError) -> StatusCode {
+    match error {
+        LimitError::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+        LimitError::TooManyConnectionsFromIp
+        | LimitError::NewConnectionRate { .. }
+        | LimitError::IngestRate { .. }
+        | LimitError::IngestBatchTooLarge => StatusCode::TOO_MANY_REQUESTS,
+    }
+}
+
+/// `{"error": message}` with `status`, plus `Retry-After` when the limit says when.
+fn json_error(status: StatusCode, message: String, limit: Option<&LimitError>) -> Response {
+    let mut response = (status, Json(serde_json::json!({ "error": message }))).into_response();
+    if let Some(seconds) = limit.and_then(LimitError::retry_after_seconds) {
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from(seconds),
+        );
+    }
+    response
+}
+
 /// Why a WebSocket upgrade was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
@@ -27,6 +52,8 @@ pub enum UpgradeError {
     OriginNotAllowed,
     #[error("the server is shutting down")]
     Draining,
+    #[error("{0}")]
+    Limit(LimitError),
 }
 
 impl UpgradeError {
@@ -39,6 +66,7 @@ impl UpgradeError {
             | UpgradeError::InvalidClientId
             | UpgradeError::OriginNotAllowed => StatusCode::FORBIDDEN,
             UpgradeError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            UpgradeError::Limit(limit) => limit_status(limit),
         }
     }
 
@@ -52,17 +80,18 @@ impl UpgradeError {
             UpgradeError::InvalidClientId => "invalid_client_id",
             UpgradeError::OriginNotAllowed => "origin_not_allowed",
             UpgradeError::Draining => "draining",
+            UpgradeError::Limit(limit) => limit.label(),
         }
     }
 }
 
 impl IntoResponse for UpgradeError {
     fn into_response(self) -> Response {
-        (
-            self.status(),
-            Json(serde_json::json!({ "error": self.to_string() })),
-        )
-            .into_response()
+        let limit = match &self {
+            UpgradeError::Limit(limit) => Some(limit),
+            _ => None,
+        };
+        json_error(self.status(), self.to_string(), limit)
     }
 }
 
@@ -83,6 +112,8 @@ pub enum IngestError {
     UnsupportedMediaType(String),
     #[error("the server is shutting down")]
     Unavailable,
+    #[error("{0}")]
+    Limit(LimitError),
 }
 
 impl IngestError {
@@ -94,17 +125,18 @@ impl IngestError {
             IngestError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::Limit(limit) => limit_status(limit),
         }
     }
 }
 
 impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
-        (
-            self.status(),
-            Json(serde_json::json!({ "error": self.to_string() })),
-        )
-            .into_response()
+        let limit = match &self {
+            IngestError::Limit(limit) => Some(limit),
+            _ => None,
+        };
+        json_error(self.status(), self.to_string(), limit)
     }
 }
 

@@ -166,12 +166,21 @@ pub async fn post_events(
                 403 => "forbidden",
                 413 => "too_large",
                 415 => "unsupported_media_type",
+                429 => "rate_limited",
                 503 => "unavailable",
                 _ => "bad_request",
             });
             error.into_response()
         }
     }
+}
+
+/// `limits.max_ingest_events_per_second_per_token`: every entry costs one token.
+fn check_rate(state: &AppState, token: &[u8; 32], entries: usize) -> Result<(), IngestError> {
+    state.limiter.check_ingest(token, entries).map_err(|error| {
+        telemetry::limit_rejected(error.label());
+        IngestError::Limit(error)
+    })
 }
 
 async fn ingest(
@@ -184,7 +193,7 @@ async fn ingest(
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
-    state.auth.check_ingest(authorization, peer.ip())?;
+    let token = state.auth.check_ingest(authorization, peer.ip())?;
     let limit = state.config.limits.max_body_bytes;
     let body = axum::body::to_bytes(body, limit)
         .await
@@ -198,6 +207,7 @@ async fn ingest(
         .unwrap_or_default();
 
     let results: Vec<Result<Event, EntryError>> = if parts.headers.contains_key("ce-specversion") {
+        check_rate(state, &token, 1)?;
         vec![binary_cloudevent(state, &parts.headers, &body, &media)]
     } else {
         if !matches!(
@@ -211,6 +221,7 @@ async fn ingest(
         let text = std::str::from_utf8(&body)
             .map_err(|_| IngestError::MalformedJson("the body is not UTF-8".into()))?;
         let (entries, shape) = entries_of(text, &media, state.config.limits.max_entries)?;
+        check_rate(state, &token, entries.len())?;
         entries
             .into_iter()
             .map(|raw| parse_entry(state, raw, &shape))

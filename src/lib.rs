@@ -11,11 +11,15 @@ pub mod config;
 pub mod errors;
 pub mod hub;
 pub mod ingest;
+pub mod limits;
+pub mod listener;
 pub mod readiness;
 pub mod server;
 pub mod session;
 pub mod sources;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Config;
-pub use server::{run, RunError};
+pub use server::{run, run_with_reload, RunError};
+pub use tls::CertReload;

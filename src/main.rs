@@ -131,9 +131,23 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Before the first line is printed: SIGHUP from then on reloads instead of killing.
+    let reload = eventgate::CertReload::new();
+    reload_on_sighup(reload.clone());
     let address = listener.local_addr().unwrap_or(config.listen);
-    println!("listening on http://{address}");
-    if config.dev {
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("listening on {scheme}://{address}");
+    if config.dev
+        && !config
+            .stack_id
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("sha256:")
+    {
         let key = eventgate_protocol::header::api_key(
             config.stack_id.as_deref().unwrap_or_default(),
             None,
@@ -151,13 +165,33 @@ async fn serve(args: ServeArgs) -> ExitCode {
         wait_for_signal().await;
         signal.cancel();
     });
-    match eventgate::run(config, listener, shutdown).await {
+    match eventgate::run_with_reload(config, listener, shutdown, reload).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("eventgate: {error}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// SIGHUP reloads the TLS certificate and key (a no-op without `[tls]`).
+fn reload_on_sighup(reload: eventgate::CertReload) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangup) => {
+                tokio::spawn(async move {
+                    while hangup.recv().await.is_some() {
+                        reload.reload();
+                    }
+                });
+            }
+            Err(error) => eprintln!("eventgate: cannot listen for SIGHUP: {error}"),
+        }
+    }
+    #[cfg(not(unix))]
+    drop(reload);
 }
 
 async fn wait_for_signal() {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -49,6 +49,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// What the dev-mode demo page is pre-filled with.
     pub dev_api_key: Option<String>,
+    /// Connection caps and rate limits (see `limits`).
+    pub limiter: Arc<crate::limits::Limiter>,
 }
 
 /// Why the gateway stopped with an error.
@@ -58,6 +60,8 @@ pub enum RunError {
     Serve(#[from] std::io::Error),
     #[error("stack_id is required")]
     MissingStackId,
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 #[derive(Deserialize)]
@@ -67,10 +71,22 @@ struct UpgradeQuery {
 
 async fn upgrade(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<UpgradeQuery>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let slot = if state.draining.load(Ordering::Relaxed) {
+        None
+    } else {
+        match reserve_slot(&state, peer, &headers) {
+            Ok(slot) => Some(slot),
+            Err(error) => {
+                telemetry::limit_rejected(error.label());
+                return UpgradeError::Limit(error).into_response();
+            }
+        }
+    };
     let checked = if state.draining.load(Ordering::Relaxed) {
         Err(UpgradeError::Draining)
     } else {
@@ -102,7 +118,24 @@ async fn upgrade(
         .max_write_buffer_size(limits.max_queued_bytes.max(64 * 1024) * 2)
         .max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
-        .on_upgrade(move |socket| tracker.track_future(session::run(socket, state, connection)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                session::run(socket, state, connection).await;
+                drop(slot);
+            })
+        })
+}
+
+/// The abuse limits of an upgrade, checked before auth: new-connection rate, then a slot
+/// under the global and per-address caps.
+fn reserve_slot(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<crate::limits::ConnectionSlot, crate::limits::LimitError> {
+    let client = state.limiter.client_ip(peer.ip(), headers);
+    state.limiter.check_new_connection(client)?;
+    state.limiter.reserve_connection(client)
 }
 
 #[derive(Deserialize)]
@@ -242,10 +275,15 @@ async fn demo_config(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .map_or_else(|| state.config.listen.to_string(), str::to_owned);
+    let (ws, http) = if state.config.tls.is_some() {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
     Json(json!({
-        "url": format!("ws://{host}/"),
+        "url": format!("{ws}://{host}/"),
         "apiKey": state.dev_api_key,
-        "ingestUrl": format!("http://{host}/events"),
+        "ingestUrl": format!("{http}://{host}/events"),
     }))
     .into_response()
 }
@@ -284,7 +322,19 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    run_with_reload(config, listener, shutdown, crate::tls::CertReload::new()).await
+}
+
+/// [`run`], plus a handle that reloads the TLS certificate on demand (the binary calls it
+/// on SIGHUP).
+pub async fn run_with_reload(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    reload: crate::tls::CertReload,
+) -> Result<(), RunError> {
     let stack_id = config.stack_id.clone().ok_or(RunError::MissingStackId)?;
+    let tls = config.tls.as_ref().map(crate::tls::Tls::new).transpose()?;
     let auth = Auth::new(&config, &stack_id);
     let background = TaskTracker::new();
     let hub_stop = CancellationToken::new();
@@ -325,9 +375,9 @@ pub async fn run(
     let sessions_stop = CancellationToken::new();
     let state = Arc::new(AppState {
         pattern_limits: config.limits.pattern_limits(),
-        dev_api_key: config
-            .dev
+        dev_api_key: (config.dev && crate::config::sha256_digest(&stack_id).is_none())
             .then(|| eventgate_protocol::header::api_key(&stack_id, None)),
+        limiter: Arc::new(crate::limits::Limiter::new(&config.limits)),
         config,
         auth,
         hub,
@@ -338,10 +388,23 @@ pub async fn run(
         next_connection: AtomicU64::new(1),
         metrics: telemetry::prometheus(),
     });
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(state.clone());
     let drain_state = state.clone();
     let drain_sources = sources_stop.clone();
-    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+    if let (Some(tls), Some(settings)) = (&tls, &state.config.tls) {
+        tls.spawn_reloader(
+            settings.reload_interval.0,
+            reload,
+            hub_stop.child_token(),
+            &background,
+        );
+    }
+    let serving = crate::listener::Serving {
+        tls,
+        upgrade_timeout: state.config.limits.upgrade_timeout.0,
+        grace: state.config.shutdown_grace.0,
+    };
+    let serve = crate::listener::serve(listener, app, serving, async move {
         shutdown.cancelled().await;
         // No new broker messages once draining starts: unread ones stay in the broker.
         drain_sources.cancel();

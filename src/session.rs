@@ -153,6 +153,7 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, connection: Connection
                                 Step::Continue
                             }
                         } else {
+                            telemetry::limit_rejected("max_actions_per_second");
                             Step::Close(CloseReason::RateLimited)
                         }
                     }
@@ -224,6 +225,7 @@ fn error_close(error: &axum::Error) -> Option<CloseReason> {
         || text.contains("too long")
         || text.contains("Message too")
     {
+        telemetry::limit_rejected("max_frame_bytes");
         Some(CloseReason::FrameTooLarge)
     } else {
         None
@@ -282,6 +284,7 @@ impl Session {
                     .map_err(|error| match error {
                         SubscribeError::TooManyRules(limit) => {
                             telemetry::action_rejected("too_many_rules");
+                            telemetry::limit_rejected("max_rules_per_connection");
                             format!(
                                 "{}: this connection already has {limit} rules, the limit",
                                 ack_text::TOO_MANY_RULES

@@ -155,3 +155,16 @@ pub fn cluster_reconnecting(delay_ms: u128) {
     counter!(CLUSTER_RECONNECTS).increment(1);
     tracing::info!(delay_ms, "cluster backplane reconnecting");
 }
+
+pub const LIMIT_REJECTIONS: &str = "eventgate_limit_rejections_total";
+pub const TLS_RELOADS: &str = "eventgate_tls_reloads_total";
+
+/// A connection, action or publish refused by an abuse limit (`limit` is the config key).
+pub fn limit_rejected(limit: &'static str) {
+    counter!(LIMIT_REJECTIONS, "limit" => limit).increment(1);
+    tracing::debug!(limit, "refused by a limit");
+}
+
+pub fn tls_reloaded(ok: bool) {
+    counter!(TLS_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
