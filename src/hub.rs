@@ -25,6 +25,9 @@ use crate::telemetry;
 
 pub type ConnectionId = u64;
 
+/// Distinct rule-name lists per event whose frames are built once and shared.
+const MAX_SHARED_FRAMES: usize = 8;
+
 /// Why a subscription was refused by the dispatcher.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SubscribeError {
@@ -390,6 +393,11 @@ impl Dispatcher {
                 .then_with(|| a.1.as_bytes().cmp(b.1.as_bytes()))
         });
         let tail = wire::event_tail(&event.source, &event.detail_type, &event.json);
+        // One RequestId per event: each connection still sees a new one in every
+        // notification, and connections that matched the same rule names share one frame
+        // (a reference-counted buffer) instead of a copy of the event each.
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let mut frames: Vec<(&[(ConnectionId, Arc<str>)], Utf8Bytes)> = Vec::new();
         let deliveries = std::mem::take(&mut self.deliveries);
         let mut sent = 0u64;
         let mut start = 0;
@@ -399,21 +407,36 @@ impl Dispatcher {
                 .iter()
                 .position(|(other, _)| *other != connection)
                 .map_or(deliveries.len(), |offset| start + offset);
-            let frame = wire::event_frame(
-                &uuid::Uuid::new_v4().to_string(),
-                deliveries[start..end].iter().map(|(_, rule)| &**rule),
-                &tail,
-            );
+            let rules = &deliveries[start..end];
+            let same_rules = |(cached, _): &&(&[(ConnectionId, Arc<str>)], Utf8Bytes)| {
+                cached.len() == rules.len()
+                    && cached.iter().zip(rules).all(|((_, a), (_, b))| a == b)
+            };
+            let frame = match frames.iter().find(same_rules) {
+                Some((_, frame)) => frame.clone(),
+                None => {
+                    let frame = Utf8Bytes::from(wire::event_frame(
+                        &request_id,
+                        rules.iter().map(|(_, rule)| &**rule),
+                        &tail,
+                    ));
+                    if frames.len() < MAX_SHARED_FRAMES {
+                        frames.push((rules, frame.clone()));
+                    }
+                    frame
+                }
+            };
             if let Delivery::Queued = self.deliver(connection, frame) {
                 sent += 1;
             }
             start = end;
         }
+        drop(frames);
         self.deliveries = deliveries;
         telemetry::notifications_sent(sent);
     }
 
-    fn deliver(&mut self, connection: ConnectionId, frame: String) -> Delivery {
+    fn deliver(&mut self, connection: ConnectionId, frame: Utf8Bytes) -> Delivery {
         let Some(entry) = self.connections.get(&connection) else {
             return Delivery::Dropped;
         };
@@ -422,7 +445,7 @@ impl Dispatcher {
         let fits = queued + size <= self.settings.max_queued_bytes || queued == 0;
         let outcome = if fits {
             entry.outbox.queued_bytes.fetch_add(size, Ordering::Relaxed);
-            match entry.outbox.sender.try_send(Utf8Bytes::from(frame)) {
+            match entry.outbox.sender.try_send(frame) {
                 Ok(()) => Ok(()),
                 Err(error) => {
                     entry.outbox.queued_bytes.fetch_sub(size, Ordering::Relaxed);
@@ -449,7 +472,7 @@ impl Dispatcher {
         let connections: Vec<ConnectionId> = self.connections.keys().copied().collect();
         for connection in connections {
             let frame = wire::keep_alive(&uuid::Uuid::new_v4().to_string());
-            self.deliver(connection, frame);
+            self.deliver(connection, Utf8Bytes::from(frame));
         }
     }
 }

@@ -2,7 +2,7 @@
 //! upgrades, the client address for `ConnectInfo`, and graceful shutdown of HTTP
 //! connections.
 //!
-//! Owns the time a client has to finish its TLS handshake and request head
+//! Owns the listening socket's accept backlog and the time a client has to finish its TLS handshake and request head
 //! (`limits.upgrade_timeout`, against slowloris). Does not own routes (see `server`) nor
 //! WebSocket sessions after the upgrade (the server tracks and closes those).
 
@@ -31,6 +31,23 @@ use crate::tls::Tls;
 
 /// The `limit` label for clients too slow with their handshake or request head.
 const UPGRADE_TIMEOUT: &str = "upgrade_timeout";
+
+/// Pending connections the kernel queues before `accept` (tokio's default is 128; a connect
+/// storm overflows that and the dropped SYNs are retried only after a second). The kernel
+/// caps it at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `address` with `SO_REUSEADDR` and a backlog of [`LISTEN_BACKLOG`].
+pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// How the listener serves each connection.
 #[derive(Debug, Clone)]

@@ -124,7 +124,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     init_logging(config.dev);
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    let listener = match eventgate::listener::bind(config.listen) {
         Ok(listener) => listener,
         Err(error) => {
             eprintln!("eventgate: cannot listen on {}: {error}", config.listen);
