@@ -25,6 +25,9 @@ use crate::telemetry;
 
 pub type ConnectionId = u64;
 
+/// A matched rule: the connection that holds it and its name.
+type Delivered = (ConnectionId, Arc<str>);
+
 /// Distinct rule-name lists per event whose frames are built once and shared.
 const MAX_SHARED_FRAMES: usize = 8;
 
@@ -261,7 +264,7 @@ struct Dispatcher {
     connections: HashMap<ConnectionId, ConnectionEntry>,
     next_rule_id: u64,
     matched: Vec<u64>,
-    deliveries: Vec<(ConnectionId, Arc<str>)>,
+    deliveries: Vec<Delivered>,
 }
 
 enum Delivery {
@@ -397,7 +400,7 @@ impl Dispatcher {
         // notification, and connections that matched the same rule names share one frame
         // (a reference-counted buffer) instead of a copy of the event each.
         let request_id = uuid::Uuid::new_v4().to_string();
-        let mut frames: Vec<(&[(ConnectionId, Arc<str>)], Utf8Bytes)> = Vec::new();
+        let mut frames: Vec<(&[Delivered], Utf8Bytes)> = Vec::new();
         let deliveries = std::mem::take(&mut self.deliveries);
         let mut sent = 0u64;
         let mut start = 0;
@@ -408,7 +411,7 @@ impl Dispatcher {
                 .position(|(other, _)| *other != connection)
                 .map_or(deliveries.len(), |offset| start + offset);
             let rules = &deliveries[start..end];
-            let same_rules = |(cached, _): &&(&[(ConnectionId, Arc<str>)], Utf8Bytes)| {
+            let same_rules = |(cached, _): &&(&[Delivered], Utf8Bytes)| {
                 cached.len() == rules.len()
                     && cached.iter().zip(rules).all(|((_, a), (_, b))| a == b)
             };
