@@ -75,7 +75,7 @@ async fn slow_consumer_is_closed_fast_one_gets_everything() {
             .publish_event("load", "item", json!({"n": published, "pad": pad}))
             .await;
         published += 1;
-        if published % 16 == 0 && slow_closes(&server).await > before {
+        if published.is_multiple_of(16) && slow_closes(&server).await > before {
             closed = true;
             break;
         }
