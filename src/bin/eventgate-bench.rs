@@ -629,7 +629,7 @@ async fn main() {
         eprintln!("--api-key is required for --target eventgate (see `eventgate key`)");
         std::process::exit(2);
     }
-    let wanted = args.connections as u64 + 1024;
+    let wanted = args.connections as u64 + 200;
     let nofile = match raise_nofile(wanted) {
         Ok(limit) => limit,
         Err(message) => {
