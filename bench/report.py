@@ -262,7 +262,7 @@ if args.soak and os.path.exists(args.soak):
     w(f"{s.get('minutes')} minutes of connect/subscribe/(unsubscribe)/disconnect churn against a release eventgate: "
       f"{s.get('workers')} concurrent churn workers, each holding a connection 0.5–4 s then closing it "
       f"(¼ abruptly, ¼ after Unsubscribe, ½ with a clean close), while {s.get('rate')} events/s flow. "
-      f"Samples every {s.get('interval')} s in `docs/soak.csv`. Run at {s.get('date')}, load average {s.get('loadavg')}.")
+      f"Samples every {s.get('interval')} s in `docs/soak.csv`. Finished at {s.get('date')}, load average {s.get('loadavg')}.")
     w("")
     w("| figure | value |")
     w("|---|---|")
