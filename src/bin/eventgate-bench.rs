@@ -1,66 +1,290 @@
 //! `eventgate-bench`: the project's load tool. Opens N WebSocket connections to a running
-//! gateway (spread over 127.0.0.x source addresses), announces each with rules, publishes
-//! events over HTTP at a rate (or as fast as possible) and reports connection set-up rate,
-//! delivered notifications per second, ingest-to-client latency percentiles (the send time
-//! travels in the event), lost notifications and the server's resident memory per
-//! connection from `/proc`.
+//! gateway (spread over up to 250 source addresses 127.0.0.x so 100k connections do not run
+//! out of ephemeral ports), subscribes each, publishes events over HTTP at a rate (or as
+//! fast as the subscribers keep up) and reports:
 //!
-//! Workload: connection `i` subscribes rule `hit` = `{"source":["bench"],"detail":{"group":[i % groups]}}`
-//! and rule `miss` = `{"source":["never"]}`; event `k` carries group `k % groups`, so each
-//! event matches `1/groups` of the connections (`--groups 100` = 1%).
+//! - connection set-up rate (upgrade + Hello + Subscribe + Acks, per second),
+//! - delivered notifications per second,
+//! - ingest-to-client latency p50/p99/p999 (the send time travels in the event),
+//! - lost notifications, computed exactly: for every event the server accepted, the number
+//!   of successfully set-up connections in its group, minus what arrived,
+//! - the server's resident memory per connection from `/proc/<pid>/status` (the process
+//!   and its direct children, so an nginx master plus its workers), before vs after
+//!   connecting, and the server's CPU time during publishing.
+//!
+//! Workload (`--target eventgate`): connection `i` subscribes rule `hit` =
+//! `{"source":["bench"],"detail":{"group":[i % groups]}}` and rule `miss` =
+//! `{"source":["never"]}`; event `k` carries group `k % groups`, so each event matches
+//! `1/groups` of the connections (`--groups 100` = 1%). Events go out in PutEvents batches
+//! of `--batch`.
+//!
+//! `--target nchan`: connection `i` opens an Nchan WebSocket subscription on
+//! `ws://server/sub/<i % groups>`; event `k` is POSTed alone to `http://server/pub/<k % groups>`
+//! (Nchan publishes one message per request). Same latency and loss accounting.
+//!
+//! `--churn`: soak mode. `--connections` workers each loop connect/subscribe/hold/
+//! (unsubscribe)/close (clean or abrupt) until `--duration` ends, while events flow at
+//! `--rate`.
+//!
+//! `--json` prints one JSON object on stdout (human-readable lines go to stderr).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpSocket;
+use serde_json::{json, Value};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Eventgate,
+    Nchan,
+}
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "eventgate-bench", about = "Load tool for eventgate")]
+#[command(
+    name = "eventgate-bench",
+    about = "Load tool for eventgate (and Nchan, for comparison)"
+)]
 struct Args {
-    /// Gateway address, e.g. 127.0.0.1:8080.
+    /// What the server is: eventgate (App.EventBus protocol) or nchan (/sub/<ch>, /pub/<ch>).
+    #[arg(long, value_enum, default_value = "eventgate")]
+    target: Target,
+    /// Server address, e.g. 127.0.0.1:8080.
     #[arg(long, default_value = "127.0.0.1:8080")]
     server: SocketAddr,
-    /// API key to present.
-    #[arg(long)]
+    /// API key to present (eventgate only).
+    #[arg(long, default_value = "")]
     api_key: String,
-    /// Connections to open.
+    /// Connections to open (with --churn: concurrent churn workers).
     #[arg(long, default_value_t = 1000)]
     connections: usize,
-    /// Each event matches 1/groups of the connections.
+    /// Each event matches 1/groups of the connections (nchan: one channel per group).
     #[arg(long, default_value_t = 100)]
     groups: usize,
-    /// Events per second to publish; 0 = as fast as possible.
+    /// Events per second to publish; 0 = as fast as the subscribers keep up (see --window).
     #[arg(long, default_value_t = 0)]
     rate: u64,
     /// Seconds to publish for.
     #[arg(long, default_value_t = 10)]
     duration: u64,
-    /// Events per POST.
+    /// Events per POST (eventgate; nchan takes one message per POST).
     #[arg(long, default_value_t = 50)]
     batch: usize,
-    /// Server process id, for resident memory figures.
+    /// POST requests in flight at once.
+    #[arg(long, default_value_t = 16)]
+    in_flight: usize,
+    /// At --rate 0: most notifications published but not yet received before the publisher
+    /// waits (keeps the maximum-rate run from overflowing per-connection queues).
+    #[arg(long, default_value_t = 10_000)]
+    window: u64,
+    /// Server process id (its direct children are added: nginx master + workers).
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Source addresses 127.0.0.1 .. 127.0.0.N (so many connections do not run out of ports).
-    #[arg(long, default_value_t = 4)]
+    /// Source addresses 127.0.0.1 .. 127.0.0.N, at most 250.
+    #[arg(long, default_value_t = 250)]
     source_addresses: u8,
+    /// Connection set-ups in flight at once (eventgate's listen backlog is 128: more
+    /// overflows it and costs a 1 s SYN retransmit).
+    #[arg(long, default_value_t = 100)]
+    concurrency: usize,
     /// Only connect and report memory; publish nothing.
     #[arg(long)]
     idle: bool,
+    /// Seconds to hold idle connections before reading memory.
+    #[arg(long, default_value_t = 2)]
+    hold: u64,
     /// Bytes of padding in each event's detail.
     #[arg(long, default_value_t = 600)]
     padding: usize,
+    /// Soak mode: connect/subscribe/disconnect churn for --duration seconds.
+    #[arg(long)]
+    churn: bool,
+    /// Print one JSON object with every figure on stdout.
+    #[arg(long)]
+    json: bool,
+    /// A label copied into the JSON output.
+    #[arg(long, default_value = "")]
+    label: String,
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
+// ---------------------------------------------------------------------------------------
+// /proc readings
+
+/// The process and its direct children (nginx: master + workers).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(stat) = read_stat(child) {
+                if stat.0 == pid {
+                    pids.push(child);
+                }
+            }
+        }
+    }
+    pids
+}
+
+/// (ppid, utime + stime in clock ticks) from `/proc/<pid>/stat`.
+fn read_stat(pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): ppid is field 4, utime 14, stime 15.
+    let ppid = fields.get(1)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((ppid, utime + stime))
+}
+
+fn rss_one(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Resident KiB of the server (summed over the process tree).
+fn rss_kib(pid: Option<u32>) -> Option<u64> {
+    let pid = pid?;
+    let pids = process_tree(pid);
+    Some(pids.iter().filter_map(|p| rss_one(*p)).sum())
+}
+
+/// CPU seconds used so far by the server (summed over the process tree).
+fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let pid = pid?;
+    let ticks: u64 = process_tree(pid)
+        .iter()
+        .filter_map(|p| read_stat(*p).map(|s| s.1))
+        .sum();
+    Some(ticks as f64 / 100.0)
+}
+
+/// Raises RLIMIT_NOFILE so `wanted` sockets fit; explains what to do when it cannot.
+fn raise_nofile(wanted: u64) -> Result<u64, String> {
+    let (soft, hard) = rlimit::Resource::NOFILE
+        .get()
+        .map_err(|e| format!("getrlimit: {e}"))?;
+    if soft >= wanted {
+        return Ok(soft);
+    }
+    if hard < wanted {
+        // Root may raise the hard limit up to fs.nr_open.
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(hard);
+        let target = wanted.max(hard).min(nr_open);
+        let _ = rlimit::Resource::NOFILE.set(target, target);
+    }
+    let _ = rlimit::increase_nofile_limit(wanted);
+    let (soft, hard) = rlimit::Resource::NOFILE
+        .get()
+        .map_err(|e| format!("getrlimit: {e}"))?;
+    if soft < wanted {
+        return Err(format!(
+            "need {wanted} open files but RLIMIT_NOFILE is {soft} (hard {hard}) and cannot be \
+             raised: run `ulimit -n {wanted}` (as root, or raise the hard limit in \
+             /etc/security/limits.conf) before eventgate-bench, and give the server as many"
+        ));
+    }
+    Ok(soft)
+}
+
+// ---------------------------------------------------------------------------------------
+// Latency histogram: log-linear buckets in microseconds, 64 sub-buckets per power of two
+// (under 1.6% error), lock-free.
+
+const SUB: u64 = 64;
+const BUCKETS: usize = 128 + 40 * SUB as usize;
+
+struct Histogram {
+    counts: Vec<AtomicU64>,
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Self {
+            counts: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn index(micros: u64) -> usize {
+        if micros < 2 * SUB {
+            return micros as usize;
+        }
+        let msb = 63 - u64::from(micros.leading_zeros());
+        let shift = msb - 6;
+        let index = 2 * SUB + (shift - 1) * SUB + ((micros >> shift) - SUB);
+        (index as usize).min(BUCKETS - 1)
+    }
+
+    fn value(index: usize) -> f64 {
+        let index = index as u64;
+        if index < 2 * SUB {
+            return index as f64;
+        }
+        let shift = (index - 2 * SUB) / SUB + 1;
+        let mantissa = (index - 2 * SUB) % SUB + SUB;
+        ((mantissa << shift) + (1 << shift) / 2) as f64
+    }
+
+    fn record(&self, nanos: u64) {
+        self.counts[Self::index(nanos / 1000)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Quantiles in milliseconds.
+    fn quantiles(&self, qs: &[f64]) -> Vec<Option<f64>> {
+        let counts: Vec<u64> = self
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        qs.iter()
+            .map(|q| {
+                if total == 0 {
+                    return None;
+                }
+                let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+                let mut seen = 0;
+                for (index, count) in counts.iter().enumerate() {
+                    seen += count;
+                    if seen >= rank {
+                        return Some(Self::value(index) / 1000.0);
+                    }
+                }
+                None
+            })
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+struct Stats {
+    received: AtomicU64,
+    last_received_ns: AtomicU64,
+    latency: Histogram,
+    /// Connections set up per group.
+    members: Vec<AtomicU64>,
+    /// Connections that ended while the run was measuring (server closed them).
+    closed: AtomicU64,
+    stopping: AtomicBool,
 }
 
 fn now_nanos() -> u64 {
@@ -80,36 +304,54 @@ fn header(host: &str, api_key: &str) -> String {
         .replace('=', "%3D")
 }
 
-struct Stats {
-    received: AtomicU64,
-    latencies: Mutex<Vec<u64>>,
-    measuring: std::sync::atomic::AtomicBool,
+/// Finds `sent":<digits>` (plain, as Nchan delivers it) or `sent\":<digits>` (escaped
+/// inside eventgate's Event string) without parsing the whole frame.
+fn sent_stamp(text: &str) -> Option<u64> {
+    let start = text.find("sent")? + 4;
+    let rest = text[start..].trim_start_matches(['\\', '"', ':']);
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
 }
 
-async fn connect_one(args: &Args, index: usize, stats: Arc<Stats>) -> Result<(), String> {
-    let source = Ipv4Addr::new(
-        127,
-        0,
-        0,
-        1 + (index % usize::from(args.source_addresses.max(1))) as u8,
-    );
-    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+type Ws = WebSocketStream<TcpStream>;
+
+async fn open_socket(args: &Args, index: usize) -> Result<TcpStream, String> {
+    let sources = u64::from(args.source_addresses.clamp(1, 250));
+    let source = Ipv4Addr::new(127, 0, 0, 1 + (index as u64 % sources) as u8);
+    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     socket
         .bind(SocketAddr::new(IpAddr::V4(source), 0))
-        .map_err(|e| e.to_string())?;
-    let stream = socket
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    socket
         .connect(args.server)
         .await
-        .map_err(|e| e.to_string())?;
-    let url = format!(
-        "ws://{}/?header={}",
-        args.server,
-        header(&args.server.ip().to_string(), &args.api_key)
-    );
-    let (mut ws, _) = tokio_tungstenite::client_async(url, stream)
+        .map_err(|e| format!("connect: {e}"))
+}
+
+/// Upgrade (+ Hello + Subscribe + Acks for eventgate); returns the open socket.
+async fn set_up(args: &Args, index: usize, group: usize) -> Result<Ws, String> {
+    let stream = open_socket(args, index).await?;
+    let url = match args.target {
+        Target::Eventgate => format!(
+            "ws://{}/?header={}",
+            args.server,
+            header(&args.server.ip().to_string(), &args.api_key)
+        ),
+        Target::Nchan => format!("ws://{}/sub/{group}", args.server),
+    };
+    // Small buffers: the default 128 KiB read buffer per socket would cost the client
+    // gigabytes (and one mmap each) at 100k connections.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0);
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
         .await
-        .map_err(|e| e.to_string())?;
-    let group = index % args.groups.max(1);
+        .map_err(|e| format!("upgrade: {e}"))?;
+    if args.target == Target::Nchan {
+        return Ok(ws);
+    }
     let frames = [
         r#"{"Action":"Hello","RequestId":"h"}"#.to_owned(),
         format!(
@@ -121,85 +363,239 @@ async fn connect_one(args: &Args, index: usize, stats: Arc<Stats>) -> Result<(),
         ws.send(Message::Text(frame.into()))
             .await
             .map_err(|e| e.to_string())?;
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(text))) if text.contains("\"Ack\"") => {
-                    if !text.contains("\"Ok\"") {
-                        return Err(format!("ack error: {text}"));
-                    }
-                    break;
+        wait_ack(&mut ws).await?;
+    }
+    Ok(ws)
+}
+
+async fn wait_ack(ws: &mut Ws) -> Result<(), String> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) if text.contains("\"Ack\"") => {
+                if !text.contains("\"Ok\"") {
+                    return Err(format!("ack error: {text}"));
                 }
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(e.to_string()),
-                None => return Err("closed during set-up".into()),
+                return Ok(());
             }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("closed during set-up".into()),
         }
     }
+}
+
+/// Counts one delivered frame if it is a notification.
+fn on_frame(target: Target, text: &str, stats: &Stats) {
+    if target == Target::Eventgate && !text.starts_with("{\"Action\":\"Event\"") {
+        return;
+    }
+    let received_at = now_nanos();
+    stats.received.fetch_add(1, Ordering::Relaxed);
+    stats
+        .last_received_ns
+        .fetch_max(received_at, Ordering::Relaxed);
+    if let Some(sent) = sent_stamp(text) {
+        stats.latency.record(received_at.saturating_sub(sent));
+    }
+}
+
+fn spawn_reader(target: Target, mut ws: Ws, stats: Arc<Stats>) {
     tokio::spawn(async move {
         while let Some(Ok(message)) = ws.next().await {
-            let Message::Text(text) = message else {
-                continue;
-            };
-            if !text.starts_with("{\"Action\":\"Event\"") {
-                continue;
-            }
-            let received_at = now_nanos();
-            stats.received.fetch_add(1, Ordering::Relaxed);
-            if let Some(sent) = sent_stamp(&text) {
-                if stats.measuring.load(Ordering::Relaxed) {
-                    if let Ok(mut latencies) = stats.latencies.lock() {
-                        latencies.push(received_at.saturating_sub(sent));
-                    }
-                }
+            if let Message::Text(text) = message {
+                on_frame(target, &text, &stats);
             }
         }
+        if !stats.stopping.load(Ordering::Relaxed) {
+            stats.closed.fetch_add(1, Ordering::Relaxed);
+        }
     });
-    Ok(())
 }
 
-/// Finds `sent\":<digits>` in the escaped Event string without parsing the whole frame.
-fn sent_stamp(text: &str) -> Option<u64> {
-    let start = text.find("sent\\\":")? + "sent\\\":".len();
-    let digits: String = text[start..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
-}
-
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
+fn say(args: &Args, line: String) {
+    if args.json {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
     }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)] as f64 / 1e6
 }
 
-#[tokio::main]
-async fn main() {
-    let args = Args::parse();
-    let stats = Arc::new(Stats {
-        received: AtomicU64::new(0),
-        latencies: Mutex::new(Vec::new()),
-        measuring: std::sync::atomic::AtomicBool::new(false),
-    });
-    let rss_before = args.server_pid.and_then(rss_kib);
+// ---------------------------------------------------------------------------------------
+// Publishing
 
-    // Phase 1: connection storm.
+struct Publisher {
+    client: reqwest::Client,
+    args: Args,
+    padding: String,
+    /// Notifications owed for events the server accepted.
+    expected: AtomicU64,
+    accepted_events: AtomicU64,
+    failed_events: AtomicU64,
+}
+
+impl Publisher {
+    fn event(&self, k: u64, sent: u64) -> String {
+        let groups = self.args.groups.max(1) as u64;
+        match self.args.target {
+            Target::Eventgate => format!(
+                r#"{{"source":"bench","detail-type":"load","detail":{{"group":{},"seq":{k},"sent":{sent},"padding":"{}"}}}}"#,
+                k % groups,
+                self.padding
+            ),
+            Target::Nchan => format!(
+                r#"{{"group":{},"seq":{k},"sent":{sent},"padding":"{}"}}"#,
+                k % groups,
+                self.padding
+            ),
+        }
+    }
+
+    /// Posts events `first .. first + count`; records what the server accepted.
+    async fn post(&self, first: u64, count: u64, members: &[u64]) {
+        let groups = members.len() as u64;
+        let sent = now_nanos();
+        let accepted: Vec<bool> = match self.args.target {
+            Target::Eventgate => {
+                let mut body = String::from("[");
+                for k in first..first + count {
+                    if k > first {
+                        body.push(',');
+                    }
+                    body.push_str(&self.event(k, sent));
+                }
+                body.push(']');
+                let url = format!("http://{}/events", self.args.server);
+                let response = self
+                    .client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                match response {
+                    Ok(r) if r.status().is_success() => match r.json::<Value>().await {
+                        Ok(answer) => {
+                            let entries = answer["Entries"].as_array().cloned().unwrap_or_default();
+                            (0..count as usize)
+                                .map(|i| {
+                                    entries.get(i).is_some_and(|e| e.get("ErrorCode").is_none())
+                                })
+                                .collect()
+                        }
+                        Err(_) => vec![false; count as usize],
+                    },
+                    _ => vec![false; count as usize],
+                }
+            }
+            Target::Nchan => {
+                let mut out = Vec::with_capacity(count as usize);
+                for k in first..first + count {
+                    let url = format!("http://{}/pub/{}", self.args.server, k % groups);
+                    let ok = matches!(
+                        self.client.post(url).body(self.event(k, sent)).send().await,
+                        Ok(r) if r.status().is_success()
+                    );
+                    out.push(ok);
+                }
+                out
+            }
+        };
+        for (offset, ok) in accepted.iter().enumerate() {
+            let k = first + offset as u64;
+            if *ok {
+                self.accepted_events.fetch_add(1, Ordering::Relaxed);
+                self.expected
+                    .fetch_add(members[(k % groups) as usize], Ordering::Relaxed);
+            } else {
+                self.failed_events.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Publishes for `duration`; returns (events attempted, seconds spent).
+async fn publish(
+    publisher: Arc<Publisher>,
+    stats: Arc<Stats>,
+    members: Arc<Vec<u64>>,
+    duration: Duration,
+) -> (u64, f64) {
+    let args = &publisher.args;
+    let batch = match args.target {
+        Target::Eventgate => args.batch.max(1) as u64,
+        Target::Nchan => 1,
+    };
+    let per_event: u64 = members.iter().sum::<u64>() / members.len().max(1) as u64;
     let started = Instant::now();
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(200));
+    let deadline = started + duration;
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(args.in_flight.max(1)));
+    let mut published: u64 = 0;
+    let mut owed: u64 = 0;
+    while Instant::now() < deadline {
+        if args.rate > 0 {
+            let due = started + Duration::from_secs_f64(published as f64 / args.rate as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                tokio::time::sleep(wait).await;
+            }
+        } else {
+            // Closed loop: keep at most `window` notifications outstanding.
+            while owed.saturating_sub(stats.received.load(Ordering::Relaxed)) > args.window
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        }
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        let first = published;
+        published += batch;
+        owed += batch * per_event.max(1);
+        let publisher = publisher.clone();
+        let members = members.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            publisher.post(first, batch, &members).await;
+        });
+    }
+    let _ = in_flight.acquire_many(args.in_flight.max(1) as u32).await;
+    (published, started.elapsed().as_secs_f64())
+}
+
+// ---------------------------------------------------------------------------------------
+
+async fn connect_all(args: &Args, stats: &Arc<Stats>) -> (u64, u64, f64, Vec<String>) {
+    let started = Instant::now();
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let failures = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut tasks = Vec::with_capacity(args.connections);
     for index in 0..args.connections {
-        let permit = semaphore.clone().acquire_owned().await;
+        let Ok(permit) = semaphore.clone().acquire_owned().await else {
+            break;
+        };
         let args = args.clone();
         let stats = stats.clone();
         let failures = failures.clone();
+        let errors = errors.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
-            if let Err(error) = connect_one(&args, index, stats).await {
-                if failures.fetch_add(1, Ordering::Relaxed) < 5 {
-                    eprintln!("connection {index}: {error}");
+            let group = index % args.groups.max(1);
+            match tokio::time::timeout(Duration::from_secs(30), set_up(&args, index, group)).await {
+                Ok(Ok(ws)) => {
+                    stats.members[group].fetch_add(1, Ordering::Relaxed);
+                    spawn_reader(args.target, ws, stats);
+                }
+                outcome => {
+                    let error = match outcome {
+                        Ok(Err(e)) => e,
+                        _ => "set-up timed out after 30s".into(),
+                    };
+                    if failures.fetch_add(1, Ordering::Relaxed) < 5 {
+                        if let Ok(mut list) = errors.lock() {
+                            list.push(format!("connection {index}: {error}"));
+                        }
+                    }
                 }
             }
         }));
@@ -207,131 +603,389 @@ async fn main() {
     for task in tasks {
         let _ = task.await;
     }
-    let setup = started.elapsed();
+    let seconds = started.elapsed().as_secs_f64();
     let failed = failures.load(Ordering::Relaxed);
-    let connected = args.connections as u64 - failed;
-    println!(
-        "connections: {connected} set up in {:.2}s = {:.0}/s (upgrade + Hello + 2 Subscribe + Acks), {failed} failed",
-        setup.as_secs_f64(),
-        connected as f64 / setup.as_secs_f64()
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    if let (Some(pid), Some(before)) = (args.server_pid, rss_before) {
-        if let Some(after) = rss_kib(pid) {
-            println!(
-                "server rss: {before} KiB before, {after} KiB after; {:.1} KiB per connection",
-                (after.saturating_sub(before)) as f64 / connected.max(1) as f64
-            );
-        }
+    let list = errors.lock().map(|l| l.clone()).unwrap_or_default();
+    (args.connections as u64 - failed, failed, seconds, list)
+}
+
+const QUANTILES: [f64; 12] = [
+    0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0,
+];
+
+fn round(value: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (value * scale).round() / scale
+}
+
+fn opt_round(value: Option<f64>, digits: i32) -> Value {
+    value.map_or(Value::Null, |v| json!(round(v, digits)))
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    if args.target == Target::Eventgate && args.api_key.is_empty() {
+        eprintln!("--api-key is required for --target eventgate (see `eventgate key`)");
+        std::process::exit(2);
     }
-    if args.idle {
+    let wanted = args.connections as u64 + 200;
+    let nofile = match raise_nofile(wanted) {
+        Ok(limit) => limit,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(2);
+        }
+    };
+    if args.churn {
+        churn(args).await;
         return;
     }
+    let groups = args.groups.max(1);
+    let stats = Arc::new(Stats {
+        received: AtomicU64::new(0),
+        last_received_ns: AtomicU64::new(0),
+        latency: Histogram::new(),
+        members: (0..groups).map(|_| AtomicU64::new(0)).collect(),
+        closed: AtomicU64::new(0),
+        stopping: AtomicBool::new(false),
+    });
+    let rss_before = rss_kib(args.server_pid);
 
-    // Phase 2: publish.
-    let client = reqwest::Client::new();
-    let url = format!("http://{}/events", args.server);
-    let padding = "x".repeat(args.padding);
-    let groups = args.groups.max(1) as u64;
-    // Connections that set up successfully, per group (failed ones are not expected).
-    let members_per_group: Vec<u64> = (0..groups as usize)
-        .map(|group| {
-            (0..args.connections)
-                .filter(|i| i % groups as usize == group)
-                .count() as u64
-        })
-        .collect();
-    let members_per_group: Vec<u64> = if failed == 0 {
-        members_per_group
-    } else {
-        members_per_group
-            .iter()
-            .map(|m| m * connected / args.connections.max(1) as u64)
-            .collect()
+    // Phase 1: connection storm.
+    let (connected, failed, setup_s, errors) = connect_all(&args, &stats).await;
+    for error in &errors {
+        eprintln!("{error}");
+    }
+    let setup_rate = connected as f64 / setup_s;
+    say(
+        &args,
+        format!(
+            "connections: {connected} set up in {setup_s:.2}s = {setup_rate:.0}/s ({}), {failed} failed",
+            match args.target {
+                Target::Eventgate => "upgrade + Hello + 2 Subscribe + Acks",
+                Target::Nchan => "upgrade",
+            }
+        ),
+    );
+    tokio::time::sleep(Duration::from_secs(if args.idle { args.hold } else { 1 })).await;
+    let rss_after = rss_kib(args.server_pid);
+    let rss_per_connection = match (rss_before, rss_after) {
+        (Some(before), Some(after)) if connected > 0 => {
+            Some(after.saturating_sub(before) as f64 / connected as f64)
+        }
+        _ => None,
     };
-    stats.measuring.store(true, Ordering::Relaxed);
-    let publish_started = Instant::now();
-    let deadline = publish_started + Duration::from_secs(args.duration);
-    let mut published: u64 = 0;
-    let mut expected: u64 = 0;
-    let batch = args.batch.max(1) as u64;
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(4));
-    while Instant::now() < deadline {
-        if args.rate > 0 {
-            let due =
-                publish_started + Duration::from_secs_f64(published as f64 / args.rate as f64);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                tokio::time::sleep(wait).await;
-            }
-        }
-        let sent = now_nanos();
-        let mut body = String::from("[");
-        for offset in 0..batch {
-            let k = published + offset;
-            if offset > 0 {
-                body.push(',');
-            }
-            body.push_str(&format!(
-                r#"{{"source":"bench","detail-type":"load","detail":{{"group":{},"seq":{k},"sent":{sent},"padding":"{padding}"}}}}"#,
-                k % groups
-            ));
-            expected += members_per_group[(k % groups) as usize];
-        }
-        body.push(']');
-        published += batch;
-        let permit = in_flight.clone().acquire_owned().await;
-        let client = client.clone();
-        let url = url.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _ = client
-                .post(url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await;
+    if let (Some(before), Some(after), Some(per)) = (rss_before, rss_after, rss_per_connection) {
+        say(
+            &args,
+            format!(
+                "server rss: {before} KiB before, {after} KiB after; {per:.2} KiB per connection"
+            ),
+        );
+    }
+    let mut report = json!({
+        "label": args.label,
+        "target": format!("{:?}", args.target).to_lowercase(),
+        "connections": args.connections,
+        "connected": connected,
+        "failed": failed,
+        "groups": groups,
+        "rate": args.rate,
+        "duration_s": args.duration,
+        "batch": if args.target == Target::Eventgate { args.batch } else { 1 },
+        "source_addresses": args.source_addresses.clamp(1, 250),
+        "nofile_limit": nofile,
+        "setup_s": round(setup_s, 3),
+        "setup_per_s": round(setup_rate, 1),
+        "rss_before_kib": rss_before,
+        "rss_after_kib": rss_after,
+        "rss_per_connection_kib": opt_round(rss_per_connection, 3),
+        "errors": errors,
+    });
+
+    if !args.idle {
+        // Phase 2: publish.
+        let members: Arc<Vec<u64>> = Arc::new(
+            stats
+                .members
+                .iter()
+                .map(|m| m.load(Ordering::Relaxed))
+                .collect(),
+        );
+        let publisher = Arc::new(Publisher {
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(args.in_flight.max(1))
+                .build()
+                .unwrap_or_default(),
+            padding: "x".repeat(args.padding),
+            args: args.clone(),
+            expected: AtomicU64::new(0),
+            accepted_events: AtomicU64::new(0),
+            failed_events: AtomicU64::new(0),
         });
-    }
-    let _ = in_flight.acquire_many(4).await;
-    let publish_time = publish_started.elapsed();
-    // Let deliveries finish.
-    let mut last = 0;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = stats.received.load(Ordering::Relaxed);
-        if now >= expected || (now == last && now > 0) {
-            break;
+        let cpu_before = cpu_seconds(args.server_pid);
+        let received_before = stats.received.load(Ordering::Relaxed);
+        let publish_started_ns = now_nanos();
+        let (published, publish_s) = publish(
+            publisher.clone(),
+            stats.clone(),
+            members,
+            Duration::from_secs(args.duration),
+        )
+        .await;
+        // Let deliveries finish: until everything arrived or nothing moved for 1 s (5 s cap).
+        let expected = publisher.expected.load(Ordering::Relaxed);
+        let drain_started = Instant::now();
+        let mut last = stats.received.load(Ordering::Relaxed);
+        let mut still_since = Instant::now();
+        while drain_started.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = stats.received.load(Ordering::Relaxed) - received_before;
+            if now >= expected {
+                break;
+            }
+            if now != last {
+                last = now;
+                still_since = Instant::now();
+            } else if still_since.elapsed() > Duration::from_secs(1) {
+                break;
+            }
         }
-        last = now;
+        stats.stopping.store(true, Ordering::Relaxed);
+        let cpu_after = cpu_seconds(args.server_pid);
+        let received = stats.received.load(Ordering::Relaxed) - received_before;
+        let last_ns = stats.last_received_ns.load(Ordering::Relaxed);
+        let delivery_s = (last_ns.saturating_sub(publish_started_ns) as f64 / 1e9).max(publish_s);
+        let accepted = publisher.accepted_events.load(Ordering::Relaxed);
+        let rejected = publisher.failed_events.load(Ordering::Relaxed);
+        let lost = expected.saturating_sub(received);
+        let rate = received as f64 / delivery_s;
+        let q = stats.latency.quantiles(&QUANTILES);
+        let closed = stats.closed.load(Ordering::Relaxed);
+        let server_cpu = match (cpu_before, cpu_after) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
+        say(
+            &args,
+            format!(
+                "published: {published} events in {publish_s:.2}s = {:.0} events/s ({accepted} accepted, {rejected} refused)",
+                published as f64 / publish_s
+            ),
+        );
+        say(
+            &args,
+            format!(
+                "notifications: {received} received of {expected} expected ({lost} lost) = {rate:.0}/s; {closed} connections closed during the run"
+            ),
+        );
+        let fmt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+        say(
+            &args,
+            format!(
+                "latency ms: p50 {} p99 {} p999 {} max {}",
+                fmt(q[2]),
+                fmt(q[6]),
+                fmt(q[8]),
+                fmt(q[11])
+            ),
+        );
+        if let Some(cpu) = server_cpu {
+            say(
+                &args,
+                format!("server cpu: {cpu:.2}s during {delivery_s:.2}s"),
+            );
+        }
+        let extra = json!({
+            "published": published,
+            "publish_s": round(publish_s, 3),
+            "events_per_s": round(published as f64 / publish_s, 1),
+            "accepted_events": accepted,
+            "refused_events": rejected,
+            "expected": expected,
+            "received": received,
+            "lost": lost,
+            "closed_during_run": closed,
+            "delivery_s": round(delivery_s, 3),
+            "notifications_per_s": round(rate, 1),
+            "latency_ms": {
+                "p50": opt_round(q[2], 3),
+                "p90": opt_round(q[4], 3),
+                "p99": opt_round(q[6], 3),
+                "p999": opt_round(q[8], 3),
+                "max": opt_round(q[11], 3),
+            },
+            "latency_cdf": QUANTILES.iter().zip(&q)
+                .map(|(qq, v)| json!([qq, opt_round(*v, 3)]))
+                .collect::<Vec<_>>(),
+            "server_cpu_s": opt_round(server_cpu, 2),
+        });
+        if let (Value::Object(base), Value::Object(more)) = (&mut report, extra) {
+            base.extend(more);
+        }
     }
-    let total_time = publish_started.elapsed();
+    report["rss_end_kib"] = json!(rss_kib(args.server_pid));
+    if args.json {
+        println!("{report}");
+    }
+    // Exit without closing 100k sockets one by one.
+    std::process::exit(0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Churn (soak) mode
+
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+async fn churn(args: Args) {
+    let groups = args.groups.max(1);
+    let stats = Arc::new(Stats {
+        received: AtomicU64::new(0),
+        last_received_ns: AtomicU64::new(0),
+        latency: Histogram::new(),
+        members: (0..groups).map(|_| AtomicU64::new(0)).collect(),
+        closed: AtomicU64::new(0),
+        stopping: AtomicBool::new(false),
+    });
+    let cycles = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.duration);
+    let mut workers = Vec::new();
+    for worker in 0..args.connections {
+        let args = args.clone();
+        let stats = stats.clone();
+        let cycles = cycles.clone();
+        let failures = failures.clone();
+        workers.push(tokio::spawn(async move {
+            let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (worker as u64 + 1).wrapping_mul(0x2545_F491);
+            let mut round = 0usize;
+            // Stagger the first connections over a second.
+            tokio::time::sleep(Duration::from_millis(next_random(&mut seed) % 1000)).await;
+            while Instant::now() < deadline {
+                round += 1;
+                let index = worker + round * args.connections;
+                let group = (next_random(&mut seed) % groups as u64) as usize;
+                let Ok(Ok(mut ws)) =
+                    tokio::time::timeout(Duration::from_secs(10), set_up(&args, index, group))
+                        .await
+                else {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
+                // Hold 0.5–4 s, reading notifications.
+                let hold = Duration::from_millis(500 + next_random(&mut seed) % 3500);
+                let until = (Instant::now() + hold).min(deadline);
+                while let Ok(Some(Ok(message))) =
+                    tokio::time::timeout_at(until.into(), ws.next()).await
+                {
+                    if let Message::Text(text) = message {
+                        on_frame(args.target, &text, &stats);
+                    }
+                }
+                match next_random(&mut seed) % 4 {
+                    // Abrupt: drop the socket without a Close frame.
+                    0 => drop(ws),
+                    // Unsubscribe first, then close cleanly.
+                    1 if args.target == Target::Eventgate => {
+                        let _ = ws
+                            .send(Message::Text(
+                                r#"{"Action":"Unsubscribe","RequestId":"u","Rule":"hit"}"#.into(),
+                            ))
+                            .await;
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(2), wait_ack(&mut ws)).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                    }
+                    _ => {
+                        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                            let _ = ws.close(None).await;
+                            while let Some(Ok(_)) = ws.next().await {}
+                        })
+                        .await;
+                    }
+                }
+                cycles.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    // Events flow meanwhile; every group "has" connections/groups members on average, but
+    // under churn nobody can say exactly who was subscribed, so loss is not computed here.
+    let members = Arc::new(vec![0u64; groups]);
+    let publisher = Arc::new(Publisher {
+        client: reqwest::Client::new(),
+        padding: "x".repeat(args.padding),
+        args: Args {
+            rate: args.rate.max(1),
+            ..args.clone()
+        },
+        expected: AtomicU64::new(0),
+        accepted_events: AtomicU64::new(0),
+        failed_events: AtomicU64::new(0),
+    });
+    let publishing = tokio::spawn(publish(
+        publisher.clone(),
+        stats.clone(),
+        members,
+        Duration::from_secs(args.duration),
+    ));
+    let mut reporter = tokio::time::interval(Duration::from_secs(30));
+    reporter.tick().await;
+    loop {
+        tokio::select! {
+            _ = reporter.tick() => {
+                eprintln!(
+                    "churn {:>5.0}s: {} cycles, {} failed set-ups, {} notifications",
+                    started.elapsed().as_secs_f64(),
+                    cycles.load(Ordering::Relaxed),
+                    failures.load(Ordering::Relaxed),
+                    stats.received.load(Ordering::Relaxed)
+                );
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => break,
+        }
+    }
+    for worker in workers {
+        let _ = worker.await;
+    }
+    let (published, _) = publishing.await.unwrap_or((0, 0.0));
+    let q = stats.latency.quantiles(&QUANTILES);
+    let total_cycles = cycles.load(Ordering::Relaxed);
+    let failed = failures.load(Ordering::Relaxed);
     let received = stats.received.load(Ordering::Relaxed);
-    let mut latencies = stats
-        .latencies
-        .lock()
-        .map(|l| l.clone())
-        .unwrap_or_default();
-    latencies.sort_unstable();
-    println!(
-        "published: {published} events in {:.2}s = {:.0} events/s",
-        publish_time.as_secs_f64(),
-        published as f64 / publish_time.as_secs_f64()
+    let seconds = started.elapsed().as_secs_f64();
+    say(
+        &args,
+        format!(
+            "churn: {total_cycles} connect/subscribe/disconnect cycles in {seconds:.0}s ({:.0}/s), {failed} failed set-ups, {published} events published ({} refused), {received} notifications, p99 {:?} ms",
+            total_cycles as f64 / seconds,
+            publisher.failed_events.load(Ordering::Relaxed),
+            q[6]
+        ),
     );
-    println!(
-        "notifications: {received} received of {expected} expected ({} lost) = {:.0}/s",
-        expected.saturating_sub(received),
-        received as f64 / total_time.as_secs_f64()
-    );
-    println!(
-        "latency ms: p50 {:.2} p99 {:.2} p999 {:.2} max {:.2}",
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.99),
-        percentile(&latencies, 0.999),
-        percentile(&latencies, 1.0)
-    );
-    if let Some(pid) = args.server_pid {
-        if let Some(rss) = rss_kib(pid) {
-            println!("server rss at end: {rss} KiB");
-        }
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "label": args.label,
+                "mode": "churn",
+                "workers": args.connections,
+                "seconds": round(seconds, 1),
+                "cycles": total_cycles,
+                "cycles_per_s": round(total_cycles as f64 / seconds, 1),
+                "failed_setups": failed,
+                "published": published,
+                "refused_events": publisher.failed_events.load(Ordering::Relaxed),
+                "received": received,
+                "latency_ms": {"p50": opt_round(q[2], 3), "p99": opt_round(q[6], 3), "p999": opt_round(q[8], 3)},
+            })
+        );
     }
 }
