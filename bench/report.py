@@ -18,7 +18,7 @@ WORKLOADS = [
     ("max10k", "10k connections / 100 channels / maximum rate"),
     ("max1k", "1k connections / 10 channels / maximum rate"),
     ("storm", "10k-connection connect storm (100 set-ups in flight)"),
-    ("storm500", "10k-connection connect storm, 500 set-ups in flight (above eventgate's listen backlog of 128)"),
+    ("storm500", "10k-connection connect storm, 500 set-ups in flight"),
     ("idle", "idle connections for memory"),
 ]
 

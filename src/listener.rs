@@ -252,6 +252,11 @@ pub async fn serve(
                 }
             },
         };
+        // Notifications are small writes that must leave at once: no Nagle delay (which,
+        // against a client's delayed ACK, holds a second small frame for up to 40 ms).
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "TCP_NODELAY not set");
+        }
         let app = app.clone();
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();

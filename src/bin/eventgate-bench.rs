@@ -90,8 +90,8 @@ struct Args {
     /// Source addresses 127.0.0.1 .. 127.0.0.N, at most 250.
     #[arg(long, default_value_t = 250)]
     source_addresses: u8,
-    /// Connection set-ups in flight at once (eventgate's listen backlog is 128: more
-    /// overflows it and costs a 1 s SYN retransmit).
+    /// Connection set-ups in flight at once (more than the server's listen backlog, e.g.
+    /// nginx's 511, overflows it and costs a 1 s SYN retransmit).
     #[arg(long, default_value_t = 100)]
     concurrency: usize,
     /// Only connect and report memory; publish nothing.
