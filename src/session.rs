@@ -111,6 +111,14 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, connection: Connection
     let mut last_heard = Instant::now();
     let mut next_ping = Instant::now() + keepalive;
     let shutdown = session.state.shutdown.clone();
+    // The signals and the timer live across loop turns: a turn per notification must not
+    // re-register wakers and timer entries every time.
+    let shutdown_signal = shutdown.cancelled();
+    tokio::pin!(shutdown_signal);
+    let slow_signal = slow.cancelled();
+    tokio::pin!(slow_signal);
+    let timer = tokio::time::sleep_until(hello_deadline.min(next_ping));
+    tokio::pin!(timer);
 
     let outcome: Outcome = loop {
         let next_timer = if session.announced {
@@ -118,10 +126,13 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, connection: Connection
         } else {
             hello_deadline.min(next_ping)
         };
+        if timer.deadline() != next_timer || timer.is_elapsed() {
+            timer.as_mut().reset(next_timer);
+        }
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break Outcome::Close(CloseReason::ShuttingDown),
-            _ = slow.cancelled() => break Outcome::Close(CloseReason::SlowConsumer),
+            _ = &mut shutdown_signal => break Outcome::Close(CloseReason::ShuttingDown),
+            _ = &mut slow_signal => break Outcome::Close(CloseReason::SlowConsumer),
             message = inbox.recv(), if session.announced => {
                 let Some(message) = message else { break Outcome::Gone };
                 // Write what is already queued in one go, then flush once.
@@ -168,7 +179,7 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, connection: Connection
                     Step::Gone => break Outcome::Gone,
                 }
             }
-            _ = tokio::time::sleep_until(next_timer) => {
+            _ = &mut timer => {
                 let now = Instant::now();
                 if !session.announced && now >= hello_deadline {
                     break Outcome::Close(CloseReason::HelloTimeout);
