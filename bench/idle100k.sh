@@ -72,5 +72,8 @@ for node in $(seq 1 "$NODES"); do
   f="$(echo "$line" | sed -n 's/.*, \([0-9]*\) failed.*/\1/p')"
   held=$(( held + ${n:-0} - ${f:-0} ))
 done
-echo "held: $held idle connections on $NODES eventgate processes; servers' RSS together: $(( total_kib / 1024 )) MiB = $(awk -v t="$total_kib" -v h="$held" 'BEGIN { printf "%.2f", t / h }') KiB per connection (including each process's baseline)"
+per_connection="$(awk -v t="$total_kib" -v h="$held" 'BEGIN { printf "%.2f", t / h }')"
+echo "held: $held idle connections on $NODES eventgate processes; servers' RSS together: $(( total_kib / 1024 )) MiB = $per_connection KiB per connection (including each process's baseline)"
+printf '{"date":"%s","held":%d,"nodes":%d,"total_rss_kib":%d,"kib_per_connection":%s}\n' \
+  "$(date -u +%Y-%m-%dT%H:%MZ)" "$held" "$NODES" "$total_kib" "$per_connection" > "$ROOT/docs/idle100k-summary.json"
 [ "$failed" = 0 ] && [ "$held" -ge "$TOTAL" ]
