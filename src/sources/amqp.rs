@@ -385,19 +385,15 @@ pub async fn run(config: AmqpConfig, context: SourceContext) {
     let mut cursor = StreamCursor::default();
     loop {
         match session(&config, &context, &mut backoff, &mut cursor).await {
-            Ok(()) => break,
-            Err(SourceError::HubStopped(_)) => break,
+            Ok(()) | Err(SourceError::HubStopped(_)) => break,
             Err(error) => {
-                context.status.set(false, "reconnecting");
-                telemetry::source_error(&name, &error);
-                if !backoff.wait(&name, &context.shutdown).await {
+                if !context.retry_after(&name, &mut backoff, &error).await {
                     break;
                 }
             }
         }
     }
-    context.status.set(false, "stopped");
-    tracing::info!(source = %name, "source stopped");
+    context.stopped(&name);
 }
 
 /// The channels of one connection.

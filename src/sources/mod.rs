@@ -135,6 +135,27 @@ impl SourceContext {
     }
 }
 
+impl SourceContext {
+    /// After a failed broker session: reports `reconnecting`, counts the error and waits
+    /// the next backoff delay. False when the gateway is shutting down meanwhile.
+    pub(crate) async fn retry_after(
+        &self,
+        name: &str,
+        backoff: &mut Backoff,
+        error: &SourceError,
+    ) -> bool {
+        self.status.set(false, "reconnecting");
+        crate::telemetry::source_error(name, error);
+        backoff.wait(name, &self.shutdown).await
+    }
+
+    /// The source task ends.
+    pub(crate) fn stopped(&self, name: &str) {
+        self.status.set(false, "stopped");
+        tracing::info!(source = %name, "source stopped");
+    }
+}
+
 /// Starts one task per configured source on `tracker`; they stop when `shutdown` is
 /// cancelled.
 pub fn start(

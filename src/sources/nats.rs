@@ -110,19 +110,15 @@ pub async fn run(config: NatsConfig, context: SourceContext) {
     let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff.0);
     loop {
         match session(&config, &context, &mut backoff).await {
-            Ok(()) => break,
-            Err(SourceError::HubStopped(_)) => break,
+            Ok(()) | Err(SourceError::HubStopped(_)) => break,
             Err(error) => {
-                context.status.set(false, "reconnecting");
-                telemetry::source_error(&name, &error);
-                if !backoff.wait(&name, &context.shutdown).await {
+                if !context.retry_after(&name, &mut backoff, &error).await {
                     break;
                 }
             }
         }
     }
-    context.status.set(false, "stopped");
-    tracing::info!(source = %name, "source stopped");
+    context.stopped(&name);
 }
 
 /// How often the consumer's pending count is read for the `eventgate_source_lag` gauge.
