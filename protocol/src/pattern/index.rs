@@ -21,6 +21,7 @@ use serde_json::{Map, Value};
 
 use super::ast::{FieldPat, Matcher, ObjPat};
 use super::eval::{match_scalar, MAX_ARRAY_NEST};
+use super::scan::{scan, Trie};
 use super::values::{fold, mask, parse_ip, Num, Wildcard};
 use super::Pattern;
 
@@ -840,6 +841,8 @@ struct Scratch {
     conj: Vec<(u64, u64)>,
     rule: Vec<u64>,
     cand: Vec<u32>,
+    /// Leaves collected by the `matches_json` scanner (reused between events).
+    leaves: Vec<(u32, Value)>,
 }
 
 thread_local! {
@@ -861,6 +864,8 @@ where
     free_rules: Vec<u32>,
     by_key: HashMap<K, u32, Seeded>,
     always: Vec<u32>,
+    /// Conjunctions flagged `oracle` (they need the event as a `Value`).
+    n_oracle: usize,
 }
 
 impl<K> fmt::Debug for RuleIndex<K>
@@ -914,6 +919,7 @@ where
             free_rules: Vec::new(),
             by_key: HashMap::with_hasher(hs.clone()),
             always: Vec::new(),
+            n_oracle: 0,
             hs,
         }
     }
@@ -1090,6 +1096,9 @@ where
                 .collect();
             if let Some(c) = self.conjs.get_mut(cid as usize) {
                 c.oracle = clauses.len() != conj.len();
+                if c.oracle {
+                    self.n_oracle += 1;
+                }
                 c.clauses = clauses;
             }
             slot.conjs.push((cid, ci as u32));
@@ -1130,6 +1139,10 @@ where
                 }
             }
             if let Some(c) = self.conjs.get_mut(cid as usize) {
+                if c.oracle {
+                    self.n_oracle = self.n_oracle.saturating_sub(1);
+                    c.oracle = false;
+                }
                 c.full = 0;
                 c.clauses = Vec::new();
             }
@@ -1153,6 +1166,33 @@ where
     /// parsing, only the fields that some rule reads are kept (everything else is
     /// skipped without building values), so the result is the same.
     pub fn matches_json(&self, text: &str, out: &mut Vec<K>) -> Result<(), serde_json::Error> {
+        // Fast path: scan the text straight into leaves. Rules that need the reference
+        // evaluator need a `Value`, so they (and anything the scanner gives up on) take
+        // the serde_json path below.
+        if self.always.is_empty() && self.n_oracle == 0 {
+            let done = SCRATCH.try_with(|cell| match cell.try_borrow_mut() {
+                Ok(mut sc) => {
+                    let mut leaves = std::mem::take(&mut sc.leaves);
+                    leaves.clear();
+                    let ok = scan(text, self, ROOT, &mut leaves).is_some();
+                    if ok {
+                        self.run_leaves(&mut sc, &leaves, None, false, out);
+                    }
+                    leaves.clear();
+                    sc.leaves = leaves;
+                    ok
+                }
+                Err(_) => false,
+            });
+            if done == Ok(true) {
+                return Ok(());
+            }
+        }
+        self.matches_json_serde(text, out)
+    }
+
+    /// `matches_json` through serde_json: parses into a `Value` pruned to the path trie.
+    fn matches_json_serde(&self, text: &str, out: &mut Vec<K>) -> Result<(), serde_json::Error> {
         let mut de = serde_json::Deserializer::from_str(text);
         let v = serde::de::DeserializeSeed::deserialize(
             Pruner {
@@ -1182,6 +1222,28 @@ where
     }
 
     fn run(&self, sc: &mut Scratch, event: &Value, out: &mut Vec<K>) {
+        let mut w = Walk {
+            idx: self,
+            saw_array_obj: false,
+            leaves: Vec::new(),
+        };
+        if let Value::Object(m) = event {
+            w.walk_obj(ROOT, m);
+        }
+        self.run_leaves(sc, &w.leaves, Some(event), w.saw_array_obj, out);
+    }
+
+    /// Looks every leaf up, then confirms the candidate conjunctions. `event` is needed
+    /// only when the reference evaluator is (objects inside arrays, `always` rules,
+    /// oracle conjunctions); `matches_json`'s fast path passes `None` and never needs it.
+    fn run_leaves<V: std::borrow::Borrow<Value>>(
+        &self,
+        sc: &mut Scratch,
+        leaves: &[(u32, V)],
+        event: Option<&Value>,
+        saw_array_obj: bool,
+        out: &mut Vec<K>,
+    ) {
         sc.gen = sc.gen.wrapping_add(1);
         if sc.gen == 0 {
             sc.conj.iter_mut().for_each(|e| *e = (0, 0));
@@ -1195,17 +1257,9 @@ where
             sc.rule.resize(self.rules.len(), 0);
         }
         sc.cand.clear();
-        let mut w = Walk {
-            idx: self,
-            sc,
-            saw_array_obj: false,
-            leaves: Vec::new(),
-        };
-        if let Value::Object(m) = event {
-            w.walk_obj(ROOT, m);
+        for (node, v) in leaves {
+            self.lookup_leaf(sc, *node, v.borrow());
         }
-        let saw_array_obj = w.saw_array_obj;
-        let leaves = std::mem::take(&mut w.leaves);
         let gen = sc.gen;
         let cands = std::mem::take(&mut sc.cand);
         for &c in &cands {
@@ -1225,19 +1279,20 @@ where
             if saw_array_obj || conj.oracle {
                 // Objects inside arrays: array consistency needs the full evaluator.
                 *stamp = gen;
-                if slot.pattern.matches(event) {
+                if event.is_some_and(|e| slot.pattern.matches(e)) {
                     out.push(slot.key);
                 }
             } else if conj
                 .clauses
                 .iter()
-                .all(|(node, alts)| clause_holds(*node, alts, &leaves))
+                .all(|(node, alts)| clause_holds(*node, alts, leaves))
             {
                 *stamp = gen;
                 out.push(slot.key);
             }
         }
         sc.cand = cands;
+        let Some(event) = event else { return };
         for &r in &self.always {
             let r = r as usize;
             match sc.rule.get_mut(r) {
@@ -1251,16 +1306,61 @@ where
             }
         }
     }
+
+    /// Looks one leaf up at its path node and marks the conjunctions it completes.
+    fn lookup_leaf(&self, sc: &mut Scratch, node: u32, v: &Value) {
+        let Some(m) = self.nodes.get(node as usize).and_then(|n| n.m.as_deref()) else {
+            return;
+        };
+        let gen = sc.gen;
+        m.lookup(v, &mut |h: Hit| {
+            let Some(st) = sc.conj.get_mut(h.conj as usize) else {
+                return;
+            };
+            if st.0 != gen {
+                *st = (gen, 0);
+            }
+            let bit = 1u64 << (h.bit & 63);
+            if st.1 & bit == 0 {
+                st.1 |= bit;
+                if self
+                    .conjs
+                    .get(h.conj as usize)
+                    .is_some_and(|c| st.1 == c.full)
+                {
+                    sc.cand.push(h.conj);
+                }
+            }
+        });
+    }
+}
+
+impl<K> Trie for RuleIndex<K>
+where
+    K: Copy + Eq + Hash + Ord + fmt::Debug,
+{
+    fn child(&self, node: u32, key: &str) -> Option<u32> {
+        self.nodes.get(node as usize)?.children.get(key).copied()
+    }
+    fn has_children(&self, node: u32) -> bool {
+        self.nodes
+            .get(node as usize)
+            .is_some_and(|n| !n.children.is_empty())
+    }
 }
 
 /// Without objects inside arrays, a clause holds when a leaf at its path satisfies an
 /// alternative, or when there is no leaf there and `exists: false` is an alternative.
-fn clause_holds(node: u32, alts: &[Matcher], leaves: &[(u32, &Value)]) -> bool {
+fn clause_holds<V: std::borrow::Borrow<Value>>(
+    node: u32,
+    alts: &[Matcher],
+    leaves: &[(u32, V)],
+) -> bool {
     let mut any_leaf = false;
     for (n, v) in leaves {
         if *n == node {
             any_leaf = true;
-            if alts.iter().any(|m| match_scalar(m, v)) {
+            if alts.iter().any(|m| match_scalar(m, v.borrow())) {
                 return true;
             }
         }
@@ -1273,7 +1373,6 @@ where
     K: Copy + Eq + Hash + Ord + fmt::Debug,
 {
     idx: &'a RuleIndex<K>,
-    sc: &'a mut Scratch,
     saw_array_obj: bool,
     /// Every scalar leaf met on an indexed path, with its path node.
     leaves: Vec<(u32, &'e Value)>,
@@ -1334,31 +1433,6 @@ where
 
     fn leaf(&mut self, node: u32, v: &'e Value) {
         self.leaves.push((node, v));
-        let idx = self.idx;
-        let Some(m) = idx.nodes.get(node as usize).and_then(|n| n.m.as_deref()) else {
-            return;
-        };
-        let sc = &mut *self.sc;
-        let gen = sc.gen;
-        m.lookup(v, &mut |h: Hit| {
-            let Some(st) = sc.conj.get_mut(h.conj as usize) else {
-                return;
-            };
-            if st.0 != gen {
-                *st = (gen, 0);
-            }
-            let bit = 1u64 << (h.bit & 63);
-            if st.1 & bit == 0 {
-                st.1 |= bit;
-                if idx
-                    .conjs
-                    .get(h.conj as usize)
-                    .is_some_and(|c| st.1 == c.full)
-                {
-                    sc.cand.push(h.conj);
-                }
-            }
-        });
     }
 }
 
@@ -1421,5 +1495,70 @@ mod tests {
         assert!(idx.remove(2));
         assert!(idx.is_empty());
         assert_eq!(idx.nodes.len() - idx.free_nodes.len(), 1);
+    }
+
+    #[test]
+    fn matches_json_agrees_with_serde_on_odd_text() {
+        let mut idx = RuleIndex::new();
+        idx.insert(
+            1u32,
+            &pat(json!({"a": ["x"], "b": {"c": [{"prefix": "p"}]}})),
+        );
+        idx.insert(2u32, &pat(json!({"n": [{"numeric": [">", 1]}]})));
+        idx.insert(3u32, &pat(json!({"a": [{"exists": true}], "n": [0]})));
+        let texts = [
+            r#"{"a":"x"}"#,
+            r#" { "a" : "x" , "b" : { "c" : "pq" } } "#,
+            r#"{"a":"x","a":"y"}"#,
+            r#"{"a":"y","a":"x"}"#,
+            r#"{"a":"\u0078"}"#,
+            r#"{"a":"\ud800"}"#,
+            r#"{"z":"\ud800","a":"x"}"#,
+            r#"{"a":"x\/"}"#,
+            r#"{"a":"\x"}"#,
+            "{\"a\":\"x\u{1}\"}",
+            "{\"z\":\"\u{1}\",\"a\":\"x\"}",
+            r#"{"a":"x",}"#,
+            r#"{"a":"x" "b":1}"#,
+            r#"{"a" "x"}"#,
+            r#"{"a":["x",]}"#,
+            r#"{"a":["y",["x"]]}"#,
+            r#"{"a":"x"} x"#,
+            r#"{"a":"x"}}"#,
+            r#"{"a":tru}"#,
+            r#"{"a":true}"#,
+            r#"{"n":01}"#,
+            r#"{"n":1.}"#,
+            r#"{"n":-}"#,
+            r#"{"n":-0}"#,
+            r#"{"n":0,"a":null}"#,
+            r#"{"n":2e0}"#,
+            r#"{"n":1e400}"#,
+            r#"{"z":1e400,"n":2}"#,
+            r#"{"n":18446744073709551616}"#,
+            r#"{"n":[2, 3.5e1, -7]}"#,
+            r#"{"b":[{"c":"pp"}]}"#,
+            r#"{"b":{"c":["pp", {"d": 1}]}}"#,
+            r#"{"z":[[[[{"a":1}]]]],"a":"x"}"#,
+            r#"[{"a":"x"}]"#,
+            "1e400",
+            "",
+            "   ",
+            r#"{"a":"x""#,
+            r#"{"a":"x"#,
+        ];
+        for t in texts {
+            let mut got = Vec::new();
+            let r = idx.matches_json(t, &mut got);
+            got.sort();
+            let mut want = Vec::new();
+            let w = idx.matches_json_serde(t, &mut want);
+            want.sort();
+            assert_eq!(r.is_ok(), w.is_ok(), "{t}: {r:?} {w:?}");
+            assert_eq!(got, want, "{t}");
+            if let Err(e) = r {
+                assert_eq!(Some(e.to_string()), w.err().map(|e| e.to_string()), "{t}");
+            }
+        }
     }
 }

@@ -7,6 +7,7 @@
 mod ast;
 mod eval;
 mod index;
+mod scan;
 mod values;
 
 use std::fmt;

@@ -1,0 +1,396 @@
+//! A strict, allocation-light JSON scanner for [`super::RuleIndex::matches_json`]: it
+//! validates the whole event text and collects only the scalar leaves found on paths of
+//! the index's path trie, without building a `serde_json::Value` tree.
+//!
+//! It is a fast path, not a second JSON parser to trust: it accepts a subset of what
+//! `serde_json` accepts and gives up (`None`) on anything outside that subset (`\u`
+//! escapes, deep nesting, a top level that is not an object, duplicate indexed keys, objects inside arrays on indexed
+//! paths, numbers it does not parse itself, and every syntax error). The caller then
+//! takes the `serde_json` path, which produces the exact result or error.
+
+use serde_json::Value;
+
+use super::eval::MAX_ARRAY_NEST;
+
+/// The path trie as the scanner sees it.
+pub(crate) trait Trie {
+    /// The child of `node` reached by object key `key`.
+    fn child(&self, node: u32, key: &str) -> Option<u32>;
+    /// Does `node` have any children (is an object expected below it)?
+    fn has_children(&self, node: u32) -> bool;
+}
+
+/// Nesting of arrays and objects beyond this gives up (serde_json's limit is 128).
+const MAX_DEPTH: usize = 120;
+/// Indexed keys per object beyond this give up (duplicate detection is a linear scan).
+const MAX_KEPT: usize = 32;
+
+pub(crate) struct Scanner<'t, 'x, T: Trie> {
+    text: &'t str,
+    b: &'t [u8],
+    pos: usize,
+    trie: &'x T,
+    /// Every scalar leaf met on an indexed path, with its path node.
+    pub(crate) leaves: &'x mut Vec<(u32, Value)>,
+}
+
+/// Scans `text`, appending the leaves to `leaves`; `None` means "use serde_json".
+pub(crate) fn scan<T: Trie>(
+    text: &str,
+    trie: &T,
+    root: u32,
+    leaves: &mut Vec<(u32, Value)>,
+) -> Option<()> {
+    let mut s = Scanner {
+        text,
+        b: text.as_bytes(),
+        pos: 0,
+        trie,
+        leaves,
+    };
+    s.ws();
+    // Only objects: serde_json reads every number of a top-level array or scalar in
+    // full (range errors), which the skipping below does not.
+    s.keep_obj(root, 0)?;
+    s.ws();
+    (s.pos == s.b.len()).then_some(())
+}
+
+impl<'t, T: Trie> Scanner<'t, '_, T> {
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.pos).copied()
+    }
+
+    #[inline]
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.pos) {
+            self.pos += 1;
+        }
+    }
+
+    #[inline]
+    fn eat(&mut self, c: u8) -> Option<()> {
+        if self.peek()? == c {
+            self.pos += 1;
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    fn lit(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.pos.checked_add(word.len())?;
+        if self.b.get(self.pos..end)? == word {
+            self.pos = end;
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    /// A string starting at `"`; borrowed when it has no escapes. With `build` false the
+    /// content is validated only (and an empty string returned).
+    fn string(&mut self, build: bool) -> Option<std::borrow::Cow<'t, str>> {
+        self.eat(b'"')?;
+        let start = self.pos;
+        loop {
+            let c = *self.b.get(self.pos)?;
+            if c == b'"' {
+                let s = self.text.get(start..self.pos)?;
+                self.pos += 1;
+                return Some(std::borrow::Cow::Borrowed(s));
+            }
+            if c == b'\\' {
+                break;
+            }
+            if c < 0x20 {
+                return None;
+            }
+            self.pos += 1;
+        }
+        // Escapes: rebuild the string (or just validate it).
+        let mut out = String::new();
+        if build {
+            out.push_str(self.text.get(start..self.pos)?);
+        }
+        let mut run = self.pos;
+        loop {
+            let c = *self.b.get(self.pos)?;
+            match c {
+                b'"' => {
+                    if build {
+                        out.push_str(self.text.get(run..self.pos)?);
+                    }
+                    self.pos += 1;
+                    return Some(std::borrow::Cow::Owned(out));
+                }
+                b'\\' => {
+                    if build {
+                        out.push_str(self.text.get(run..self.pos)?);
+                    }
+                    let e = *self.b.get(self.pos + 1)?;
+                    let ch = match e {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'n' => '\n',
+                        b'r' => '\r',
+                        b't' => '\t',
+                        // `\u` (surrogate rules) is left to serde_json.
+                        _ => return None,
+                    };
+                    if build {
+                        out.push(ch);
+                    }
+                    self.pos += 2;
+                    run = self.pos;
+                }
+                0..=0x1f => return None,
+                _ => self.pos += 1,
+            }
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.pos;
+        while let Some(b'0'..=b'9') = self.b.get(self.pos) {
+            self.pos += 1;
+        }
+        self.pos - start
+    }
+
+    /// Validates a number (JSON grammar); returns its text and whether it is a plain
+    /// non-negative integer.
+    fn number(&mut self) -> Option<(&'t str, bool)> {
+        let start = self.pos;
+        let neg = self.peek()? == b'-';
+        if neg {
+            self.pos += 1;
+        }
+        match self.peek()? {
+            b'0' => {
+                self.pos += 1;
+                if let Some(b'0'..=b'9') = self.peek() {
+                    return None;
+                }
+            }
+            b'1'..=b'9' => {
+                self.digits();
+            }
+            _ => return None,
+        }
+        let mut plain = !neg;
+        if self.peek() == Some(b'.') {
+            self.pos += 1;
+            if self.digits() == 0 {
+                return None;
+            }
+            plain = false;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.pos += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.pos += 1;
+            }
+            if self.digits() == 0 {
+                return None;
+            }
+            plain = false;
+        }
+        Some((self.text.get(start..self.pos)?, plain))
+    }
+
+    fn skip_value(&mut self, depth: usize) -> Option<()> {
+        match self.peek()? {
+            b'"' => {
+                self.string(false)?;
+            }
+            b'{' => {
+                let depth = depth + 1;
+                if depth > MAX_DEPTH {
+                    return None;
+                }
+                self.pos += 1;
+                self.ws();
+                if self.peek()? == b'}' {
+                    self.pos += 1;
+                    return Some(());
+                }
+                loop {
+                    self.ws();
+                    self.string(false)?;
+                    self.ws();
+                    self.eat(b':')?;
+                    self.ws();
+                    self.skip_value(depth)?;
+                    self.ws();
+                    match self.peek()? {
+                        b',' => self.pos += 1,
+                        b'}' => {
+                            self.pos += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            b'[' => {
+                let depth = depth + 1;
+                if depth > MAX_DEPTH {
+                    return None;
+                }
+                self.pos += 1;
+                self.ws();
+                if self.peek()? == b']' {
+                    self.pos += 1;
+                    return Some(());
+                }
+                loop {
+                    self.ws();
+                    self.skip_value(depth)?;
+                    self.ws();
+                    match self.peek()? {
+                        b',' => self.pos += 1,
+                        b']' => {
+                            self.pos += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            b't' => self.lit(b"true")?,
+            b'f' => self.lit(b"false")?,
+            b'n' => self.lit(b"null")?,
+            _ => {
+                self.number()?;
+            }
+        }
+        Some(())
+    }
+
+    /// An object at trie node `node`: indexed keys are descended into, the rest skipped.
+    fn keep_obj(&mut self, node: u32, depth: usize) -> Option<()> {
+        let depth = depth + 1;
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        self.eat(b'{')?;
+        self.ws();
+        if self.peek()? == b'}' {
+            self.pos += 1;
+            return Some(());
+        }
+        let mut seen = [0u32; MAX_KEPT];
+        let mut n_seen = 0usize;
+        loop {
+            self.ws();
+            let key = self.string(true)?;
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            match self.trie.child(node, &key) {
+                Some(child) => {
+                    // serde_json keeps the last of duplicate keys; leave that to it.
+                    let kept = seen.get(..n_seen)?;
+                    if kept.contains(&child) {
+                        return None;
+                    }
+                    *seen.get_mut(n_seen)? = child;
+                    n_seen += 1;
+                    self.keep_value(child, depth, 0)?;
+                }
+                None => self.skip_value(depth)?,
+            }
+            self.ws();
+            match self.peek()? {
+                b',' => self.pos += 1,
+                b'}' => {
+                    self.pos += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// A value at trie node `node`.
+    fn keep_value(&mut self, node: u32, depth: usize, nest: usize) -> Option<()> {
+        match self.peek()? {
+            b'{' => self.keep_obj(node, depth),
+            b'[' => {
+                let depth = depth + 1;
+                if depth > MAX_DEPTH {
+                    return None;
+                }
+                self.pos += 1;
+                self.ws();
+                if self.peek()? == b']' {
+                    self.pos += 1;
+                    return Some(());
+                }
+                loop {
+                    self.ws();
+                    match self.peek()? {
+                        b'[' => {
+                            if nest < MAX_ARRAY_NEST {
+                                self.keep_value(node, depth, nest + 1)?
+                            } else {
+                                self.skip_value(depth)?
+                            }
+                        }
+                        b'{' => {
+                            // Objects inside arrays need the reference evaluator.
+                            if self.trie.has_children(node) {
+                                return None;
+                            }
+                            self.skip_value(depth)?
+                        }
+                        _ => self.scalar(node)?,
+                    }
+                    self.ws();
+                    match self.peek()? {
+                        b',' => self.pos += 1,
+                        b']' => {
+                            self.pos += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            _ => self.scalar(node),
+        }
+    }
+
+    fn scalar(&mut self, node: u32) -> Option<()> {
+        let v = match self.peek()? {
+            b'"' => Value::String(self.string(true)?.into_owned()),
+            b't' => {
+                self.lit(b"true")?;
+                Value::Bool(true)
+            }
+            b'f' => {
+                self.lit(b"false")?;
+                Value::Bool(false)
+            }
+            b'n' => {
+                self.lit(b"null")?;
+                Value::Null
+            }
+            _ => {
+                let (t, plain) = self.number()?;
+                match t.parse::<u64>() {
+                    Ok(u) if plain => Value::from(u),
+                    // Everything else exactly as serde_json reads it.
+                    _ => Value::Number(serde_json::from_str::<serde_json::Number>(t).ok()?),
+                }
+            }
+        };
+        self.leaves.push((node, v));
+        Some(())
+    }
+}
