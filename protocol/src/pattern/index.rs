@@ -628,14 +628,136 @@ struct Node {
     m: Option<Box<Matchers>>,
 }
 
-struct Conj {
+struct Conj<K> {
     rule: u32,
+    /// The rule's key, so a confirmed candidate needs no rule-slot access.
+    key: Option<K>,
     full: u64,
-    /// Every clause as (path node, alternatives), checked against the event's leaves
-    /// when the event has no objects inside arrays on indexed paths.
-    clauses: Vec<(u32, Arc<[Matcher]>)>,
+    /// Every clause, checked against the event's leaves when the event has no objects
+    /// inside arrays on indexed paths.
+    checks: Checks,
     /// Always confirm with the reference evaluator (defensive; not expected).
     oracle: bool,
+}
+
+impl<K> Conj<K> {
+    fn empty() -> Self {
+        Conj {
+            rule: 0,
+            key: None,
+            full: 0,
+            checks: Checks::default(),
+            oracle: false,
+        }
+    }
+}
+
+const T_STR: u8 = 0;
+const T_PREFIX: u8 = 1;
+const T_SUFFIX: u8 = 2;
+
+/// A conjunction's clauses, laid out so that confirming a candidate touches one or two
+/// cache lines: clauses whose alternatives are all exact strings, prefixes or suffixes
+/// are encoded inline in one byte buffer (`node u32 | n_alts u8 | (tag u8 | len u16 |
+/// bytes)*`, little endian); the other clauses keep their matcher list.
+#[derive(Default)]
+struct Checks {
+    inline: Box<[u8]>,
+    other: Box<[(u32, Arc<[Matcher]>)]>,
+}
+
+impl Checks {
+    fn new(clauses: &[(u32, Arc<[Matcher]>)]) -> Checks {
+        let mut inline = Vec::new();
+        let mut other = Vec::new();
+        for (node, alts) in clauses {
+            let simple = alts.len() <= usize::from(u8::MAX)
+                && alts.iter().all(|m| match m {
+                    Matcher::Str(x) | Matcher::Prefix(x) | Matcher::Suffix(x) => {
+                        x.len() <= usize::from(u16::MAX)
+                    }
+                    _ => false,
+                });
+            if !simple {
+                other.push((*node, Arc::clone(alts)));
+                continue;
+            }
+            inline.extend_from_slice(&node.to_le_bytes());
+            inline.push(alts.len() as u8);
+            for m in alts.iter() {
+                let (tag, x) = match m {
+                    Matcher::Str(x) => (T_STR, x),
+                    Matcher::Prefix(x) => (T_PREFIX, x),
+                    Matcher::Suffix(x) => (T_SUFFIX, x),
+                    _ => continue,
+                };
+                inline.push(tag);
+                inline.extend_from_slice(&(x.len() as u16).to_le_bytes());
+                inline.extend_from_slice(x.as_bytes());
+            }
+        }
+        Checks {
+            inline: inline.into_boxed_slice(),
+            other: other.into_boxed_slice(),
+        }
+    }
+
+    fn holds<V: std::borrow::Borrow<Value>>(&self, leaves: &[(u32, V)]) -> bool {
+        inline_holds(&self.inline, leaves).unwrap_or(false)
+            && self
+                .other
+                .iter()
+                .all(|(node, alts)| clause_holds(*node, alts, leaves))
+    }
+}
+
+/// Decodes and checks the inline clauses; `None` only for a malformed buffer.
+fn inline_holds<V: std::borrow::Borrow<Value>>(mut b: &[u8], leaves: &[(u32, V)]) -> Option<bool> {
+    while !b.is_empty() {
+        let (head, rest) = b.split_at_checked(5)?;
+        let node = u32::from_le_bytes(head.get(..4)?.try_into().ok()?);
+        let n_alts = *head.get(4)?;
+        // Find the end of this clause's alternatives first.
+        let mut end = 0usize;
+        for _ in 0..n_alts {
+            let len = u16::from_le_bytes(rest.get(end + 1..end + 3)?.try_into().ok()?);
+            end += 3 + usize::from(len);
+        }
+        let (alts, next) = rest.split_at_checked(end)?;
+        b = next;
+        let mut ok = false;
+        for (n, v) in leaves {
+            if *n != node {
+                continue;
+            }
+            let Value::String(s) = v.borrow() else {
+                continue;
+            };
+            let s = s.as_bytes();
+            let mut a = alts;
+            while let Some((&tag, rest)) = a.split_first() {
+                let len = usize::from(u16::from_le_bytes(rest.get(..2)?.try_into().ok()?));
+                let x = rest.get(2..2 + len)?;
+                a = rest.get(2 + len..)?;
+                let hit = match tag {
+                    T_STR => s == x,
+                    T_PREFIX => s.starts_with(x),
+                    _ => s.ends_with(x),
+                };
+                if hit {
+                    ok = true;
+                    break;
+                }
+            }
+            if ok {
+                break;
+            }
+        }
+        if !ok {
+            return Some(false);
+        }
+    }
+    Some(true)
 }
 
 struct RuleSlot<K> {
@@ -858,7 +980,7 @@ where
     hs: Seeded,
     nodes: Vec<Node>,
     free_nodes: Vec<u32>,
-    conjs: Vec<Conj>,
+    conjs: Vec<Conj<K>>,
     free_conjs: Vec<u32>,
     rules: Vec<Option<RuleSlot<K>>>,
     free_rules: Vec<u32>,
@@ -1063,20 +1185,16 @@ where
             let cid = match self.free_conjs.pop() {
                 Some(c) => c,
                 None => {
-                    self.conjs.push(Conj {
-                        rule: 0,
-                        full: 0,
-                        clauses: Vec::new(),
-                        oracle: false,
-                    });
+                    self.conjs.push(Conj::empty());
                     (self.conjs.len() - 1) as u32
                 }
             };
             if let Some(c) = self.conjs.get_mut(cid as usize) {
                 *c = Conj {
                     rule: rid,
+                    key: Some(key),
                     full: 1,
-                    clauses: Vec::new(),
+                    checks: Checks::default(),
                     oracle: false,
                 };
             }
@@ -1099,7 +1217,7 @@ where
                 if c.oracle {
                     self.n_oracle += 1;
                 }
-                c.clauses = clauses;
+                c.checks = Checks::new(&clauses);
             }
             slot.conjs.push((cid, ci as u32));
         }
@@ -1143,8 +1261,7 @@ where
                     self.n_oracle = self.n_oracle.saturating_sub(1);
                     c.oracle = false;
                 }
-                c.full = 0;
-                c.clauses = Vec::new();
+                *c = Conj::empty();
             }
             self.free_conjs.push(cid);
         }
@@ -1273,22 +1390,19 @@ where
             if *stamp == gen {
                 continue;
             }
-            let Some(Some(slot)) = self.rules.get(r) else {
-                continue;
-            };
             if saw_array_obj || conj.oracle {
                 // Objects inside arrays: array consistency needs the full evaluator.
                 *stamp = gen;
-                if event.is_some_and(|e| slot.pattern.matches(e)) {
-                    out.push(slot.key);
+                if let (Some(Some(slot)), Some(e)) = (self.rules.get(r), event) {
+                    if slot.pattern.matches(e) {
+                        out.push(slot.key);
+                    }
                 }
-            } else if conj
-                .clauses
-                .iter()
-                .all(|(node, alts)| clause_holds(*node, alts, leaves))
-            {
+            } else if conj.checks.holds(leaves) {
                 *stamp = gen;
-                out.push(slot.key);
+                if let Some(k) = conj.key {
+                    out.push(k);
+                }
             }
         }
         sc.cand = cands;
