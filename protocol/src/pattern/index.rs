@@ -124,73 +124,112 @@ impl HasHit for (Wildcard, Hit) {
     }
 }
 
+/// Step of the seeded byte-at-a-time string hash: prefix (or, over reversed bytes,
+/// suffix) hashes of every length come out of one pass over the event string.
+#[inline]
+fn hstep(h: u64, b: u8) -> u64 {
+    (h ^ u64::from(b)).wrapping_mul(MUL).rotate_left(29)
+}
+
+#[inline]
+fn hfin(h: u64, len: usize) -> u64 {
+    let mut h = h ^ (len as u64).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
+}
+
+/// The 64-bit key under which a string is filed. Tables are keyed by this hash alone
+/// (no string to compare, so a probe does not touch the string's memory); a collision
+/// only adds a candidate, and every candidate is confirmed clause by clause.
+fn skey(seed: u64, s: &str) -> u64 {
+    hfin(s.bytes().fold(seed, hstep), s.len())
+}
+
+/// Like [`skey`] over the reversed bytes (suffix tables).
+fn rkey(seed: u64, s: &str) -> u64 {
+    hfin(s.bytes().rev().fold(seed, hstep), s.len())
+}
+
 /// String keys looked up by every prefix (or suffix) length in use.
 struct AffixMap<T> {
-    map: HMap<Box<str>, Vec<T>>,
+    map: HMap<u64, Vec<T>>,
+    /// Registrations per key length.
     lens: BTreeMap<usize, u32>,
+    seed: u64,
+    /// Suffix table: keys hashed from their end.
+    rev: bool,
 }
 
 impl<T: HasHit> AffixMap<T> {
-    fn new(s: &Seeded) -> Self {
+    fn new(s: &Seeded, rev: bool) -> Self {
         AffixMap {
             map: HashMap::with_hasher(s.clone()),
             lens: BTreeMap::new(),
+            seed: s.0,
+            rev,
         }
+    }
+    fn key(&self, k: &str) -> u64 {
+        if self.rev {
+            rkey(self.seed, k)
+        } else {
+            skey(self.seed, k)
+        }
+    }
+    fn get(&self, k: &str) -> Option<&Vec<T>> {
+        self.map.get(&self.key(k))
     }
     fn insert(&mut self, key: &str, t: T) {
-        match self.map.get_mut(key) {
-            Some(v) => v.push(t),
-            None => {
-                self.map.insert(key.into(), vec![t]);
-                *self.lens.entry(key.len()).or_insert(0) += 1;
-            }
-        }
+        let k = self.key(key);
+        self.map.entry(k).or_default().push(t);
+        *self.lens.entry(key.len()).or_insert(0) += 1;
     }
     fn remove(&mut self, key: &str, conj: u32) {
-        if let Some(v) = self.map.get_mut(key) {
-            v.retain(|t| t.hit().conj != conj);
-            if v.is_empty() {
-                self.map.remove(key);
-                if let Some(n) = self.lens.get_mut(&key.len()) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        self.lens.remove(&key.len());
-                    }
-                }
+        let k = self.key(key);
+        let Some(v) = self.map.get_mut(&k) else {
+            return;
+        };
+        let before = v.len();
+        v.retain(|t| t.hit().conj != conj);
+        let removed = (before - v.len()) as u32;
+        if v.is_empty() {
+            self.map.remove(&k);
+        }
+        if let Some(n) = self.lens.get_mut(&key.len()) {
+            *n = n.saturating_sub(removed);
+            if *n == 0 {
+                self.lens.remove(&key.len());
             }
         }
     }
-    fn prefixes(&self, s: &str, f: &mut dyn FnMut(&T)) {
+    /// Every registration whose key is a prefix (suffix, for a suffix table) of `s`.
+    fn affixes(&self, s: &str, f: &mut dyn FnMut(&T)) {
+        let b = s.as_bytes();
+        let mut h = self.seed;
+        let mut done = 0usize;
         for &l in self.lens.keys() {
-            if l > s.len() {
+            if l > b.len() {
                 break;
             }
-            if let Some(k) = s.get(..l) {
-                if let Some(v) = self.map.get(k) {
-                    v.iter().for_each(&mut *f);
+            if self.rev {
+                for i in done..l {
+                    h = hstep(h, b[b.len() - 1 - i]);
+                }
+            } else {
+                for &c in &b[done..l] {
+                    h = hstep(h, c);
                 }
             }
-        }
-    }
-    fn suffixes(&self, s: &str, f: &mut dyn FnMut(&T)) {
-        for &l in self.lens.keys() {
-            if l > s.len() {
-                break;
-            }
-            if let Some(k) = s.get(s.len() - l..) {
-                if let Some(v) = self.map.get(k) {
-                    v.iter().for_each(&mut *f);
-                }
+            done = l;
+            if let Some(v) = self.map.get(&hfin(h, l)) {
+                v.iter().for_each(&mut *f);
             }
         }
     }
 }
 
-fn remove_hits<Q: Eq + Hash + ?Sized, K: Eq + Hash + std::borrow::Borrow<Q>>(
-    m: &mut HMap<K, Vec<Hit>>,
-    key: &Q,
-    conj: u32,
-) {
+fn remove_hits<K: Eq + Hash>(m: &mut HMap<K, Vec<Hit>>, key: &K, conj: u32) {
     if let Some(v) = m.get_mut(key) {
         v.retain(|h| h.conj != conj);
         if v.is_empty() {
@@ -237,7 +276,8 @@ fn window_start(x: Num, c: i32) -> Option<Num> {
 
 /// All lookups registered at one path.
 struct Matchers {
-    exact_str: HMap<Box<str>, Vec<Hit>>,
+    /// Keyed by [`skey`].
+    exact_str: HMap<u64, Vec<Hit>>,
     exact_num: HMap<Num, Vec<Hit>>,
     exact_true: Vec<Hit>,
     exact_false: Vec<Hit>,
@@ -246,7 +286,8 @@ struct Matchers {
     suffix: AffixMap<Hit>,
     prefix_ic: AffixMap<Hit>,
     suffix_ic: AffixMap<Hit>,
-    eic: HMap<Box<str>, Vec<Hit>>,
+    /// Keyed by [`skey`] of the folded value.
+    eic: HMap<u64, Vec<Hit>>,
     wild_pre: AffixMap<(Wildcard, Hit)>,
     wild_suf: AffixMap<(Wildcard, Hit)>,
     wild_any: Vec<(Wildcard, Hit)>,
@@ -258,6 +299,7 @@ struct Matchers {
     exists: Vec<Hit>,
     /// Registrations needing the folded event string.
     n_fold: usize,
+    seed: u64,
     /// Registrations needing a numeric value.
     n_numeric: usize,
 }
@@ -270,13 +312,13 @@ impl Matchers {
             exact_true: Vec::new(),
             exact_false: Vec::new(),
             exact_null: Vec::new(),
-            prefix: AffixMap::new(s),
-            suffix: AffixMap::new(s),
-            prefix_ic: AffixMap::new(s),
-            suffix_ic: AffixMap::new(s),
+            prefix: AffixMap::new(s, false),
+            suffix: AffixMap::new(s, true),
+            prefix_ic: AffixMap::new(s, false),
+            suffix_ic: AffixMap::new(s, true),
             eic: HashMap::with_hasher(s.clone()),
-            wild_pre: AffixMap::new(s),
-            wild_suf: AffixMap::new(s),
+            wild_pre: AffixMap::new(s, false),
+            wild_suf: AffixMap::new(s, true),
             wild_any: Vec::new(),
             lower: BTreeMap::new(),
             upper: BTreeMap::new(),
@@ -286,12 +328,17 @@ impl Matchers {
             exists: Vec::new(),
             n_fold: 0,
             n_numeric: 0,
+            seed: s.0,
         }
     }
 
     fn add(&mut self, m: &Matcher, h: Hit) {
         match m {
-            Matcher::Str(s) => self.exact_str.entry(s.as_str().into()).or_default().push(h),
+            Matcher::Str(s) => self
+                .exact_str
+                .entry(skey(self.seed, s))
+                .or_default()
+                .push(h),
             Matcher::Num(n) => self.exact_num.entry(*n).or_default().push(h),
             Matcher::Bool(true) => self.exact_true.push(h),
             Matcher::Bool(false) => self.exact_false.push(h),
@@ -308,13 +355,13 @@ impl Matchers {
             }
             Matcher::Eic(f) => {
                 self.n_fold += 1;
-                self.eic.entry(f.as_str().into()).or_default().push(h)
+                self.eic.entry(skey(self.seed, f)).or_default().push(h)
             }
             Matcher::Wildcard(w) => {
                 let n = w.segs.len();
                 if n == 1 {
                     self.exact_str
-                        .entry(w.segs[0].as_str().into())
+                        .entry(skey(self.seed, &w.segs[0]))
                         .or_default()
                         .push(h)
                 } else if !w.segs[0].is_empty() {
@@ -377,7 +424,7 @@ impl Matchers {
     fn remove(&mut self, m: &Matcher, c: u32) {
         let keep = |h: &Hit| h.conj != c;
         match m {
-            Matcher::Str(s) => remove_hits(&mut self.exact_str, s.as_str(), c),
+            Matcher::Str(s) => remove_hits(&mut self.exact_str, &skey(self.seed, s), c),
             Matcher::Num(n) => remove_hits(&mut self.exact_num, n, c),
             Matcher::Bool(true) => self.exact_true.retain(keep),
             Matcher::Bool(false) => self.exact_false.retain(keep),
@@ -394,12 +441,12 @@ impl Matchers {
             }
             Matcher::Eic(f) => {
                 self.n_fold = self.n_fold.saturating_sub(1);
-                remove_hits(&mut self.eic, f.as_str(), c)
+                remove_hits(&mut self.eic, &skey(self.seed, f), c)
             }
             Matcher::Wildcard(w) => {
                 let n = w.segs.len();
                 if n == 1 {
-                    remove_hits(&mut self.exact_str, w.segs[0].as_str(), c)
+                    remove_hits(&mut self.exact_str, &skey(self.seed, &w.segs[0]), c)
                 } else if !w.segs[0].is_empty() {
                     self.wild_pre.remove(&w.segs[0], c)
                 } else if !w.segs[n - 1].is_empty() {
@@ -449,25 +496,25 @@ impl Matchers {
     fn lookup(&self, v: &Value, f: &mut dyn FnMut(Hit)) {
         match v {
             Value::String(s) => {
-                if let Some(hs) = self.exact_str.get(s.as_str()) {
+                if let Some(hs) = self.exact_str.get(&skey(self.seed, s)) {
                     hs.iter().for_each(|h| f(*h));
                 }
-                self.prefix.prefixes(s, &mut |h| f(*h));
-                self.suffix.suffixes(s, &mut |h| f(*h));
+                self.prefix.affixes(s, &mut |h| f(*h));
+                self.suffix.affixes(s, &mut |h| f(*h));
                 if self.n_fold > 0 {
                     let folded = fold(s);
-                    if let Some(hs) = self.eic.get(folded.as_str()) {
+                    if let Some(hs) = self.eic.get(&skey(self.seed, &folded)) {
                         hs.iter().for_each(|h| f(*h));
                     }
-                    self.prefix_ic.prefixes(&folded, &mut |h| f(*h));
-                    self.suffix_ic.suffixes(&folded, &mut |h| f(*h));
+                    self.prefix_ic.affixes(&folded, &mut |h| f(*h));
+                    self.suffix_ic.affixes(&folded, &mut |h| f(*h));
                 }
-                self.wild_pre.prefixes(s, &mut |(w, h)| {
+                self.wild_pre.affixes(s, &mut |(w, h)| {
                     if w.matches(s) {
                         f(*h)
                     }
                 });
-                self.wild_suf.suffixes(s, &mut |(w, h)| {
+                self.wild_suf.affixes(s, &mut |(w, h)| {
                     if w.matches(s) {
                         f(*h)
                     }
@@ -580,23 +627,23 @@ fn alt_cost(m: Option<&Matchers>, a: &Matcher) -> u64 {
         };
     };
     match a {
-        Matcher::Str(s) => 1 + n(m.exact_str.get(s.as_str())),
+        Matcher::Str(s) => 1 + n(m.exact_str.get(&skey(m.seed, s))),
         Matcher::Num(x) => 1 + n(m.exact_num.get(x)),
         Matcher::Bool(true) => 50 + m.exact_true.len() as u64,
         Matcher::Bool(false) => 50 + m.exact_false.len() as u64,
         Matcher::Null => 50 + m.exact_null.len() as u64,
-        Matcher::Prefix(p) => 2 + n(m.prefix.map.get(p.as_str())) + short_penalty(p.len()),
-        Matcher::Suffix(p) => 2 + n(m.suffix.map.get(p.as_str())) + short_penalty(p.len()),
-        Matcher::PrefixIc(p) => 2 + n(m.prefix_ic.map.get(p.as_str())) + short_penalty(p.len()),
-        Matcher::SuffixIc(p) => 2 + n(m.suffix_ic.map.get(p.as_str())) + short_penalty(p.len()),
-        Matcher::Eic(f) => 1 + n(m.eic.get(f.as_str())),
+        Matcher::Prefix(p) => 2 + n(m.prefix.get(p)) + short_penalty(p.len()),
+        Matcher::Suffix(p) => 2 + n(m.suffix.get(p)) + short_penalty(p.len()),
+        Matcher::PrefixIc(p) => 2 + n(m.prefix_ic.get(p)) + short_penalty(p.len()),
+        Matcher::SuffixIc(p) => 2 + n(m.suffix_ic.get(p)) + short_penalty(p.len()),
+        Matcher::Eic(f) => 1 + n(m.eic.get(&skey(m.seed, f))),
         Matcher::Wildcard(w) => match w.segs.as_slice() {
-            [only] => 1 + n(m.exact_str.get(only.as_str())),
+            [only] => 1 + n(m.exact_str.get(&skey(m.seed, only))),
             [first, ..] if !first.is_empty() => {
-                3 + n(m.wild_pre.map.get(first.as_str())) + short_penalty(first.len())
+                3 + n(m.wild_pre.get(first)) + short_penalty(first.len())
             }
             [.., last] if !last.is_empty() => {
-                3 + n(m.wild_suf.map.get(last.as_str())) + short_penalty(last.len())
+                3 + n(m.wild_suf.get(last)) + short_penalty(last.len())
             }
             _ => 100_000 + m.wild_any.len() as u64,
         },

@@ -25,6 +25,41 @@ const MAX_DEPTH: usize = 120;
 /// Indexed keys per object beyond this give up (duplicate detection is a linear scan).
 const MAX_KEPT: usize = 32;
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+
+/// The high bit of each byte of the result is set exactly where `w` has a zero byte.
+#[inline]
+fn zero_bytes(w: u64) -> u64 {
+    !(((w & LOW7).wrapping_add(LOW7)) | w | LOW7)
+}
+
+/// The first position at or after `i` holding `"`, `\\` or a control character (or the
+/// end of `b`): string content is scanned eight bytes at a time.
+#[inline]
+fn plain_run(b: &[u8], mut i: usize) -> usize {
+    loop {
+        let w = match b.get(i..i + 8).and_then(|c| <[u8; 8]>::try_from(c).ok()) {
+            Some(a) => u64::from_le_bytes(a),
+            None => {
+                // The last bytes; past the end reads as `"`, so the loop stops there.
+                let mut a = [b'"'; 8];
+                for (d, s) in a.iter_mut().zip(b.get(i..).unwrap_or_default()) {
+                    *d = *s;
+                }
+                u64::from_le_bytes(a)
+            }
+        };
+        let m = zero_bytes(w ^ (ONES * u64::from(b'"')))
+            | zero_bytes(w ^ (ONES * u64::from(b'\\')))
+            | zero_bytes(w & (ONES * 0xe0));
+        if m != 0 {
+            return (i + (m.trailing_zeros() / 8) as usize).min(b.len());
+        }
+        i += 8;
+    }
+}
+
 pub(crate) struct Scanner<'t, 'x, T: Trie> {
     text: &'t str,
     b: &'t [u8],
@@ -94,20 +129,15 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
     fn string(&mut self, build: bool) -> Option<std::borrow::Cow<'t, str>> {
         self.eat(b'"')?;
         let start = self.pos;
-        loop {
-            let c = *self.b.get(self.pos)?;
-            if c == b'"' {
+        self.pos = plain_run(self.b, self.pos);
+        match *self.b.get(self.pos)? {
+            b'"' => {
                 let s = self.text.get(start..self.pos)?;
                 self.pos += 1;
                 return Some(std::borrow::Cow::Borrowed(s));
             }
-            if c == b'\\' {
-                break;
-            }
-            if c < 0x20 {
-                return None;
-            }
-            self.pos += 1;
+            b'\\' => {}
+            _ => return None,
         }
         // Escapes: rebuild the string (or just validate it).
         let mut out = String::new();
@@ -149,7 +179,7 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
                     run = self.pos;
                 }
                 0..=0x1f => return None,
-                _ => self.pos += 1,
+                _ => self.pos = plain_run(self.b, self.pos + 1),
             }
         }
     }
@@ -392,5 +422,26 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
         };
         self.leaves.push((node, v));
         Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_run;
+
+    #[test]
+    fn plain_run_stops_at_every_special_byte() {
+        for len in 0..20usize {
+            let plain = "é".repeat(len / 2) + &"a".repeat(len % 2);
+            let n = plain.len();
+            assert_eq!(plain_run(plain.as_bytes(), 0), n);
+            for special in ["\"", "\\", "\u{0}", "\u{1f}", "\n"] {
+                let t = format!("{plain}{special}xyz");
+                assert_eq!(plain_run(t.as_bytes(), 0), n, "{t:?}");
+                let from1 = if n > 0 { plain_run(t.as_bytes(), 1) } else { n };
+                assert_eq!(from1, n, "{t:?}");
+            }
+            assert_eq!(plain_run(b"abc \x7f\xff", 0), 6);
+        }
     }
 }
