@@ -103,11 +103,10 @@ type HMap<K, V> = HashMap<K, V, Seeded>;
 
 // ---------------------------------------------------------------------------------------
 
-/// One registration: clause number `bit` of conjunction `conj`.
+/// One registration: conjunction `conj` (under its registered clause).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Hit {
     conj: u32,
-    bit: u8,
 }
 
 trait HasHit {
@@ -679,7 +678,6 @@ struct Conj<K> {
     rule: u32,
     /// The rule's key, so a confirmed candidate needs no rule-slot access.
     key: Option<K>,
-    full: u64,
     /// Every clause, checked against the event's leaves when the event has no objects
     /// inside arrays on indexed paths.
     checks: Checks,
@@ -692,7 +690,6 @@ impl<K> Conj<K> {
         Conj {
             rule: 0,
             key: None,
-            full: 0,
             checks: Checks::default(),
             oracle: false,
         }
@@ -1007,7 +1004,8 @@ where
 #[derive(Default)]
 struct Scratch {
     gen: u64,
-    conj: Vec<(u64, u64)>,
+    /// Per conjunction: the generation in which it became a candidate.
+    conj: Vec<u64>,
     rule: Vec<u64>,
     cand: Vec<u32>,
     /// Leaves collected by the `matches_json` scanner (reused between events).
@@ -1240,7 +1238,6 @@ where
                 *c = Conj {
                     rule: rid,
                     key: Some(key),
-                    full: 1,
                     checks: Checks::default(),
                     oracle: false,
                 };
@@ -1251,7 +1248,7 @@ where
                 if let Some(nd) = self.nodes.get_mut(node as usize) {
                     let m = nd.m.get_or_insert_with(|| Box::new(Matchers::new(&hs)));
                     for alt in alts.iter() {
-                        m.add(alt, Hit { conj: cid, bit: 0 });
+                        m.add(alt, Hit { conj: cid });
                     }
                 }
             }
@@ -1410,12 +1407,12 @@ where
     ) {
         sc.gen = sc.gen.wrapping_add(1);
         if sc.gen == 0 {
-            sc.conj.iter_mut().for_each(|e| *e = (0, 0));
+            sc.conj.iter_mut().for_each(|e| *e = 0);
             sc.rule.iter_mut().for_each(|e| *e = 0);
             sc.gen = 1;
         }
         if sc.conj.len() < self.conjs.len() {
-            sc.conj.resize(self.conjs.len(), (0, 0));
+            sc.conj.resize(self.conjs.len(), 0);
         }
         if sc.rule.len() < self.rules.len() {
             sc.rule.resize(self.rules.len(), 0);
@@ -1475,20 +1472,11 @@ where
         };
         let gen = sc.gen;
         m.lookup(v, &mut |h: Hit| {
-            let Some(st) = sc.conj.get_mut(h.conj as usize) else {
-                return;
-            };
-            if st.0 != gen {
-                *st = (gen, 0);
-            }
-            let bit = 1u64 << (h.bit & 63);
-            if st.1 & bit == 0 {
-                st.1 |= bit;
-                if self
-                    .conjs
-                    .get(h.conj as usize)
-                    .is_some_and(|c| st.1 == c.full)
-                {
+            // Each conjunction is registered under one clause, so its first hit makes
+            // it a candidate.
+            if let Some(st) = sc.conj.get_mut(h.conj as usize) {
+                if *st != gen {
+                    *st = gen;
                     sc.cand.push(h.conj);
                 }
             }
