@@ -674,8 +674,12 @@ struct Node {
     m: Option<Box<Matchers>>,
 }
 
+/// One cache line for the common case (rule key up to 8 bytes, small inline checks).
+#[repr(align(64))]
 struct Conj<K> {
     rule: u32,
+    /// The rule has several conjunctions, so a match must be deduplicated per rule.
+    multi: bool,
     /// The rule's key, so a confirmed candidate needs no rule-slot access.
     key: Option<K>,
     /// Every clause, checked against the event's leaves when the event has no objects
@@ -689,6 +693,7 @@ impl<K> Conj<K> {
     fn empty() -> Self {
         Conj {
             rule: 0,
+            multi: false,
             key: None,
             checks: Checks::default(),
             oracle: false,
@@ -699,13 +704,24 @@ impl<K> Conj<K> {
 const T_STR: u8 = 0;
 const T_PREFIX: u8 = 1;
 const T_SUFFIX: u8 = 2;
+/// Inline check bytes kept in the conjunction record itself.
+const SMALL: usize = 32;
 
 /// A conjunction's clauses, laid out so that confirming a candidate touches one or two
-/// cache lines: clauses whose alternatives are all exact strings, prefixes or suffixes
-/// are encoded inline in one byte buffer (`node u32 | n_alts u8 | (tag u8 | len u16 |
-/// bytes)*`, little endian); the other clauses keep their matcher list.
+/// cache lines. Clauses whose alternatives are all exact strings, prefixes or suffixes
+/// are encoded as bytes: `node (LEB128) | n_alts u8 | (tag << 6 | len u8 [| len u16])
+/// bytes)*` (a 6-bit length of 63 means a u16 length follows). When the encoding of all
+/// of them fits in [`SMALL`] bytes it is stored inline, in the conjunction record; the
+/// other clauses keep their matcher list, behind one box.
 #[derive(Default)]
 struct Checks {
+    small: [u8; SMALL],
+    small_len: u8,
+    rest: Option<Box<RestChecks>>,
+}
+
+#[derive(Default)]
+struct RestChecks {
     inline: Box<[u8]>,
     other: Box<[(u32, Arc<[Matcher]>)]>,
 }
@@ -726,7 +742,16 @@ impl Checks {
                 other.push((*node, Arc::clone(alts)));
                 continue;
             }
-            inline.extend_from_slice(&node.to_le_bytes());
+            let mut n = *node;
+            loop {
+                let low = (n & 0x7f) as u8;
+                n >>= 7;
+                if n == 0 {
+                    inline.push(low);
+                    break;
+                }
+                inline.push(low | 0x80);
+            }
             inline.push(alts.len() as u8);
             for m in alts.iter() {
                 let (tag, x) = match m {
@@ -735,40 +760,83 @@ impl Checks {
                     Matcher::Suffix(x) => (T_SUFFIX, x),
                     _ => continue,
                 };
-                inline.push(tag);
-                inline.extend_from_slice(&(x.len() as u16).to_le_bytes());
+                if x.len() < 63 {
+                    inline.push(tag << 6 | x.len() as u8);
+                } else {
+                    inline.push(tag << 6 | 63);
+                    inline.extend_from_slice(&(x.len() as u16).to_le_bytes());
+                }
                 inline.extend_from_slice(x.as_bytes());
             }
         }
-        Checks {
-            inline: inline.into_boxed_slice(),
-            other: other.into_boxed_slice(),
+        let mut c = Checks::default();
+        if inline.len() <= SMALL {
+            if let Some(dst) = c.small.get_mut(..inline.len()) {
+                dst.copy_from_slice(&inline);
+                c.small_len = inline.len() as u8;
+                inline.clear();
+            }
         }
+        if !inline.is_empty() || !other.is_empty() {
+            c.rest = Some(Box::new(RestChecks {
+                inline: inline.into_boxed_slice(),
+                other: other.into_boxed_slice(),
+            }));
+        }
+        c
     }
 
     fn holds<V: std::borrow::Borrow<Value>>(&self, leaves: &[(u32, V)]) -> bool {
-        inline_holds(&self.inline, leaves).unwrap_or(false)
-            && self
-                .other
-                .iter()
-                .all(|(node, alts)| clause_holds(*node, alts, leaves))
+        let small = self
+            .small
+            .get(..usize::from(self.small_len))
+            .unwrap_or_default();
+        inline_holds(small, leaves).unwrap_or(false)
+            && self.rest.as_deref().is_none_or(|r| {
+                inline_holds(&r.inline, leaves).unwrap_or(false)
+                    && r.other
+                        .iter()
+                        .all(|(node, alts)| clause_holds(*node, alts, leaves))
+            })
     }
 }
 
-/// Decodes and checks the inline clauses; `None` only for a malformed buffer.
+/// One alternative's (tag, bytes) from the front of `a`, and the rest.
+fn next_alt(a: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tl, rest) = a.split_first()?;
+    let (len, rest) = match tl & 63 {
+        63 => {
+            let (l, rest) = rest.split_at_checked(2)?;
+            (usize::from(u16::from_le_bytes(l.try_into().ok()?)), rest)
+        }
+        l => (usize::from(l), rest),
+    };
+    let (x, rest) = rest.split_at_checked(len)?;
+    Some((tl >> 6, x, rest))
+}
+
+/// Decodes and checks inline clauses; `None` only for a malformed buffer.
 fn inline_holds<V: std::borrow::Borrow<Value>>(mut b: &[u8], leaves: &[(u32, V)]) -> Option<bool> {
     while !b.is_empty() {
-        let (head, rest) = b.split_at_checked(5)?;
-        let node = u32::from_le_bytes(head.get(..4)?.try_into().ok()?);
-        let n_alts = *head.get(4)?;
-        // Find the end of this clause's alternatives first.
-        let mut end = 0usize;
-        for _ in 0..n_alts {
-            let len = u16::from_le_bytes(rest.get(end + 1..end + 3)?.try_into().ok()?);
-            end += 3 + usize::from(len);
+        let mut node = 0u32;
+        let mut shift = 0u32;
+        loop {
+            let (&c, rest) = b.split_first()?;
+            b = rest;
+            node |= u32::from(c & 0x7f).checked_shl(shift)?;
+            shift += 7;
+            if c & 0x80 == 0 {
+                break;
+            }
         }
-        let (alts, next) = rest.split_at_checked(end)?;
-        b = next;
+        let (&n_alts, rest) = b.split_first()?;
+        // Find the end of this clause's alternatives first.
+        let mut after = rest;
+        for _ in 0..n_alts {
+            after = next_alt(after)?.2;
+        }
+        let alts = rest.get(..rest.len() - after.len())?;
+        b = after;
         let mut ok = false;
         for (n, v) in leaves {
             if *n != node {
@@ -779,10 +847,9 @@ fn inline_holds<V: std::borrow::Borrow<Value>>(mut b: &[u8], leaves: &[(u32, V)]
             };
             let s = s.as_bytes();
             let mut a = alts;
-            while let Some((&tag, rest)) = a.split_first() {
-                let len = usize::from(u16::from_le_bytes(rest.get(..2)?.try_into().ok()?));
-                let x = rest.get(2..2 + len)?;
-                a = rest.get(2 + len..)?;
+            while !a.is_empty() {
+                let (tag, x, rest) = next_alt(a)?;
+                a = rest;
                 let hit = match tag {
                     T_STR => s == x,
                     T_PREFIX => s.starts_with(x),
@@ -1210,7 +1277,9 @@ where
         for p in &paths {
             self.ensure_path(p);
         }
-        for conj in expand(&root, &[]) {
+        let conjs = expand(&root, &[]);
+        let multi = conjs.len() > 1;
+        for conj in conjs {
             // Register the conjunction under its single most selective indexable clause
             // (cheapest by current posting sizes); the rest is confirmed on a hit.
             let mut best: Option<(u64, usize)> = None;
@@ -1237,6 +1306,7 @@ where
             if let Some(c) = self.conjs.get_mut(cid as usize) {
                 *c = Conj {
                     rule: rid,
+                    multi,
                     key: Some(key),
                     checks: Checks::default(),
                     oracle: false,
@@ -1428,8 +1498,16 @@ where
                 continue;
             };
             let r = conj.rule as usize;
-            let Some(stamp) = sc.rule.get_mut(r) else {
-                continue;
+            // A rule with one conjunction is reached once (its conjunction is stamped),
+            // so only rules with several need the per-rule stamp.
+            let mut unused = 0;
+            let stamp = if conj.multi {
+                match sc.rule.get_mut(r) {
+                    Some(st) => st,
+                    None => continue,
+                }
+            } else {
+                &mut unused
             };
             if *stamp == gen {
                 continue;
@@ -1708,6 +1786,41 @@ mod tests {
             if let Err(e) = r {
                 assert_eq!(Some(e.to_string()), w.err().map(|e| e.to_string()), "{t}");
             }
+        }
+    }
+
+    #[test]
+    fn inline_checks_long_strings_and_high_node_ids() {
+        let mut idx = RuleIndex::new();
+        // Push path node ids past 128 (LEB128 needs two bytes).
+        for i in 0..300u32 {
+            idx.insert(1000 + i, &pat(json!({format!("f{i}"): ["v"]})));
+        }
+        let long = "x".repeat(70);
+        let longer = "y".repeat(300);
+        idx.insert(
+            1,
+            &pat(json!({"src": ["a"], "g299": [long.clone(), {"prefix": longer.clone()}]})),
+        );
+        idx.insert(2, &pat(json!({"src": ["a"], "f299": [{"suffix": "tail"}]})));
+        let cases = [
+            (json!({"src": "a", "g299": long.clone()}), vec![1]),
+            (json!({"src": "a", "g299": format!("{longer}z")}), vec![1]),
+            (json!({"src": "a", "g299": format!("{long}z")}), vec![]),
+            (json!({"src": "a", "f299": "the tail"}), vec![2]),
+            (json!({"src": "a", "f299": "tail!"}), vec![]),
+        ];
+        for (ev, want) in cases {
+            let mut out = Vec::new();
+            idx.matches(&ev, &mut out);
+            out.retain(|k| *k < 1000);
+            out.sort();
+            assert_eq!(out, want, "{ev}");
+            let mut out = Vec::new();
+            assert!(idx.matches_json(&ev.to_string(), &mut out).is_ok());
+            out.retain(|k| *k < 1000);
+            out.sort();
+            assert_eq!(out, want, "{ev}");
         }
     }
 }
