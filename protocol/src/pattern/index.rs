@@ -1567,7 +1567,15 @@ where
     K: Copy + Eq + Hash + Ord + fmt::Debug,
 {
     fn child(&self, node: u32, key: &str) -> Option<u32> {
-        self.nodes.get(node as usize)?.children.get(key).copied()
+        let children = &self.nodes.get(node as usize)?.children;
+        if children.len() <= 8 {
+            // Few children: comparing lengths first is cheaper than hashing the key.
+            return children
+                .iter()
+                .find(|(k, _)| k.len() == key.len() && &***k == key)
+                .map(|(_, &c)| c);
+        }
+        children.get(key).copied()
     }
     fn has_children(&self, node: u32) -> bool {
         self.nodes
