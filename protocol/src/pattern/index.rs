@@ -3,12 +3,17 @@
 //! Every rule is expanded into conjunctions (`$or` multiplied out). Each conjunction is a
 //! list of clauses `(field path, alternatives)` and is registered under its single most
 //! selective indexable clause, in per-path hash maps / ordered maps keyed by the values
-//! that clause accepts. Matching walks only the event fields that some rule mentions
-//! (path trie), looks each leaf value up and marks the hit conjunctions (generation-
-//! stamped scratch, nothing is cleared between events). A hit conjunction is then
-//! checked clause by clause against the leaves collected during the walk, or, when the
-//! event has objects inside arrays on indexed paths, its rule is confirmed with the
-//! reference evaluator (array consistency).
+//! that clause accepts (strings by a seeded 64-bit hash, so probes never touch stored
+//! keys; prefix and suffix hashes of every length in use come from one pass over the
+//! event string). Matching collects the scalar leaves on paths some rule mentions (path
+//! trie) — `matches_json` straight from the text with the strict scanner of
+//! [`super::scan`], falling back to serde_json for anything the scanner leaves alone —
+//! looks each leaf up and marks the hit conjunctions (generation-stamped scratch,
+//! nothing is cleared between events). A hit conjunction is then checked clause by
+//! clause against the leaves (string checks encoded inline in its 64-byte record, other
+//! clauses as matcher lists behind one box), or, when the event has objects inside
+//! arrays on indexed paths, its rule is confirmed with the reference evaluator (array
+//! consistency).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
