@@ -147,8 +147,9 @@ w(f"- **Servers:** eventgate release build (`serve --dev`, `EVENTGATE_LOG=warn`)
 if all_loads:
     w(f"- **Load average (1 min) at the start of each run:** {min(all_loads):.2f} – {max(all_loads):.2f} "
       f"(median {statistics.median(all_loads):.2f}); at the end of runs {min(all_loads_after):.2f} – {max(all_loads_after):.2f}. "
-      "Other engineers were compiling Rust on this 2-core machine at the same time, so every figure is "
-      "taken on a loaded machine and the load tool shares the same 2 cores with the server.")
+      "Runs follow each other 2 s apart, so the 1-minute average mostly carries the previous run's own load; "
+      "check `ps` before running if anything else may be using the machine. The load tool always shares the "
+      "same cores with the server.")
 w(f"- **Open file limit:** {args.nofile} (hard limit; the container lacks CAP_SYS_RESOURCE, so it cannot be raised)")
 if args.quick == "1":
     w("- **This is a `--quick` smoke run** (small counts, one run each): not for publication.")
