@@ -233,6 +233,38 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
         Some((self.text.get(start..self.pos)?, plain))
     }
 
+    /// Steps over the opening bracket of a container at nesting `depth`; `Some(true)` when
+    /// the container is empty (and already closed by `close`).
+    fn open(&mut self, depth: usize, close: u8) -> Option<bool> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        self.pos += 1;
+        self.ws();
+        if self.peek()? == close {
+            self.pos += 1;
+            return Some(true);
+        }
+        Some(false)
+    }
+
+    /// After an item of a container: `,` gives `Some(false)` (another item follows),
+    /// `close` gives `Some(true)` (the container ended), anything else `None`.
+    fn next_item(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        match self.peek()? {
+            b',' => {
+                self.pos += 1;
+                Some(false)
+            }
+            c if c == close => {
+                self.pos += 1;
+                Some(true)
+            }
+            _ => None,
+        }
+    }
+
     fn skip_value(&mut self, depth: usize) -> Option<()> {
         match self.peek()? {
             b'"' => {
@@ -240,13 +272,7 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
             }
             b'{' => {
                 let depth = depth + 1;
-                if depth > MAX_DEPTH {
-                    return None;
-                }
-                self.pos += 1;
-                self.ws();
-                if self.peek()? == b'}' {
-                    self.pos += 1;
+                if self.open(depth, b'}')? {
                     return Some(());
                 }
                 loop {
@@ -256,39 +282,21 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
                     self.eat(b':')?;
                     self.ws();
                     self.skip_value(depth)?;
-                    self.ws();
-                    match self.peek()? {
-                        b',' => self.pos += 1,
-                        b'}' => {
-                            self.pos += 1;
-                            return Some(());
-                        }
-                        _ => return None,
+                    if self.next_item(b'}')? {
+                        return Some(());
                     }
                 }
             }
             b'[' => {
                 let depth = depth + 1;
-                if depth > MAX_DEPTH {
-                    return None;
-                }
-                self.pos += 1;
-                self.ws();
-                if self.peek()? == b']' {
-                    self.pos += 1;
+                if self.open(depth, b']')? {
                     return Some(());
                 }
                 loop {
                     self.ws();
                     self.skip_value(depth)?;
-                    self.ws();
-                    match self.peek()? {
-                        b',' => self.pos += 1,
-                        b']' => {
-                            self.pos += 1;
-                            return Some(());
-                        }
-                        _ => return None,
+                    if self.next_item(b']')? {
+                        return Some(());
                     }
                 }
             }
@@ -305,13 +313,10 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
     /// An object at trie node `node`: indexed keys are descended into, the rest skipped.
     fn keep_obj(&mut self, node: u32, depth: usize) -> Option<()> {
         let depth = depth + 1;
-        if depth > MAX_DEPTH {
+        if self.peek()? != b'{' {
             return None;
         }
-        self.eat(b'{')?;
-        self.ws();
-        if self.peek()? == b'}' {
-            self.pos += 1;
+        if self.open(depth, b'}')? {
             return Some(());
         }
         let mut seen = [0u32; MAX_KEPT];
@@ -335,14 +340,8 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
                 }
                 None => self.skip_value(depth)?,
             }
-            self.ws();
-            match self.peek()? {
-                b',' => self.pos += 1,
-                b'}' => {
-                    self.pos += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if self.next_item(b'}')? {
+                return Some(());
             }
         }
     }
@@ -353,13 +352,7 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
             b'{' => self.keep_obj(node, depth),
             b'[' => {
                 let depth = depth + 1;
-                if depth > MAX_DEPTH {
-                    return None;
-                }
-                self.pos += 1;
-                self.ws();
-                if self.peek()? == b']' {
-                    self.pos += 1;
+                if self.open(depth, b']')? {
                     return Some(());
                 }
                 loop {
@@ -381,14 +374,8 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
                         }
                         _ => self.scalar(node)?,
                     }
-                    self.ws();
-                    match self.peek()? {
-                        b',' => self.pos += 1,
-                        b']' => {
-                            self.pos += 1;
-                            return Some(());
-                        }
-                        _ => return None,
+                    if self.next_item(b']')? {
+                        return Some(());
                     }
                 }
             }
