@@ -254,37 +254,113 @@ impl Histogram {
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
             .collect();
-        let total: u64 = counts.iter().sum();
-        qs.iter()
-            .map(|q| {
-                if total == 0 {
-                    return None;
-                }
-                let rank = ((total as f64) * q).ceil().max(1.0) as u64;
-                let mut seen = 0;
-                for (index, count) in counts.iter().enumerate() {
-                    seen += count;
-                    if seen >= rank {
-                        return Some(Self::value(index) / 1000.0);
-                    }
-                }
-                None
-            })
-            .collect()
+        quantiles_of(&counts, qs)
     }
+}
+
+/// Quantiles in milliseconds of a histogram's bucket counts.
+fn quantiles_of(counts: &[u64], qs: &[f64]) -> Vec<Option<f64>> {
+    let total: u64 = counts.iter().sum();
+    qs.iter()
+        .map(|q| {
+            if total == 0 {
+                return None;
+            }
+            let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (index, count) in counts.iter().enumerate() {
+                seen += count;
+                if seen >= rank {
+                    return Some(Histogram::value(index) / 1000.0);
+                }
+            }
+            None
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
 
-struct Stats {
+/// Counters of the reader tasks on one thread. Reader tasks on different threads never
+/// write the same cache line, so counting costs the load tool almost nothing (shared
+/// atomics bounced between the cores on every frame and took CPU from the server).
+#[repr(align(128))]
+struct Shard {
     received: AtomicU64,
     last_received_ns: AtomicU64,
     latency: Histogram,
+}
+
+impl Shard {
+    fn new() -> Self {
+        Shard {
+            received: AtomicU64::new(0),
+            last_received_ns: AtomicU64::new(0),
+            latency: Histogram::new(),
+        }
+    }
+}
+
+/// Shards per run; threads beyond this share them (the runtime has one worker per core).
+const SHARDS: usize = 8;
+
+/// This thread's shard number, handed out in order of first use.
+fn shard_index() -> usize {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static INDEX: usize = (NEXT.fetch_add(1, Ordering::Relaxed) as usize) % SHARDS;
+    }
+    INDEX.with(|index| *index)
+}
+
+struct Stats {
+    shards: Vec<Shard>,
     /// Connections set up per group.
     members: Vec<AtomicU64>,
     /// Connections that ended while the run was measuring (server closed them).
     closed: AtomicU64,
     stopping: AtomicBool,
+}
+
+impl Stats {
+    fn new(groups: usize) -> Self {
+        Stats {
+            shards: (0..SHARDS).map(|_| Shard::new()).collect(),
+            members: (0..groups).map(|_| AtomicU64::new(0)).collect(),
+            closed: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    fn shard(&self) -> &Shard {
+        &self.shards[shard_index()]
+    }
+
+    /// Notifications received so far (all threads).
+    fn received(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.received.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn last_received_ns(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.last_received_ns.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn latency_quantiles(&self, qs: &[f64]) -> Vec<Option<f64>> {
+        let mut counts = vec![0u64; BUCKETS];
+        for shard in &self.shards {
+            for (sum, count) in counts.iter_mut().zip(&shard.latency.counts) {
+                *sum += count.load(Ordering::Relaxed);
+            }
+        }
+        quantiles_of(&counts, qs)
+    }
 }
 
 fn now_nanos() -> u64 {
@@ -390,12 +466,13 @@ fn on_frame(target: Target, text: &str, stats: &Stats) {
         return;
     }
     let received_at = now_nanos();
-    stats.received.fetch_add(1, Ordering::Relaxed);
-    stats
+    let shard = stats.shard();
+    shard.received.fetch_add(1, Ordering::Relaxed);
+    shard
         .last_received_ns
         .fetch_max(received_at, Ordering::Relaxed);
     if let Some(sent) = sent_stamp(text) {
-        stats.latency.record(received_at.saturating_sub(sent));
+        shard.latency.record(received_at.saturating_sub(sent));
     }
 }
 
@@ -431,6 +508,8 @@ struct Publisher {
     expected: AtomicU64,
     accepted_events: AtomicU64,
     failed_events: AtomicU64,
+    /// How late each POST left against its schedule (fixed rates only).
+    lag: Histogram,
 }
 
 impl Publisher {
@@ -450,10 +529,10 @@ impl Publisher {
         }
     }
 
-    /// Posts events `first .. first + count`; records what the server accepted.
-    async fn post(&self, first: u64, count: u64, members: &[u64]) {
+    /// Posts events `first .. first + count`, stamped `sent` (nanoseconds since the epoch);
+    /// records what the server accepted.
+    async fn post(&self, first: u64, count: u64, members: &[u64], sent: u64) {
         let groups = members.len() as u64;
-        let sent = now_nanos();
         let accepted: Vec<bool> = match self.args.target {
             Target::Eventgate => {
                 let mut body = String::from("[");
@@ -527,6 +606,7 @@ async fn publish(
     };
     let per_event: u64 = members.iter().sum::<u64>() / members.len().max(1) as u64;
     let started = Instant::now();
+    let started_ns = now_nanos();
     let deadline = started + duration;
     let in_flight = Arc::new(tokio::sync::Semaphore::new(args.in_flight.max(1)));
     let mut published: u64 = 0;
@@ -539,15 +619,19 @@ async fn publish(
             }
         } else {
             // Closed loop: keep at most `window` notifications outstanding.
-            while owed.saturating_sub(stats.received.load(Ordering::Relaxed)) > args.window
-                && Instant::now() < deadline
-            {
+            while owed.saturating_sub(stats.received()) > args.window && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_micros(200)).await;
             }
         }
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break;
         };
+        // At a fixed rate the events carry the time they were due, not the time they left:
+        // when the server is slow to take requests, the publisher falls behind, and
+        // measuring from the late send would hide that wait (coordinated omission).
+        // At maximum rate (closed loop) there is no schedule: the send time is the stamp.
+        let scheduled = (args.rate > 0)
+            .then(|| started_ns + (published as u128 * 1_000_000_000 / args.rate as u128) as u64);
         let first = published;
         published += batch;
         owed += batch * per_event.max(1);
@@ -555,7 +639,15 @@ async fn publish(
         let members = members.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            publisher.post(first, batch, &members).await;
+            let now = now_nanos();
+            let sent = match scheduled {
+                Some(due) => {
+                    publisher.lag.record(now.saturating_sub(due));
+                    due
+                }
+                None => now,
+            };
+            publisher.post(first, batch, &members, sent).await;
         });
     }
     let _ = in_flight.acquire_many(args.in_flight.max(1) as u32).await;
@@ -642,14 +734,7 @@ async fn main() {
         return;
     }
     let groups = args.groups.max(1);
-    let stats = Arc::new(Stats {
-        received: AtomicU64::new(0),
-        last_received_ns: AtomicU64::new(0),
-        latency: Histogram::new(),
-        members: (0..groups).map(|_| AtomicU64::new(0)).collect(),
-        closed: AtomicU64::new(0),
-        stopping: AtomicBool::new(false),
-    });
+    let stats = Arc::new(Stats::new(groups));
     let rss_before = rss_kib(args.server_pid);
 
     // Phase 1: connection storm.
@@ -723,9 +808,10 @@ async fn main() {
             expected: AtomicU64::new(0),
             accepted_events: AtomicU64::new(0),
             failed_events: AtomicU64::new(0),
+            lag: Histogram::new(),
         });
         let cpu_before = cpu_seconds(args.server_pid);
-        let received_before = stats.received.load(Ordering::Relaxed);
+        let received_before = stats.received();
         let publish_started_ns = now_nanos();
         let (published, publish_s) = publish(
             publisher.clone(),
@@ -737,11 +823,11 @@ async fn main() {
         // Let deliveries finish: until everything arrived or nothing moved for 1 s (5 s cap).
         let expected = publisher.expected.load(Ordering::Relaxed);
         let drain_started = Instant::now();
-        let mut last = stats.received.load(Ordering::Relaxed);
+        let mut last = stats.received();
         let mut still_since = Instant::now();
         while drain_started.elapsed() < Duration::from_secs(5) {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let now = stats.received.load(Ordering::Relaxed) - received_before;
+            let now = stats.received() - received_before;
             if now >= expected {
                 break;
             }
@@ -754,14 +840,15 @@ async fn main() {
         }
         stats.stopping.store(true, Ordering::Relaxed);
         let cpu_after = cpu_seconds(args.server_pid);
-        let received = stats.received.load(Ordering::Relaxed) - received_before;
-        let last_ns = stats.last_received_ns.load(Ordering::Relaxed);
+        let received = stats.received() - received_before;
+        let last_ns = stats.last_received_ns();
         let delivery_s = (last_ns.saturating_sub(publish_started_ns) as f64 / 1e9).max(publish_s);
         let accepted = publisher.accepted_events.load(Ordering::Relaxed);
         let rejected = publisher.failed_events.load(Ordering::Relaxed);
         let lost = expected.saturating_sub(received);
         let rate = received as f64 / delivery_s;
-        let q = stats.latency.quantiles(&QUANTILES);
+        let q = stats.latency_quantiles(&QUANTILES);
+        let lag = publisher.lag.quantiles(&QUANTILES);
         let closed = stats.closed.load(Ordering::Relaxed);
         let server_cpu = match (cpu_before, cpu_after) {
             (Some(a), Some(b)) => Some(b - a),
@@ -820,6 +907,11 @@ async fn main() {
                 .map(|(qq, v)| json!([qq, opt_round(*v, 3)]))
                 .collect::<Vec<_>>(),
             "server_cpu_s": opt_round(server_cpu, 2),
+            "publisher_lag_ms": {
+                "p50": opt_round(lag[2], 3),
+                "p99": opt_round(lag[6], 3),
+                "max": opt_round(lag[11], 3),
+            },
         });
         if let (Value::Object(base), Value::Object(more)) = (&mut report, extra) {
             base.extend(more);
@@ -845,14 +937,7 @@ fn next_random(state: &mut u64) -> u64 {
 
 async fn churn(args: Args) {
     let groups = args.groups.max(1);
-    let stats = Arc::new(Stats {
-        received: AtomicU64::new(0),
-        last_received_ns: AtomicU64::new(0),
-        latency: Histogram::new(),
-        members: (0..groups).map(|_| AtomicU64::new(0)).collect(),
-        closed: AtomicU64::new(0),
-        stopping: AtomicBool::new(false),
-    });
+    let stats = Arc::new(Stats::new(groups));
     let cycles = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -929,6 +1014,7 @@ async fn churn(args: Args) {
         expected: AtomicU64::new(0),
         accepted_events: AtomicU64::new(0),
         failed_events: AtomicU64::new(0),
+        lag: Histogram::new(),
     });
     let publishing = tokio::spawn(publish(
         publisher.clone(),
@@ -946,7 +1032,7 @@ async fn churn(args: Args) {
                     started.elapsed().as_secs_f64(),
                     cycles.load(Ordering::Relaxed),
                     failures.load(Ordering::Relaxed),
-                    stats.received.load(Ordering::Relaxed)
+                    stats.received()
                 );
             }
             _ = tokio::time::sleep_until(deadline.into()) => break,
@@ -956,10 +1042,10 @@ async fn churn(args: Args) {
         let _ = worker.await;
     }
     let (published, _) = publishing.await.unwrap_or((0, 0.0));
-    let q = stats.latency.quantiles(&QUANTILES);
+    let q = stats.latency_quantiles(&QUANTILES);
     let total_cycles = cycles.load(Ordering::Relaxed);
     let failed = failures.load(Ordering::Relaxed);
-    let received = stats.received.load(Ordering::Relaxed);
+    let received = stats.received();
     let seconds = started.elapsed().as_secs_f64();
     say(
         &args,
