@@ -25,8 +25,8 @@ use crate::telemetry;
 
 pub type ConnectionId = u64;
 
-/// A matched rule: the connection that holds it and its name.
-type Delivered = (ConnectionId, Arc<str>);
+/// A matched rule: the slot of the connection that holds it and the rule's id.
+type Delivered = (u32, u64);
 
 /// Distinct rule-name lists per event whose frames are built once and shared.
 const MAX_SHARED_FRAMES: usize = 8;
@@ -155,9 +155,12 @@ impl Hub {
         let dispatcher = Dispatcher {
             settings,
             index: RuleIndex::new(),
-            rules: HashMap::new(),
-            connections: HashMap::new(),
-            next_rule_id: 0,
+            rules: Vec::new(),
+            free_rule_ids: Vec::new(),
+            live_rules: 0,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            slot_of: HashMap::new(),
             matched: Vec::new(),
             deliveries: Vec::new(),
         };
@@ -251,25 +254,76 @@ impl Hub {
     }
 }
 
+/// A connection as the dispatcher knows it.
 struct ConnectionEntry {
+    id: ConnectionId,
     outbox: Outbox,
+    /// Rule name → rule id.
     rules: HashMap<Arc<str>, u64>,
 }
 
+/// Who holds a rule: the slot of its connection, and its name.
+struct RuleOwner {
+    slot: u32,
+    name: Arc<str>,
+}
+
+/// What became of one offered notification.
+enum Offer {
+    Queued,
+    /// The connection is already gone.
+    Gone,
+    /// The queue is full (too slow) or closed: the connection must be dropped.
+    Refused {
+        too_slow: bool,
+    },
+}
+
+/// Offers `frame` to the connection in `slot` without waiting: it is queued when the
+/// queue has room in messages and bytes (an empty queue always takes one frame).
+fn offer(
+    slots: &[Option<ConnectionEntry>],
+    slot: u32,
+    frame: Utf8Bytes,
+    max_queued_bytes: usize,
+) -> Offer {
+    let Some(Some(entry)) = slots.get(slot as usize) else {
+        return Offer::Gone;
+    };
+    let size = frame.len();
+    let queued = entry.outbox.queued_bytes.load(Ordering::Relaxed);
+    if queued + size > max_queued_bytes && queued != 0 {
+        return Offer::Refused { too_slow: true };
+    }
+    entry.outbox.queued_bytes.fetch_add(size, Ordering::Relaxed);
+    match entry.outbox.sender.try_send(frame) {
+        Ok(()) => Offer::Queued,
+        Err(error) => {
+            entry.outbox.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            Offer::Refused {
+                too_slow: matches!(error, mpsc::error::TrySendError::Full(_)),
+            }
+        }
+    }
+}
+
+/// The dispatcher's state. Connections and rules live in slot tables (vectors indexed by
+/// slot / rule id, reused after removal), so fanning an event out to thousands of
+/// connections costs array reads, not hash probes or reference-count traffic.
 struct Dispatcher {
     settings: HubSettings,
     index: RuleIndex<u64>,
-    /// Rule id → (connection, rule name).
-    rules: HashMap<u64, (ConnectionId, Arc<str>)>,
-    connections: HashMap<ConnectionId, ConnectionEntry>,
-    next_rule_id: u64,
+    /// Rule id → owner.
+    rules: Vec<Option<RuleOwner>>,
+    free_rule_ids: Vec<u64>,
+    live_rules: usize,
+    /// Connection slots.
+    slots: Vec<Option<ConnectionEntry>>,
+    free_slots: Vec<u32>,
+    /// Connection id → slot.
+    slot_of: HashMap<ConnectionId, u32>,
     matched: Vec<u64>,
     deliveries: Vec<Delivered>,
-}
-
-enum Delivery {
-    Queued,
-    Dropped,
 }
 
 impl Dispatcher {
@@ -293,20 +347,30 @@ impl Dispatcher {
                 _ = keepalive.tick() => self.keep_alive(),
             }
         }
-        let rules = self.rules.len();
-        telemetry::rules_changed(-(rules as f64));
+        telemetry::rules_changed(-(self.live_rules as f64));
     }
 
     fn handle(&mut self, command: Command) {
         match command {
             Command::Register { connection, outbox } => {
-                self.connections.insert(
-                    connection,
-                    ConnectionEntry {
-                        outbox,
-                        rules: HashMap::new(),
-                    },
-                );
+                // A repeated id replaces the old entry and its rules.
+                self.drop_connection(connection);
+                let entry = ConnectionEntry {
+                    id: connection,
+                    outbox,
+                    rules: HashMap::new(),
+                };
+                let slot = match self.free_slots.pop() {
+                    Some(slot) => {
+                        self.slots[slot as usize] = Some(entry);
+                        slot
+                    }
+                    None => {
+                        self.slots.push(Some(entry));
+                        (self.slots.len() - 1) as u32
+                    }
+                };
+                self.slot_of.insert(connection, slot);
             }
             Command::Deregister { connection } => self.drop_connection(connection),
             Command::Subscribe {
@@ -323,12 +387,12 @@ impl Dispatcher {
                 rule,
                 reply,
             } => {
-                if let Some(entry) = self.connections.get_mut(&connection) {
-                    if let Some(id) = entry.rules.remove(&rule) {
-                        self.index.remove(id);
-                        self.rules.remove(&id);
-                        telemetry::rules_changed(-1.0);
-                    }
+                let removed = self
+                    .entry_mut(connection)
+                    .and_then(|entry| entry.rules.remove(&rule));
+                if let Some(id) = removed {
+                    self.remove_rule(id);
+                    telemetry::rules_changed(-1.0);
                 }
                 let _ = reply.send(());
             }
@@ -340,43 +404,73 @@ impl Dispatcher {
         }
     }
 
+    fn entry_mut(&mut self, connection: ConnectionId) -> Option<&mut ConnectionEntry> {
+        let slot = *self.slot_of.get(&connection)?;
+        self.slots.get_mut(slot as usize)?.as_mut()
+    }
+
     fn subscribe(
         &mut self,
         connection: ConnectionId,
         rule: Arc<str>,
         pattern: &Pattern,
     ) -> Result<(), SubscribeError> {
+        let slot = *self
+            .slot_of
+            .get(&connection)
+            .ok_or(SubscribeError::ConnectionGone)?;
+        let max_rules = self.settings.max_rules_per_connection;
         let entry = self
-            .connections
-            .get_mut(&connection)
+            .slots
+            .get_mut(slot as usize)
+            .and_then(Option::as_mut)
             .ok_or(SubscribeError::ConnectionGone)?;
         if let Some(&id) = entry.rules.get(&rule) {
             // Replace in place: same id, new pattern.
             self.index.insert(id, pattern);
             return Ok(());
         }
-        if entry.rules.len() >= self.settings.max_rules_per_connection {
-            return Err(SubscribeError::TooManyRules(
-                self.settings.max_rules_per_connection,
-            ));
+        if entry.rules.len() >= max_rules {
+            return Err(SubscribeError::TooManyRules(max_rules));
         }
-        let id = self.next_rule_id;
-        self.next_rule_id += 1;
+        let id = match self.free_rule_ids.pop() {
+            Some(id) => id,
+            None => {
+                self.rules.push(None);
+                (self.rules.len() - 1) as u64
+            }
+        };
         entry.rules.insert(rule.clone(), id);
+        self.rules[id as usize] = Some(RuleOwner { slot, name: rule });
         self.index.insert(id, pattern);
-        self.rules.insert(id, (connection, rule));
+        self.live_rules += 1;
         telemetry::rules_changed(1.0);
         Ok(())
     }
 
-    fn drop_connection(&mut self, connection: ConnectionId) {
-        if let Some(entry) = self.connections.remove(&connection) {
-            for id in entry.rules.values() {
-                self.index.remove(*id);
-                self.rules.remove(id);
+    /// Takes a rule out of the index and frees its id.
+    fn remove_rule(&mut self, id: u64) {
+        self.index.remove(id);
+        if let Some(owner) = self.rules.get_mut(id as usize) {
+            if owner.take().is_some() {
+                self.free_rule_ids.push(id);
+                self.live_rules -= 1;
             }
-            telemetry::rules_changed(-(entry.rules.len() as f64));
         }
+    }
+
+    fn drop_connection(&mut self, connection: ConnectionId) {
+        let Some(slot) = self.slot_of.remove(&connection) else {
+            return;
+        };
+        let Some(entry) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+            return;
+        };
+        self.free_slots.push(slot);
+        for id in entry.rules.values() {
+            self.remove_rule(*id);
+        }
+        telemetry::rules_changed(-(entry.rules.len() as f64));
     }
 
     fn dispatch(&mut self, event: &Event) {
@@ -385,97 +479,98 @@ impl Dispatcher {
         if self.matched.is_empty() {
             return;
         }
-        self.deliveries.clear();
-        for id in &self.matched {
-            if let Some((connection, rule)) = self.rules.get(id) {
-                self.deliveries.push((*connection, rule.clone()));
-            }
-        }
-        self.deliveries.sort_unstable_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then_with(|| a.1.as_bytes().cmp(b.1.as_bytes()))
-        });
+        let mut deliveries = std::mem::take(&mut self.deliveries);
+        deliveries.clear();
+        let rules = &self.rules;
+        deliveries.extend(self.matched.iter().filter_map(|&id| {
+            let owner = rules.get(usize::try_from(id).ok()?)?.as_ref()?;
+            Some((owner.slot, id))
+        }));
+        // Group by connection: one notification per connection, listing every rule of it
+        // that matched.
+        deliveries.sort_unstable();
         let tail = wire::event_tail(&event.source, &event.detail_type, &event.json);
         // One RequestId per event: each connection still sees a new one in every
         // notification, and connections that matched the same rule names share one frame
         // (a reference-counted buffer) instead of a copy of the event each.
         let request_id = uuid::Uuid::new_v4().to_string();
-        let mut frames: Vec<(&[Delivered], Utf8Bytes)> = Vec::new();
-        let deliveries = std::mem::take(&mut self.deliveries);
+        let mut frames: Vec<(Vec<&str>, Utf8Bytes)> = Vec::new();
+        let mut names: Vec<&str> = Vec::new();
+        let mut refused: Vec<(u32, bool)> = Vec::new();
         let mut sent = 0u64;
-        let mut start = 0;
-        while start < deliveries.len() {
-            let connection = deliveries[start].0;
-            let end = deliveries[start..]
-                .iter()
-                .position(|(other, _)| *other != connection)
-                .map_or(deliveries.len(), |offset| start + offset);
-            let rules = &deliveries[start..end];
-            let same_rules = |(cached, _): &&(&[Delivered], Utf8Bytes)| {
-                cached.len() == rules.len()
-                    && cached.iter().zip(rules).all(|((_, a), (_, b))| a == b)
-            };
-            let frame = match frames.iter().find(same_rules) {
+        for group in deliveries.chunk_by(|a, b| a.0 == b.0) {
+            names.clear();
+            names.extend(group.iter().filter_map(|(_, id)| {
+                rules
+                    .get(*id as usize)
+                    .and_then(Option::as_ref)
+                    .map(|owner| &*owner.name)
+            }));
+            if names.len() > 1 {
+                names.sort_unstable();
+            }
+            let frame = match frames.iter().find(|(cached, _)| *cached == names) {
                 Some((_, frame)) => frame.clone(),
                 None => {
                     let frame = Utf8Bytes::from(wire::event_frame(
                         &request_id,
-                        rules.iter().map(|(_, rule)| &**rule),
+                        names.iter().copied(),
                         &tail,
                     ));
                     if frames.len() < MAX_SHARED_FRAMES {
-                        frames.push((rules, frame.clone()));
+                        frames.push((names.clone(), frame.clone()));
                     }
                     frame
                 }
             };
-            if let Delivery::Queued = self.deliver(connection, frame) {
-                sent += 1;
+            let slot = group[0].0;
+            match offer(&self.slots, slot, frame, self.settings.max_queued_bytes) {
+                Offer::Queued => sent += 1,
+                Offer::Gone => {}
+                Offer::Refused { too_slow } => refused.push((slot, too_slow)),
             }
-            start = end;
         }
         drop(frames);
+        drop(names);
         self.deliveries = deliveries;
+        for (slot, too_slow) in refused {
+            self.refuse(slot, too_slow);
+        }
         telemetry::notifications_sent(sent);
     }
 
-    fn deliver(&mut self, connection: ConnectionId, frame: Utf8Bytes) -> Delivery {
-        let Some(entry) = self.connections.get(&connection) else {
-            return Delivery::Dropped;
+    /// A connection whose queue refused a notification: closed as too slow (1013) when its
+    /// queue was full, and forgotten with its rules either way.
+    fn refuse(&mut self, slot: u32, too_slow: bool) {
+        let Some(Some(entry)) = self.slots.get(slot as usize) else {
+            return;
         };
-        let size = frame.len();
-        let queued = entry.outbox.queued_bytes.load(Ordering::Relaxed);
-        let fits = queued + size <= self.settings.max_queued_bytes || queued == 0;
-        let outcome = if fits {
-            entry.outbox.queued_bytes.fetch_add(size, Ordering::Relaxed);
-            match entry.outbox.sender.try_send(frame) {
-                Ok(()) => Ok(()),
-                Err(error) => {
-                    entry.outbox.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-                    Err(matches!(error, mpsc::error::TrySendError::Full(_)))
-                }
-            }
-        } else {
-            Err(true)
-        };
-        match outcome {
-            Ok(()) => Delivery::Queued,
-            Err(too_slow) => {
-                if too_slow {
-                    entry.outbox.slow.cancel();
-                    telemetry::slow_consumer_closed(connection);
-                }
-                self.drop_connection(connection);
-                Delivery::Dropped
-            }
+        let connection = entry.id;
+        if too_slow {
+            entry.outbox.slow.cancel();
+            telemetry::slow_consumer_closed(connection);
         }
+        self.drop_connection(connection);
     }
 
     fn keep_alive(&mut self) {
-        let connections: Vec<ConnectionId> = self.connections.keys().copied().collect();
-        for connection in connections {
+        let mut refused = Vec::new();
+        for (slot, entry) in self.slots.iter().enumerate() {
+            if entry.is_none() {
+                continue;
+            }
             let frame = wire::keep_alive(&uuid::Uuid::new_v4().to_string());
-            self.deliver(connection, Utf8Bytes::from(frame));
+            if let Offer::Refused { too_slow } = offer(
+                &self.slots,
+                slot as u32,
+                Utf8Bytes::from(frame),
+                self.settings.max_queued_bytes,
+            ) {
+                refused.push((slot as u32, too_slow));
+            }
+        }
+        for (slot, too_slow) in refused {
+            self.refuse(slot, too_slow);
         }
     }
 }

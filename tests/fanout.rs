@@ -179,3 +179,33 @@ async fn every_event_of_a_batch_is_delivered_in_order() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_new_connection_never_inherits_the_rules_of_a_closed_one() {
+    // The dispatcher reuses the table slots of closed connections and the ids of removed
+    // rules: whoever takes them over must start clean.
+    let server = Server::dev().await;
+    for round in 0..3 {
+        let mut old = server.announced().await;
+        old.subscribe("old", &json!({"source": ["orders"]})).await;
+        old.subscribe("old-2", &json!({"source": ["orders"]})).await;
+        old.close().await;
+        // Give the dispatcher time to forget the closed connection, so the next one takes
+        // over its slot (if it does not, the test still holds, it just proves less).
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+        let mut new = server.announced().await;
+        new.subscribe("new", &json!({"source": ["orders"]})).await;
+        new.subscribe("marker", &json!({"source": ["marker"]}))
+            .await;
+        server
+            .publish_event("orders", "OrderPlaced", json!({"round": round}))
+            .await;
+        let (message, event) = new.next_event().await;
+        assert_eq!(message["Rules"], json!(["new"]), "round {round}: {message}");
+        assert_eq!(event["detail"]["round"], round);
+        expect_only_marker(&server, &mut new, &format!("round {round}")).await;
+        new.close().await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
