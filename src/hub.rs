@@ -58,7 +58,8 @@ pub struct Outbox {
 pub struct Inbox {
     receiver: mpsc::Receiver<Utf8Bytes>,
     queued_bytes: Arc<AtomicUsize>,
-    /// Cancelled by the dispatcher when the connection could not keep up.
+    /// Cancelled by the dispatcher when the connection could not keep up, and with the
+    /// server's shutdown token (its parent).
     pub slow: CancellationToken,
 }
 
@@ -79,11 +80,13 @@ impl Inbox {
     }
 }
 
-/// A bounded outbound queue for one connection.
-pub fn outbound_queue(max_messages: usize) -> (Outbox, Inbox) {
+/// A bounded outbound queue for one connection. Its `slow` token is a child of
+/// `shutdown`: the session waits on that one token for both reasons to stop (one cheap,
+/// uncontended check per wake-up instead of polling the server-wide token).
+pub fn outbound_queue(max_messages: usize, shutdown: &CancellationToken) -> (Outbox, Inbox) {
     let (sender, receiver) = mpsc::channel(max_messages.max(1));
     let queued_bytes = Arc::new(AtomicUsize::new(0));
-    let slow = CancellationToken::new();
+    let slow = shutdown.child_token();
     (
         Outbox {
             sender,

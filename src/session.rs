@@ -91,9 +91,10 @@ struct Session {
 /// Runs a connection to its end.
 pub async fn run(socket: WebSocket, state: Arc<AppState>, connection: ConnectionId) {
     telemetry::connection_opened();
-    let (mut sink, mut stream) = socket.split();
-    let (outbox, mut inbox) = outbound_queue(state.config.limits.max_queued_messages);
-    let slow = inbox.slow.clone();
+    let mut socket = socket;
+    let (outbox, mut inbox) =
+        outbound_queue(state.config.limits.max_queued_messages, &state.shutdown);
+    let stop = inbox.slow.clone();
     let mut session = Session {
         decode_limits: DecodeLimits {
             max_request_id_bytes: 128,
@@ -110,13 +111,12 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, connection: Connection
     let hello_deadline = Instant::now() + session.state.config.hello_timeout.0;
     let mut last_heard = Instant::now();
     let mut next_ping = Instant::now() + keepalive;
-    let shutdown = session.state.shutdown.clone();
-    // The signals and the timer live across loop turns: a turn per notification must not
-    // re-register wakers and timer entries every time.
-    let shutdown_signal = shutdown.cancelled();
-    tokio::pin!(shutdown_signal);
-    let slow_signal = slow.cancelled();
-    tokio::pin!(slow_signal);
+    // The signal and the timer live across loop turns: a turn per notification must not
+    // re-register wakers and timer entries every time. `stop` is this connection's own
+    // token, a child of the server's: cancelled on shutdown and when the dispatcher finds
+    // the connection too slow. Polling it costs one uncontended check per turn.
+    let stop_signal = stop.cancelled();
+    tokio::pin!(stop_signal);
     let timer = tokio::time::sleep_until(hello_deadline.min(next_ping));
     tokio::pin!(timer);
 
@@ -131,23 +131,28 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, connection: Connection
         }
         tokio::select! {
             biased;
-            _ = &mut shutdown_signal => break Outcome::Close(CloseReason::ShuttingDown),
-            _ = &mut slow_signal => break Outcome::Close(CloseReason::SlowConsumer),
+            _ = &mut stop_signal => break Outcome::Close(
+                if session.state.shutdown.is_cancelled() {
+                    CloseReason::ShuttingDown
+                } else {
+                    CloseReason::SlowConsumer
+                },
+            ),
             message = inbox.recv(), if session.announced => {
                 let Some(message) = message else { break Outcome::Gone };
                 // Write what is already queued in one go, then flush once.
-                let mut written = sink.feed(Message::Text(message)).await;
+                let mut written = socket.feed(Message::Text(message)).await;
                 let mut batch = 1;
                 while written.is_ok() && batch < WRITE_BATCH {
                     let Some(next) = inbox.try_recv() else { break };
-                    written = sink.feed(Message::Text(next)).await;
+                    written = socket.feed(Message::Text(next)).await;
                     batch += 1;
                 }
-                if written.is_err() || sink.flush().await.is_err() {
+                if written.is_err() || socket.flush().await.is_err() {
                     break Outcome::Gone;
                 }
             }
-            frame = stream.next() => {
+            frame = socket.next() => {
                 last_heard = Instant::now();
                 let step = match frame {
                     None => Step::Gone,
@@ -158,7 +163,7 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, connection: Connection
                     Some(Ok(Message::Text(text))) => {
                         if session.rate.allow() {
                             let reply = session.handle_text(&text).await;
-                            if sink.send(Message::Text(Utf8Bytes::from(reply))).await.is_err() {
+                            if socket.send(Message::Text(Utf8Bytes::from(reply))).await.is_err() {
                                 Step::Gone
                             } else {
                                 Step::Continue
@@ -189,7 +194,7 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, connection: Connection
                 }
                 if now >= next_ping {
                     next_ping = now + keepalive;
-                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    if socket.send(Message::Ping(Default::default())).await.is_err() {
                         break Outcome::Gone;
                     }
                 }
@@ -204,9 +209,9 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, connection: Connection
                 reason: Utf8Bytes::from_static(reason.text()),
             };
             let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
-                if sink.send(Message::Close(Some(frame))).await.is_ok() {
+                if socket.send(Message::Close(Some(frame))).await.is_ok() {
                     // Read on until the peer's Close (or the end of the stream).
-                    while let Some(Ok(frame)) = stream.next().await {
+                    while let Some(Ok(frame)) = socket.next().await {
                         if matches!(frame, Message::Close(_)) {
                             break;
                         }
@@ -218,7 +223,7 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, connection: Connection
         }
         Outcome::PeerClosed => {
             // tungstenite queued the Close reply when it read the peer's Close; send it.
-            let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, sink.close()).await;
+            let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, socket.close()).await;
             None
         }
         Outcome::Gone => None,
