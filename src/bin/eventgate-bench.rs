@@ -383,7 +383,9 @@ fn header(host: &str, api_key: &str) -> String {
 /// Finds `sent":<digits>` (plain, as Nchan delivers it) or `sent\":<digits>` (escaped
 /// inside eventgate's Event string) without parsing the whole frame.
 fn sent_stamp(text: &str) -> Option<u64> {
-    let start = text.find("sent")? + 4;
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new("sent"));
+    let start = FINDER.find(text.as_bytes())? + 4;
     let rest = text[start..].trim_start_matches(['\\', '"', ':']);
     let end = rest
         .find(|c: char| !c.is_ascii_digit())
@@ -1073,5 +1075,33 @@ async fn churn(args: Args) {
                 "latency_ms": {"p50": opt_round(q[2], 3), "p99": opt_round(q[6], 3), "p999": opt_round(q[8], 3)},
             })
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sent_stamp_reads_plain_and_escaped_frames() {
+        assert_eq!(
+            sent_stamp(r#"{"group":3,"seq":9,"sent":12345,"padding":"x"}"#),
+            Some(12345)
+        );
+        let frame =
+            r#"{"Action":"Event","Rules":["hit"],"Event":"{\"detail\":{\"seq\":9,\"sent\":678}}"}"#;
+        assert_eq!(sent_stamp(frame), Some(678));
+        assert_eq!(sent_stamp(r#"{"Action":"KeepAlive"}"#), None);
+    }
+
+    #[test]
+    fn quantiles_merge_shards() {
+        let stats = Stats::new(1);
+        stats.shards[0].latency.record(1_000_000); // 1 ms
+        stats.shards[1].latency.record(3_000_000); // 3 ms
+        let q = stats.latency_quantiles(&[0.5, 1.0]);
+        let (median, max) = (q[0].unwrap_or(0.0), q[1].unwrap_or(0.0));
+        assert!((median - 1.0).abs() < 0.02, "median {median}");
+        assert!((max - 3.0).abs() < 0.05, "max {max}");
     }
 }
