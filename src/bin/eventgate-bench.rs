@@ -97,6 +97,10 @@ struct Args {
     /// Only connect and report memory; publish nothing.
     #[arg(long)]
     idle: bool,
+    /// eventgate: stop each set-up after the authenticated WebSocket upgrade (no Hello, no
+    /// Subscribe), the same work as an Nchan subscription; only with --idle.
+    #[arg(long)]
+    upgrade_only: bool,
     /// Seconds to hold idle connections before reading memory.
     #[arg(long, default_value_t = 2)]
     hold: u64,
@@ -427,7 +431,7 @@ async fn set_up(args: &Args, index: usize, group: usize) -> Result<Ws, String> {
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
         .await
         .map_err(|e| format!("upgrade: {e}"))?;
-    if args.target == Target::Nchan {
+    if args.target == Target::Nchan || args.upgrade_only {
         return Ok(ws);
     }
     let frames = [
@@ -731,6 +735,10 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    if args.upgrade_only && !args.idle {
+        eprintln!("--upgrade-only needs --idle: upgraded but unannounced connections get no events");
+        std::process::exit(2);
+    }
     if args.churn {
         churn(args).await;
         return;
