@@ -74,8 +74,9 @@ struct Args {
     /// Seconds to publish for.
     #[arg(long, default_value_t = 10)]
     duration: u64,
-    /// Events per POST (eventgate; nchan takes one message per POST).
-    #[arg(long, default_value_t = 50)]
+    /// Events per POST (eventgate; nchan takes one message per POST). The default is
+    /// EventBridge PutEvents' own limit of 10 entries per request, what its clients send.
+    #[arg(long, default_value_t = 10)]
     batch: usize,
     /// POST requests in flight at once.
     #[arg(long, default_value_t = 16)]
