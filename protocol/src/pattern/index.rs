@@ -25,9 +25,9 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::ast::{FieldPat, Matcher, ObjPat};
-use super::eval::{match_scalar, MAX_ARRAY_NEST};
+use super::eval::{match_leaf, MAX_ARRAY_NEST};
 use super::scan::{scan, Trie};
-use super::values::{fold, mask, parse_ip, Num, Wildcard};
+use super::values::{fold, mask, parse_ip, Leaf, Num, Wildcard};
 use super::Pattern;
 
 // ---------------------------------------------------------------------------------------
@@ -497,9 +497,10 @@ impl Matchers {
     }
 
     /// Reports every registration that accepts the scalar `v`.
-    fn lookup(&self, v: &Value, f: &mut dyn FnMut(Hit)) {
+    fn lookup(&self, v: &Leaf<'_>, f: &mut dyn FnMut(Hit)) {
         match v {
-            Value::String(s) => {
+            Leaf::Str(s) => {
+                let s: &str = s;
                 if let Some(hs) = self.exact_str.get(&skey(self.seed, s)) {
                     hs.iter().for_each(|h| f(*h));
                 }
@@ -540,8 +541,8 @@ impl Matchers {
                     }
                 }
             }
-            Value::Number(n) => {
-                let Some(x) = Num::from_json(n) else { return };
+            Leaf::Num(n) => {
+                let Some(x) = *n else { return };
                 if let Some(hs) = self.exact_num.get(&x) {
                     hs.iter().for_each(|h| f(*h));
                 }
@@ -577,10 +578,9 @@ impl Matchers {
                     }
                 }
             }
-            Value::Bool(true) => self.exact_true.iter().for_each(|h| f(*h)),
-            Value::Bool(false) => self.exact_false.iter().for_each(|h| f(*h)),
-            Value::Null => self.exact_null.iter().for_each(|h| f(*h)),
-            Value::Array(_) | Value::Object(_) => return,
+            Leaf::Bool(true) => self.exact_true.iter().for_each(|h| f(*h)),
+            Leaf::Bool(false) => self.exact_false.iter().for_each(|h| f(*h)),
+            Leaf::Null => self.exact_null.iter().for_each(|h| f(*h)),
         }
         self.exists.iter().for_each(|h| f(*h));
     }
@@ -791,7 +791,7 @@ impl Checks {
         c
     }
 
-    fn holds<V: std::borrow::Borrow<Value>>(&self, leaves: &[(u32, V)]) -> bool {
+    fn holds(&self, leaves: &[(u32, Leaf<'_>)]) -> bool {
         let small = self
             .small
             .get(..usize::from(self.small_len))
@@ -821,7 +821,7 @@ fn next_alt(a: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 }
 
 /// Decodes and checks inline clauses; `None` only for a malformed buffer.
-fn inline_holds<V: std::borrow::Borrow<Value>>(mut b: &[u8], leaves: &[(u32, V)]) -> Option<bool> {
+fn inline_holds(mut b: &[u8], leaves: &[(u32, Leaf<'_>)]) -> Option<bool> {
     while !b.is_empty() {
         let mut node = 0u32;
         let mut shift = 0u32;
@@ -847,7 +847,7 @@ fn inline_holds<V: std::borrow::Borrow<Value>>(mut b: &[u8], leaves: &[(u32, V)]
             if *n != node {
                 continue;
             }
-            let Value::String(s) = v.borrow() else {
+            let Leaf::Str(s) = v else {
                 continue;
             };
             let s = s.as_bytes();
@@ -1080,8 +1080,17 @@ struct Scratch {
     conj: Vec<u64>,
     rule: Vec<u64>,
     cand: Vec<u32>,
-    /// Leaves collected by the `matches_json` scanner (reused between events).
-    leaves: Vec<(u32, Value)>,
+    /// The allocation of the leaves collected by the `matches_json` scanner, kept empty
+    /// between events (see [`recycle`]).
+    leaves: Vec<(u32, Leaf<'static>)>,
+}
+
+/// Empties `v` and hands its allocation over to leaves of another lifetime: the leaves
+/// borrow the event text, so the per-thread buffer can only be kept while empty. (The
+/// standard library collects an emptied `Vec` into its own allocation.)
+fn recycle<'b>(mut v: Vec<(u32, Leaf<'_>)>) -> Vec<(u32, Leaf<'b>)> {
+    v.clear();
+    v.into_iter().filter_map(|_| None).collect()
 }
 
 thread_local! {
@@ -1408,14 +1417,12 @@ where
         if self.always.is_empty() && self.n_oracle == 0 {
             let done = SCRATCH.try_with(|cell| match cell.try_borrow_mut() {
                 Ok(mut sc) => {
-                    let mut leaves = std::mem::take(&mut sc.leaves);
-                    leaves.clear();
+                    let mut leaves = recycle(std::mem::take(&mut sc.leaves));
                     let ok = scan(text, self, ROOT, &mut leaves).is_some();
                     if ok {
                         self.run_leaves(&mut sc, &leaves, None, false, out);
                     }
-                    leaves.clear();
-                    sc.leaves = leaves;
+                    sc.leaves = recycle(leaves);
                     ok
                 }
                 Err(_) => false,
@@ -1472,10 +1479,10 @@ where
     /// Looks every leaf up, then confirms the candidate conjunctions. `event` is needed
     /// only when the reference evaluator is (objects inside arrays, `always` rules,
     /// oracle conjunctions); `matches_json`'s fast path passes `None` and never needs it.
-    fn run_leaves<V: std::borrow::Borrow<Value>>(
+    fn run_leaves(
         &self,
         sc: &mut Scratch,
-        leaves: &[(u32, V)],
+        leaves: &[(u32, Leaf<'_>)],
         event: Option<&Value>,
         saw_array_obj: bool,
         out: &mut Vec<K>,
@@ -1494,7 +1501,7 @@ where
         }
         sc.cand.clear();
         for (node, v) in leaves {
-            self.lookup_leaf(sc, *node, v.borrow());
+            self.lookup_leaf(sc, *node, v);
         }
         let gen = sc.gen;
         let cands = std::mem::take(&mut sc.cand);
@@ -1549,7 +1556,7 @@ where
     }
 
     /// Looks one leaf up at its path node and marks the conjunctions it completes.
-    fn lookup_leaf(&self, sc: &mut Scratch, node: u32, v: &Value) {
+    fn lookup_leaf(&self, sc: &mut Scratch, node: u32, v: &Leaf<'_>) {
         let Some(m) = self.nodes.get(node as usize).and_then(|n| n.m.as_deref()) else {
             return;
         };
@@ -1591,16 +1598,12 @@ where
 
 /// Without objects inside arrays, a clause holds when a leaf at its path satisfies an
 /// alternative, or when there is no leaf there and `exists: false` is an alternative.
-fn clause_holds<V: std::borrow::Borrow<Value>>(
-    node: u32,
-    alts: &[Matcher],
-    leaves: &[(u32, V)],
-) -> bool {
+fn clause_holds(node: u32, alts: &[Matcher], leaves: &[(u32, Leaf<'_>)]) -> bool {
     let mut any_leaf = false;
     for (n, v) in leaves {
         if *n == node {
             any_leaf = true;
-            if alts.iter().any(|m| match_scalar(m, v.borrow())) {
+            if alts.iter().any(|m| match_leaf(m, v)) {
                 return true;
             }
         }
@@ -1615,7 +1618,7 @@ where
     idx: &'a RuleIndex<K>,
     saw_array_obj: bool,
     /// Every scalar leaf met on an indexed path, with its path node.
-    leaves: Vec<(u32, &'e Value)>,
+    leaves: Vec<(u32, Leaf<'e>)>,
 }
 
 impl<'e, K> Walk<'_, 'e, K>
@@ -1672,7 +1675,9 @@ where
     }
 
     fn leaf(&mut self, node: u32, v: &'e Value) {
-        self.leaves.push((node, v));
+        if let Some(leaf) = Leaf::from_value(v) {
+            self.leaves.push((node, leaf));
+        }
     }
 }
 

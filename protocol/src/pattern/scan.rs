@@ -8,9 +8,10 @@
 //! paths, numbers it does not parse itself, and every syntax error). The caller then
 //! takes the `serde_json` path, which produces the exact result or error.
 
-use serde_json::Value;
+use std::borrow::Cow;
 
 use super::eval::MAX_ARRAY_NEST;
+use super::values::{Leaf, Num};
 
 /// The path trie as the scanner sees it.
 pub(crate) trait Trie {
@@ -66,15 +67,15 @@ pub(crate) struct Scanner<'t, 'x, T: Trie> {
     pos: usize,
     trie: &'x T,
     /// Every scalar leaf met on an indexed path, with its path node.
-    pub(crate) leaves: &'x mut Vec<(u32, Value)>,
+    pub(crate) leaves: &'x mut Vec<(u32, Leaf<'t>)>,
 }
 
 /// Scans `text`, appending the leaves to `leaves`; `None` means "use serde_json".
-pub(crate) fn scan<T: Trie>(
-    text: &str,
+pub(crate) fn scan<'t, T: Trie>(
+    text: &'t str,
     trie: &T,
     root: u32,
-    leaves: &mut Vec<(u32, Value)>,
+    leaves: &mut Vec<(u32, Leaf<'t>)>,
 ) -> Option<()> {
     let mut s = Scanner {
         text,
@@ -126,7 +127,7 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
 
     /// A string starting at `"`; borrowed when it has no escapes. With `build` false the
     /// content is validated only (and an empty string returned).
-    fn string(&mut self, build: bool) -> Option<std::borrow::Cow<'t, str>> {
+    fn string(&mut self, build: bool) -> Option<Cow<'t, str>> {
         self.eat(b'"')?;
         let start = self.pos;
         self.pos = plain_run(self.b, self.pos);
@@ -134,7 +135,7 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
             b'"' => {
                 let s = self.text.get(start..self.pos)?;
                 self.pos += 1;
-                return Some(std::borrow::Cow::Borrowed(s));
+                return Some(Cow::Borrowed(s));
             }
             b'\\' => {}
             _ => return None,
@@ -153,7 +154,7 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
                         out.push_str(self.text.get(run..self.pos)?);
                     }
                     self.pos += 1;
-                    return Some(std::borrow::Cow::Owned(out));
+                    return Some(Cow::Owned(out));
                 }
                 b'\\' => {
                     if build {
@@ -385,26 +386,27 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
 
     fn scalar(&mut self, node: u32) -> Option<()> {
         let v = match self.peek()? {
-            b'"' => Value::String(self.string(true)?.into_owned()),
+            b'"' => Leaf::Str(self.string(true)?),
             b't' => {
                 self.lit(b"true")?;
-                Value::Bool(true)
+                Leaf::Bool(true)
             }
             b'f' => {
                 self.lit(b"false")?;
-                Value::Bool(false)
+                Leaf::Bool(false)
             }
             b'n' => {
                 self.lit(b"null")?;
-                Value::Null
+                Leaf::Null
             }
             _ => {
                 let (t, plain) = self.number()?;
-                match t.parse::<u64>() {
-                    Ok(u) if plain => Value::from(u),
-                    // Everything else exactly as serde_json reads it.
-                    _ => Value::Number(serde_json::from_str::<serde_json::Number>(t).ok()?),
-                }
+                Leaf::Num(match t.parse::<u64>() {
+                    Ok(u) if plain => Some(Num::Int(i128::from(u))),
+                    // Everything else exactly as serde_json reads it (range errors give
+                    // up, so serde_json reports them).
+                    _ => Num::from_json(&serde_json::from_str::<serde_json::Number>(t).ok()?),
+                })
             }
         };
         self.leaves.push((node, v));
