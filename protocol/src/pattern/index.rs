@@ -671,12 +671,29 @@ fn alt_cost(m: Option<&Matchers>, a: &Matcher) -> u64 {
 
 // ---------------------------------------------------------------------------------------
 
+/// Children up to this many are also kept in a plain list ([`Node::few`]).
+const FEW_CHILDREN: usize = 8;
+
 struct Node {
     children: HMap<Box<str>, u32>,
+    /// A copy of `children` while there are at most [`FEW_CHILDREN`] (else empty): the
+    /// scanner looks every object key up, and a short list compared by length first is
+    /// cheaper than hashing the key or walking the hash map.
+    few: Vec<(Box<str>, u32)>,
     parent: u32,
     key: Box<str>,
     refs: u32,
     m: Option<Box<Matchers>>,
+}
+
+impl Node {
+    fn refresh_few(&mut self) {
+        self.few.clear();
+        if self.children.len() <= FEW_CHILDREN {
+            self.few
+                .extend(self.children.iter().map(|(k, &c)| (k.clone(), c)));
+        }
+    }
 }
 
 /// One cache line for the common case (rule key up to 8 bytes, small inline checks).
@@ -835,38 +852,18 @@ fn inline_holds(mut b: &[u8], leaves: &[(u32, Leaf<'_>)]) -> Option<bool> {
             }
         }
         let (&n_alts, rest) = b.split_first()?;
-        // Find the end of this clause's alternatives first.
-        let mut after = rest;
-        for _ in 0..n_alts {
-            after = next_alt(after)?.2;
-        }
-        let alts = rest.get(..rest.len() - after.len())?;
-        b = after;
+        b = rest;
+        // One pass over the alternatives, each compared with the string leaves at `node`
+        // (usually one); after a hit the rest are only stepped over.
         let mut ok = false;
-        for (n, v) in leaves {
-            if *n != node {
-                continue;
-            }
-            let Leaf::Str(s) = v else {
-                continue;
-            };
-            let s = s.as_bytes();
-            let mut a = alts;
-            while !a.is_empty() {
-                let (tag, x, rest) = next_alt(a)?;
-                a = rest;
-                let hit = match tag {
-                    T_STR => s == x,
-                    T_PREFIX => s.starts_with(x),
-                    _ => s.ends_with(x),
-                };
-                if hit {
-                    ok = true;
-                    break;
-                }
-            }
-            if ok {
-                break;
+        for _ in 0..n_alts {
+            let (tag, x, rest) = next_alt(b)?;
+            b = rest;
+            if !ok {
+                ok = leaves.iter().any(|(n, v)| match v {
+                    Leaf::Str(s) if *n == node => affix_hit(tag, s.as_bytes(), x),
+                    _ => false,
+                });
             }
         }
         if !ok {
@@ -874,6 +871,17 @@ fn inline_holds(mut b: &[u8], leaves: &[(u32, Leaf<'_>)]) -> Option<bool> {
         }
     }
     Some(true)
+}
+
+/// Does `s` equal (`T_STR`), start with (`T_PREFIX`) or end with (`T_SUFFIX`) `x`?
+#[inline]
+fn affix_hit(tag: u8, s: &[u8], x: &[u8]) -> bool {
+    let part = match tag {
+        T_STR if s.len() != x.len() => None,
+        T_STR | T_PREFIX => s.get(..x.len()),
+        _ => s.len().checked_sub(x.len()).and_then(|at| s.get(at..)),
+    };
+    part.is_some_and(|p| same_bytes(p, x))
 }
 
 struct RuleSlot<K> {
@@ -1155,6 +1163,7 @@ where
         RuleIndex {
             nodes: vec![Node {
                 children: HashMap::with_hasher(hs.clone()),
+                few: Vec::new(),
                 parent: ROOT,
                 key: "".into(),
                 refs: 0,
@@ -1192,6 +1201,7 @@ where
                 None => {
                     let node = Node {
                         children: HashMap::with_hasher(self.hs.clone()),
+                        few: Vec::new(),
                         parent: cur,
                         key: (*seg).into(),
                         refs: 0,
@@ -1211,6 +1221,7 @@ where
                     };
                     if let Some(p) = self.nodes.get_mut(cur as usize) {
                         p.children.insert((*seg).into(), id);
+                        p.refresh_few();
                     }
                     id
                 }
@@ -1245,8 +1256,10 @@ where
                 let key = std::mem::take(&mut n.key);
                 n.m = None;
                 n.children.clear();
+                n.few.clear();
                 if let Some(p) = self.nodes.get_mut(parent as usize) {
                     p.children.remove(&*key);
+                    p.refresh_few();
                 }
                 self.free_nodes.push(cur);
             }
@@ -1579,21 +1592,41 @@ where
     K: Copy + Eq + Hash + Ord + fmt::Debug,
 {
     fn child(&self, node: u32, key: &str) -> Option<u32> {
-        let children = &self.nodes.get(node as usize)?.children;
-        if children.len() <= 8 {
-            // Few children: comparing lengths first is cheaper than hashing the key.
-            return children
+        let n = self.nodes.get(node as usize)?;
+        if n.children.len() <= FEW_CHILDREN {
+            return n
+                .few
                 .iter()
-                .find(|(k, _)| k.len() == key.len() && &***k == key)
-                .map(|(_, &c)| c);
+                .find(|(k, _)| same_bytes(k.as_bytes(), key.as_bytes()))
+                .map(|&(_, c)| c);
         }
-        children.get(key).copied()
+        n.children.get(key).copied()
     }
     fn has_children(&self, node: u32) -> bool {
         self.nodes
             .get(node as usize)
             .is_some_and(|n| !n.children.is_empty())
     }
+}
+
+/// Byte equality without a `memcmp` call, eight bytes at a time: the strings compared
+/// (object keys, inline checks) are short.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut wa, mut wb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let words_equal = (&mut wa).zip(&mut wb).all(|(x, y)| {
+        let word = |c: &[u8]| <[u8; 8]>::try_from(c).map(u64::from_ne_bytes).unwrap_or(0);
+        word(x) == word(y)
+    });
+    words_equal
+        && wa
+            .remainder()
+            .iter()
+            .zip(wb.remainder())
+            .all(|(x, y)| x == y)
 }
 
 /// Without objects inside arrays, a clause holds when a leaf at its path satisfies an

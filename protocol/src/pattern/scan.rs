@@ -27,38 +27,36 @@ const MAX_DEPTH: usize = 120;
 const MAX_KEPT: usize = 32;
 
 const ONES: u64 = 0x0101_0101_0101_0101;
-const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-
-/// The high bit of each byte of the result is set exactly where `w` has a zero byte.
-#[inline]
-fn zero_bytes(w: u64) -> u64 {
-    !(((w & LOW7).wrapping_add(LOW7)) | w | LOW7)
-}
+const HIGH: u64 = 0x8080_8080_8080_8080;
 
 /// The first position at or after `i` holding `"`, `\\` or a control character (or the
 /// end of `b`): string content is scanned eight bytes at a time.
 #[inline]
 fn plain_run(b: &[u8], mut i: usize) -> usize {
-    loop {
-        let w = match b.get(i..i + 8).and_then(|c| <[u8; 8]>::try_from(c).ok()) {
-            Some(a) => u64::from_le_bytes(a),
-            None => {
-                // The last bytes; past the end reads as `"`, so the loop stops there.
-                let mut a = [b'"'; 8];
-                for (d, s) in a.iter_mut().zip(b.get(i..).unwrap_or_default()) {
-                    *d = *s;
-                }
-                u64::from_le_bytes(a)
-            }
-        };
-        let m = zero_bytes(w ^ (ONES * u64::from(b'"')))
-            | zero_bytes(w ^ (ONES * u64::from(b'\\')))
-            | zero_bytes(w & (ONES * 0xe0));
+    while let Some(chunk) = b.get(i..).and_then(|rest| rest.first_chunk::<8>()) {
+        let w = u64::from_le_bytes(*chunk);
+        let quote = w ^ (ONES * u64::from(b'"'));
+        let backslash = w ^ (ONES * u64::from(b'\\'));
+        // `(x - ONES) & !x` flags the zero bytes of x, `(w - 0x20..) & !w` the bytes below
+        // 0x20. A borrow can flag bytes above a flagged byte falsely, never below one, so
+        // the lowest flag (the only one used) is exact.
+        let m = ((quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | (w.wrapping_sub(ONES * 0x20) & !w))
+            & HIGH;
         if m != 0 {
-            return (i + (m.trailing_zeros() / 8) as usize).min(b.len());
+            return i + (m.trailing_zeros() / 8) as usize;
         }
         i += 8;
     }
+    // Fewer than eight bytes left.
+    while let Some(&c) = b.get(i) {
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            return i;
+        }
+        i += 1;
+    }
+    i
 }
 
 pub(crate) struct Scanner<'t, 'x, T: Trie> {
@@ -185,6 +183,21 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
         }
     }
 
+    /// Steps over (validates) a string starting at `"` without building it.
+    #[inline]
+    fn skip_string(&mut self) -> Option<()> {
+        let open = self.pos;
+        self.eat(b'"')?;
+        self.pos = plain_run(self.b, self.pos);
+        if self.peek()? == b'"' {
+            self.pos += 1;
+            return Some(());
+        }
+        // Escapes (or an error): the general path.
+        self.pos = open;
+        self.string(false).map(drop)
+    }
+
     fn digits(&mut self) -> usize {
         let start = self.pos;
         while let Some(b'0'..=b'9') = self.b.get(self.pos) {
@@ -269,7 +282,7 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
     fn skip_value(&mut self, depth: usize) -> Option<()> {
         match self.peek()? {
             b'"' => {
-                self.string(false)?;
+                self.skip_string()?;
             }
             b'{' => {
                 let depth = depth + 1;
@@ -278,7 +291,7 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
                 }
                 loop {
                     self.ws();
-                    self.string(false)?;
+                    self.skip_string()?;
                     self.ws();
                     self.eat(b':')?;
                     self.ws();
