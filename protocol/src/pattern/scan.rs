@@ -123,9 +123,28 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
         }
     }
 
-    /// A string starting at `"`; borrowed when it has no escapes. With `build` false the
-    /// content is validated only (and an empty string returned).
-    fn string(&mut self, build: bool) -> Option<Cow<'t, str>> {
+    /// A string starting at `"`; borrowed when it has no escapes (the common case, kept
+    /// small so that it inlines into its callers).
+    #[inline]
+    fn string(&mut self) -> Option<Cow<'t, str>> {
+        let open = self.pos;
+        self.eat(b'"')?;
+        let start = self.pos;
+        self.pos = plain_run(self.b, self.pos);
+        if self.peek()? == b'"' {
+            let s = self.text.get(start..self.pos)?;
+            self.pos += 1;
+            return Some(Cow::Borrowed(s));
+        }
+        self.pos = open;
+        self.escaped_string(true)
+    }
+
+    /// A string starting at `"` that has escapes (or an error): rebuilt when `build` is
+    /// true, else only validated (and an empty string returned).
+    #[cold]
+    #[inline(never)]
+    fn escaped_string(&mut self, build: bool) -> Option<Cow<'t, str>> {
         self.eat(b'"')?;
         let start = self.pos;
         self.pos = plain_run(self.b, self.pos);
@@ -195,7 +214,7 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
         }
         // Escapes (or an error): the general path.
         self.pos = open;
-        self.string(false).map(drop)
+        self.escaped_string(false).map(drop)
     }
 
     fn digits(&mut self) -> usize {
@@ -337,7 +356,7 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
         let mut n_seen = 0usize;
         loop {
             self.ws();
-            let key = self.string(true)?;
+            let key = self.string()?;
             self.ws();
             self.eat(b':')?;
             self.ws();
@@ -399,7 +418,7 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
 
     fn scalar(&mut self, node: u32) -> Option<()> {
         let v = match self.peek()? {
-            b'"' => Leaf::Str(self.string(true)?),
+            b'"' => Leaf::Str(self.string()?),
             b't' => {
                 self.lit(b"true")?;
                 Leaf::Bool(true)
@@ -429,7 +448,93 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
 
 #[cfg(test)]
 mod tests {
-    use super::plain_run;
+    use super::{plain_run, scan, Trie};
+    use crate::pattern::values::Leaf;
+    use serde_json::Value;
+
+    /// A trie of the one path `a` (node 1) below the root (node 0).
+    struct KeyA;
+
+    impl Trie for KeyA {
+        fn child(&self, node: u32, key: &str) -> Option<u32> {
+            (node == 0 && key == "a").then_some(1)
+        }
+        fn has_children(&self, node: u32) -> bool {
+            node == 0
+        }
+    }
+
+    /// The leaves at `a` as serde_json reads the text (arrays flattened).
+    fn serde_leaves(text: &str) -> Option<Vec<Leaf<'static>>> {
+        fn flat(v: &Value, out: &mut Vec<Leaf<'static>>) {
+            match v {
+                Value::Array(a) => a.iter().for_each(|e| flat(e, out)),
+                other => out.extend(Leaf::from_value(other).map(|l| match l {
+                    Leaf::Str(s) => Leaf::Str(s.into_owned().into()),
+                    Leaf::Num(n) => Leaf::Num(n),
+                    Leaf::Bool(b) => Leaf::Bool(b),
+                    Leaf::Null => Leaf::Null,
+                })),
+            }
+        }
+        let v: Value = serde_json::from_str(text).ok()?;
+        let mut out = Vec::new();
+        if let Some(a) = v.get("a") {
+            flat(a, &mut out);
+        }
+        Some(out)
+    }
+
+    #[test]
+    fn scanned_leaves_equal_serde_json_leaves() {
+        let texts = [
+            r#"{"a":"plain"}"#,
+            r#"{"a":"tab\tquote\"slash\/back\\nl\n","z":"\b\f\r"}"#,
+            r#"{"a":"é—ü","z":1}"#,
+            r#"{"a":""}"#,
+            r#"{"a":-0}"#,
+            r#"{"a":0}"#,
+            r#"{"a":-0.0}"#,
+            r#"{"a":3e2}"#,
+            r#"{"a":300.0}"#,
+            r#"{"a":1.5e-3}"#,
+            r#"{"a":18446744073709551615}"#,
+            r#"{"a":18446744073709551616}"#,
+            r#"{"a":-9223372036854775808}"#,
+            r#"{"a":-9223372036854775809}"#,
+            r#"{"a":9007199254740993}"#,
+            r#"{"a":1e308}"#,
+            r#"{"a":[true,false,null,"s",[2,[-1.25]]]}"#,
+            r#"{"z":{"a":"not a"},"a":[]}"#,
+        ];
+        for t in texts {
+            let mut leaves = Vec::new();
+            assert!(scan(t, &KeyA, 0, &mut leaves).is_some(), "{t}");
+            assert!(leaves.iter().all(|(n, _)| *n == 1), "{t}");
+            let got: Vec<Leaf<'_>> = leaves.into_iter().map(|(_, l)| l).collect();
+            assert_eq!(Some(got), serde_leaves(t), "{t}");
+        }
+    }
+
+    #[test]
+    fn scanner_gives_up_where_serde_json_must_decide() {
+        // Range errors, `\u` escapes, duplicate indexed keys and syntax errors go to
+        // serde_json (which reports them, or keeps the last duplicate).
+        for t in [
+            r#"{"a":1e400}"#,
+            r#"{"a":-1e400}"#,
+            r#"{"a":"\u00e9"}"#,
+            r#"{"a":1,"a":2}"#,
+            r#"{"a":"x\q"}"#,
+            "{\"a\":\"x\u{1f}\"}",
+            r#"{"a":01}"#,
+            r#"{"a":-}"#,
+            r#"{"a":[1,]}"#,
+        ] {
+            let mut leaves = Vec::new();
+            assert!(scan(t, &KeyA, 0, &mut leaves).is_none(), "{t}");
+        }
+    }
 
     #[test]
     fn plain_run_stops_at_every_special_byte() {
