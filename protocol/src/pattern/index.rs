@@ -1098,7 +1098,7 @@ struct Scratch {
 /// standard library collects an emptied `Vec` into its own allocation.)
 fn recycle<'b>(mut v: Vec<(u32, Leaf<'_>)>) -> Vec<(u32, Leaf<'b>)> {
     v.clear();
-    v.into_iter().filter_map(|_| None).collect()
+    v.into_iter().map(|(node, _)| (node, Leaf::Null)).collect()
 }
 
 thread_local! {
