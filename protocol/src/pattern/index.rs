@@ -158,8 +158,9 @@ fn rkey(seed: u64, s: &str) -> u64 {
 /// String keys looked up by every prefix (or suffix) length in use.
 struct AffixMap<T> {
     map: HMap<u64, Vec<T>>,
-    /// Registrations per key length.
-    lens: BTreeMap<usize, u32>,
+    /// Registrations per key length, sorted by length: a plain vector because every
+    /// string leaf walks it (a B-tree's iterator costs more), and it holds few lengths.
+    lens: Vec<(usize, u32)>,
     seed: u64,
     /// Suffix table: keys hashed from their end.
     rev: bool,
@@ -169,7 +170,7 @@ impl<T: HasHit> AffixMap<T> {
     fn new(s: &Seeded, rev: bool) -> Self {
         AffixMap {
             map: HashMap::with_hasher(s.clone()),
-            lens: BTreeMap::new(),
+            lens: Vec::new(),
             seed: s.0,
             rev,
         }
@@ -187,7 +188,14 @@ impl<T: HasHit> AffixMap<T> {
     fn insert(&mut self, key: &str, t: T) {
         let k = self.key(key);
         self.map.entry(k).or_default().push(t);
-        *self.lens.entry(key.len()).or_insert(0) += 1;
+        match self.lens.binary_search_by_key(&key.len(), |&(l, _)| l) {
+            Ok(at) => {
+                if let Some((_, n)) = self.lens.get_mut(at) {
+                    *n += 1;
+                }
+            }
+            Err(at) => self.lens.insert(at, (key.len(), 1)),
+        }
     }
     fn remove(&mut self, key: &str, conj: u32) {
         let k = self.key(key);
@@ -200,19 +208,29 @@ impl<T: HasHit> AffixMap<T> {
         if v.is_empty() {
             self.map.remove(&k);
         }
-        if let Some(n) = self.lens.get_mut(&key.len()) {
-            *n = n.saturating_sub(removed);
-            if *n == 0 {
-                self.lens.remove(&key.len());
+        if let Ok(at) = self.lens.binary_search_by_key(&key.len(), |&(l, _)| l) {
+            if let Some((_, n)) = self.lens.get_mut(at) {
+                *n = n.saturating_sub(removed);
+                if *n == 0 {
+                    self.lens.remove(at);
+                }
             }
         }
     }
     /// Every registration whose key is a prefix (suffix, for a suffix table) of `s`.
+    #[inline]
     fn affixes(&self, s: &str, f: &mut dyn FnMut(&T)) {
+        // Most path nodes use few of their affix tables.
+        if !self.lens.is_empty() {
+            self.probe_affixes(s, f);
+        }
+    }
+
+    fn probe_affixes(&self, s: &str, f: &mut dyn FnMut(&T)) {
         let b = s.as_bytes();
         let mut h = self.seed;
         let mut done = 0usize;
-        for &l in self.lens.keys() {
+        for &(l, _) in &self.lens {
             if l > b.len() {
                 break;
             }
