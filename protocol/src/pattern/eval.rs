@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::ast::{Bound, FieldPat, Matcher, ObjPat};
-use super::values::{fold, Num};
+use super::values::{fold, Leaf, Num};
 
 /// Arrays nested more than this many levels directly inside other arrays are ignored
 /// (by the oracle and the index alike), so hostile events cannot exhaust the stack.
@@ -70,11 +70,11 @@ fn eval_field(fp: &FieldPat, c: Option<&Value>) -> bool {
                             return false;
                         }
                         any_leaf = true;
-                        alts.iter().any(|m| match_scalar(m, e))
+                        match_scalar(alts, e)
                     });
                     hit || (!any_leaf && absent())
                 }
-                Some(scalar) => alts.iter().any(|m| match_scalar(m, scalar)),
+                Some(scalar) => match_scalar(alts, scalar),
             }
         }
     }
@@ -104,25 +104,30 @@ pub(crate) fn in_bounds(x: Num, lo: &Option<Bound>, hi: &Option<Bound>) -> bool 
     lo_ok && hi_ok
 }
 
-/// Does one alternative accept one scalar (non-array, non-object) event value?
-pub(crate) fn match_scalar(m: &Matcher, v: &Value) -> bool {
+/// Does any alternative accept the scalar (non-array, non-object) event value `v`?
+fn match_scalar(alts: &[Matcher], v: &Value) -> bool {
+    Leaf::from_value(v).is_some_and(|leaf| alts.iter().any(|m| match_leaf(m, &leaf)))
+}
+
+/// Does one alternative accept one scalar event value?
+pub(crate) fn match_leaf(m: &Matcher, v: &Leaf<'_>) -> bool {
     let s = v.as_str();
     match m {
         Matcher::Str(x) => s == Some(x.as_str()),
-        Matcher::Num(n) => Num::from_value(v) == Some(*n),
-        Matcher::Bool(b) => v.as_bool() == Some(*b),
-        Matcher::Null => v.is_null(),
+        Matcher::Num(n) => v.as_num() == Some(*n),
+        Matcher::Bool(b) => matches!(v, Leaf::Bool(x) if x == b),
+        Matcher::Null => matches!(v, Leaf::Null),
         Matcher::Prefix(p) => s.is_some_and(|s| s.starts_with(p.as_str())),
         Matcher::PrefixIc(p) => s.is_some_and(|s| fold(s).starts_with(p.as_str())),
         Matcher::Suffix(p) => s.is_some_and(|s| s.ends_with(p.as_str())),
         Matcher::SuffixIc(p) => s.is_some_and(|s| fold(s).ends_with(p.as_str())),
         Matcher::Eic(f) => s.is_some_and(|s| fold(s) == *f),
         Matcher::Wildcard(w) => s.is_some_and(|s| w.matches(s)),
-        Matcher::Numeric { lo, hi } => Num::from_value(v).is_some_and(|x| in_bounds(x, lo, hi)),
+        Matcher::Numeric { lo, hi } => v.as_num().is_some_and(|x| in_bounds(x, lo, hi)),
         Matcher::Cidr(c) => s.is_some_and(|s| c.contains_str(s)),
         Matcher::Exists(b) => *b,
         Matcher::AbStr(list) => !s.is_some_and(|s| list.iter().any(|x| x == s)),
-        Matcher::AbNum(list) => !Num::from_value(v).is_some_and(|x| list.contains(&x)),
+        Matcher::AbNum(list) => !v.as_num().is_some_and(|x| list.contains(&x)),
         Matcher::AbPrefix(list) => {
             s.is_some_and(|s| !list.iter().any(|p| s.starts_with(p.as_str())))
         }

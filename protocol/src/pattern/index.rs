@@ -25,9 +25,9 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::ast::{FieldPat, Matcher, ObjPat};
-use super::eval::{match_scalar, MAX_ARRAY_NEST};
+use super::eval::{match_leaf, MAX_ARRAY_NEST};
 use super::scan::{scan, Trie};
-use super::values::{fold, mask, parse_ip, Num, Wildcard};
+use super::values::{fold, mask, parse_ip, Leaf, Num, Wildcard};
 use super::Pattern;
 
 // ---------------------------------------------------------------------------------------
@@ -158,8 +158,9 @@ fn rkey(seed: u64, s: &str) -> u64 {
 /// String keys looked up by every prefix (or suffix) length in use.
 struct AffixMap<T> {
     map: HMap<u64, Vec<T>>,
-    /// Registrations per key length.
-    lens: BTreeMap<usize, u32>,
+    /// Registrations per key length, sorted by length: a plain vector because every
+    /// string leaf walks it (a B-tree's iterator costs more), and it holds few lengths.
+    lens: Vec<(usize, u32)>,
     seed: u64,
     /// Suffix table: keys hashed from their end.
     rev: bool,
@@ -169,7 +170,7 @@ impl<T: HasHit> AffixMap<T> {
     fn new(s: &Seeded, rev: bool) -> Self {
         AffixMap {
             map: HashMap::with_hasher(s.clone()),
-            lens: BTreeMap::new(),
+            lens: Vec::new(),
             seed: s.0,
             rev,
         }
@@ -187,7 +188,14 @@ impl<T: HasHit> AffixMap<T> {
     fn insert(&mut self, key: &str, t: T) {
         let k = self.key(key);
         self.map.entry(k).or_default().push(t);
-        *self.lens.entry(key.len()).or_insert(0) += 1;
+        match self.lens.binary_search_by_key(&key.len(), |&(l, _)| l) {
+            Ok(at) => {
+                if let Some((_, n)) = self.lens.get_mut(at) {
+                    *n += 1;
+                }
+            }
+            Err(at) => self.lens.insert(at, (key.len(), 1)),
+        }
     }
     fn remove(&mut self, key: &str, conj: u32) {
         let k = self.key(key);
@@ -200,19 +208,29 @@ impl<T: HasHit> AffixMap<T> {
         if v.is_empty() {
             self.map.remove(&k);
         }
-        if let Some(n) = self.lens.get_mut(&key.len()) {
-            *n = n.saturating_sub(removed);
-            if *n == 0 {
-                self.lens.remove(&key.len());
+        if let Ok(at) = self.lens.binary_search_by_key(&key.len(), |&(l, _)| l) {
+            if let Some((_, n)) = self.lens.get_mut(at) {
+                *n = n.saturating_sub(removed);
+                if *n == 0 {
+                    self.lens.remove(at);
+                }
             }
         }
     }
     /// Every registration whose key is a prefix (suffix, for a suffix table) of `s`.
+    #[inline]
     fn affixes(&self, s: &str, f: &mut dyn FnMut(&T)) {
+        // Most path nodes use few of their affix tables.
+        if !self.lens.is_empty() {
+            self.probe_affixes(s, f);
+        }
+    }
+
+    fn probe_affixes(&self, s: &str, f: &mut dyn FnMut(&T)) {
         let b = s.as_bytes();
         let mut h = self.seed;
         let mut done = 0usize;
-        for &l in self.lens.keys() {
+        for &(l, _) in &self.lens {
             if l > b.len() {
                 break;
             }
@@ -497,9 +515,10 @@ impl Matchers {
     }
 
     /// Reports every registration that accepts the scalar `v`.
-    fn lookup(&self, v: &Value, f: &mut dyn FnMut(Hit)) {
+    fn lookup(&self, v: &Leaf<'_>, f: &mut dyn FnMut(Hit)) {
         match v {
-            Value::String(s) => {
+            Leaf::Str(s) => {
+                let s: &str = s;
                 if let Some(hs) = self.exact_str.get(&skey(self.seed, s)) {
                     hs.iter().for_each(|h| f(*h));
                 }
@@ -540,8 +559,8 @@ impl Matchers {
                     }
                 }
             }
-            Value::Number(n) => {
-                let Some(x) = Num::from_json(n) else { return };
+            Leaf::Num(n) => {
+                let Some(x) = *n else { return };
                 if let Some(hs) = self.exact_num.get(&x) {
                     hs.iter().for_each(|h| f(*h));
                 }
@@ -577,10 +596,9 @@ impl Matchers {
                     }
                 }
             }
-            Value::Bool(true) => self.exact_true.iter().for_each(|h| f(*h)),
-            Value::Bool(false) => self.exact_false.iter().for_each(|h| f(*h)),
-            Value::Null => self.exact_null.iter().for_each(|h| f(*h)),
-            Value::Array(_) | Value::Object(_) => return,
+            Leaf::Bool(true) => self.exact_true.iter().for_each(|h| f(*h)),
+            Leaf::Bool(false) => self.exact_false.iter().for_each(|h| f(*h)),
+            Leaf::Null => self.exact_null.iter().for_each(|h| f(*h)),
         }
         self.exists.iter().for_each(|h| f(*h));
     }
@@ -671,12 +689,29 @@ fn alt_cost(m: Option<&Matchers>, a: &Matcher) -> u64 {
 
 // ---------------------------------------------------------------------------------------
 
+/// Children up to this many are also kept in a plain list ([`Node::few`]).
+const FEW_CHILDREN: usize = 8;
+
 struct Node {
     children: HMap<Box<str>, u32>,
+    /// A copy of `children` while there are at most [`FEW_CHILDREN`] (else empty): the
+    /// scanner looks every object key up, and a short list compared by length first is
+    /// cheaper than hashing the key or walking the hash map.
+    few: Vec<(Box<str>, u32)>,
     parent: u32,
     key: Box<str>,
     refs: u32,
     m: Option<Box<Matchers>>,
+}
+
+impl Node {
+    fn refresh_few(&mut self) {
+        self.few.clear();
+        if self.children.len() <= FEW_CHILDREN {
+            self.few
+                .extend(self.children.iter().map(|(k, &c)| (k.clone(), c)));
+        }
+    }
 }
 
 /// One cache line for the common case (rule key up to 8 bytes, small inline checks).
@@ -791,7 +826,7 @@ impl Checks {
         c
     }
 
-    fn holds<V: std::borrow::Borrow<Value>>(&self, leaves: &[(u32, V)]) -> bool {
+    fn holds(&self, leaves: &[(u32, Leaf<'_>)]) -> bool {
         let small = self
             .small
             .get(..usize::from(self.small_len))
@@ -821,7 +856,7 @@ fn next_alt(a: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 }
 
 /// Decodes and checks inline clauses; `None` only for a malformed buffer.
-fn inline_holds<V: std::borrow::Borrow<Value>>(mut b: &[u8], leaves: &[(u32, V)]) -> Option<bool> {
+fn inline_holds(mut b: &[u8], leaves: &[(u32, Leaf<'_>)]) -> Option<bool> {
     while !b.is_empty() {
         let mut node = 0u32;
         let mut shift = 0u32;
@@ -835,38 +870,18 @@ fn inline_holds<V: std::borrow::Borrow<Value>>(mut b: &[u8], leaves: &[(u32, V)]
             }
         }
         let (&n_alts, rest) = b.split_first()?;
-        // Find the end of this clause's alternatives first.
-        let mut after = rest;
-        for _ in 0..n_alts {
-            after = next_alt(after)?.2;
-        }
-        let alts = rest.get(..rest.len() - after.len())?;
-        b = after;
+        b = rest;
+        // One pass over the alternatives, each compared with the string leaves at `node`
+        // (usually one); after a hit the rest are only stepped over.
         let mut ok = false;
-        for (n, v) in leaves {
-            if *n != node {
-                continue;
-            }
-            let Value::String(s) = v.borrow() else {
-                continue;
-            };
-            let s = s.as_bytes();
-            let mut a = alts;
-            while !a.is_empty() {
-                let (tag, x, rest) = next_alt(a)?;
-                a = rest;
-                let hit = match tag {
-                    T_STR => s == x,
-                    T_PREFIX => s.starts_with(x),
-                    _ => s.ends_with(x),
-                };
-                if hit {
-                    ok = true;
-                    break;
-                }
-            }
-            if ok {
-                break;
+        for _ in 0..n_alts {
+            let (tag, x, rest) = next_alt(b)?;
+            b = rest;
+            if !ok {
+                ok = leaves.iter().any(|(n, v)| match v {
+                    Leaf::Str(s) if *n == node => affix_hit(tag, s.as_bytes(), x),
+                    _ => false,
+                });
             }
         }
         if !ok {
@@ -874,6 +889,17 @@ fn inline_holds<V: std::borrow::Borrow<Value>>(mut b: &[u8], leaves: &[(u32, V)]
         }
     }
     Some(true)
+}
+
+/// Does `s` equal (`T_STR`), start with (`T_PREFIX`) or end with (`T_SUFFIX`) `x`?
+#[inline]
+fn affix_hit(tag: u8, s: &[u8], x: &[u8]) -> bool {
+    let part = match tag {
+        T_STR if s.len() != x.len() => None,
+        T_STR | T_PREFIX => s.get(..x.len()),
+        _ => s.len().checked_sub(x.len()).and_then(|at| s.get(at..)),
+    };
+    part.is_some_and(|p| same_bytes(p, x))
 }
 
 struct RuleSlot<K> {
@@ -1080,8 +1106,17 @@ struct Scratch {
     conj: Vec<u64>,
     rule: Vec<u64>,
     cand: Vec<u32>,
-    /// Leaves collected by the `matches_json` scanner (reused between events).
-    leaves: Vec<(u32, Value)>,
+    /// The allocation of the leaves collected by the `matches_json` scanner, kept empty
+    /// between events (see [`recycle`]).
+    leaves: Vec<(u32, Leaf<'static>)>,
+}
+
+/// Empties `v` and hands its allocation over to leaves of another lifetime: the leaves
+/// borrow the event text, so the per-thread buffer can only be kept while empty. (The
+/// standard library collects an emptied `Vec` into its own allocation.)
+fn recycle<'b>(mut v: Vec<(u32, Leaf<'_>)>) -> Vec<(u32, Leaf<'b>)> {
+    v.clear();
+    v.into_iter().map(|(node, _)| (node, Leaf::Null)).collect()
 }
 
 thread_local! {
@@ -1146,6 +1181,7 @@ where
         RuleIndex {
             nodes: vec![Node {
                 children: HashMap::with_hasher(hs.clone()),
+                few: Vec::new(),
                 parent: ROOT,
                 key: "".into(),
                 refs: 0,
@@ -1183,6 +1219,7 @@ where
                 None => {
                     let node = Node {
                         children: HashMap::with_hasher(self.hs.clone()),
+                        few: Vec::new(),
                         parent: cur,
                         key: (*seg).into(),
                         refs: 0,
@@ -1202,6 +1239,7 @@ where
                     };
                     if let Some(p) = self.nodes.get_mut(cur as usize) {
                         p.children.insert((*seg).into(), id);
+                        p.refresh_few();
                     }
                     id
                 }
@@ -1236,8 +1274,10 @@ where
                 let key = std::mem::take(&mut n.key);
                 n.m = None;
                 n.children.clear();
+                n.few.clear();
                 if let Some(p) = self.nodes.get_mut(parent as usize) {
                     p.children.remove(&*key);
+                    p.refresh_few();
                 }
                 self.free_nodes.push(cur);
             }
@@ -1408,14 +1448,12 @@ where
         if self.always.is_empty() && self.n_oracle == 0 {
             let done = SCRATCH.try_with(|cell| match cell.try_borrow_mut() {
                 Ok(mut sc) => {
-                    let mut leaves = std::mem::take(&mut sc.leaves);
-                    leaves.clear();
+                    let mut leaves = recycle(std::mem::take(&mut sc.leaves));
                     let ok = scan(text, self, ROOT, &mut leaves).is_some();
                     if ok {
                         self.run_leaves(&mut sc, &leaves, None, false, out);
                     }
-                    leaves.clear();
-                    sc.leaves = leaves;
+                    sc.leaves = recycle(leaves);
                     ok
                 }
                 Err(_) => false,
@@ -1472,10 +1510,10 @@ where
     /// Looks every leaf up, then confirms the candidate conjunctions. `event` is needed
     /// only when the reference evaluator is (objects inside arrays, `always` rules,
     /// oracle conjunctions); `matches_json`'s fast path passes `None` and never needs it.
-    fn run_leaves<V: std::borrow::Borrow<Value>>(
+    fn run_leaves(
         &self,
         sc: &mut Scratch,
-        leaves: &[(u32, V)],
+        leaves: &[(u32, Leaf<'_>)],
         event: Option<&Value>,
         saw_array_obj: bool,
         out: &mut Vec<K>,
@@ -1494,7 +1532,7 @@ where
         }
         sc.cand.clear();
         for (node, v) in leaves {
-            self.lookup_leaf(sc, *node, v.borrow());
+            self.lookup_leaf(sc, *node, v);
         }
         let gen = sc.gen;
         let cands = std::mem::take(&mut sc.cand);
@@ -1549,7 +1587,7 @@ where
     }
 
     /// Looks one leaf up at its path node and marks the conjunctions it completes.
-    fn lookup_leaf(&self, sc: &mut Scratch, node: u32, v: &Value) {
+    fn lookup_leaf(&self, sc: &mut Scratch, node: u32, v: &Leaf<'_>) {
         let Some(m) = self.nodes.get(node as usize).and_then(|n| n.m.as_deref()) else {
             return;
         };
@@ -1572,15 +1610,15 @@ where
     K: Copy + Eq + Hash + Ord + fmt::Debug,
 {
     fn child(&self, node: u32, key: &str) -> Option<u32> {
-        let children = &self.nodes.get(node as usize)?.children;
-        if children.len() <= 8 {
-            // Few children: comparing lengths first is cheaper than hashing the key.
-            return children
+        let n = self.nodes.get(node as usize)?;
+        if n.children.len() <= FEW_CHILDREN {
+            return n
+                .few
                 .iter()
-                .find(|(k, _)| k.len() == key.len() && &***k == key)
-                .map(|(_, &c)| c);
+                .find(|(k, _)| same_bytes(k.as_bytes(), key.as_bytes()))
+                .map(|&(_, c)| c);
         }
-        children.get(key).copied()
+        n.children.get(key).copied()
     }
     fn has_children(&self, node: u32) -> bool {
         self.nodes
@@ -1589,18 +1627,34 @@ where
     }
 }
 
+/// Byte equality without a `memcmp` call, eight bytes at a time: the strings compared
+/// (object keys, inline checks) are short.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut wa, mut wb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let words_equal = (&mut wa).zip(&mut wb).all(|(x, y)| {
+        let word = |c: &[u8]| <[u8; 8]>::try_from(c).map(u64::from_ne_bytes).unwrap_or(0);
+        word(x) == word(y)
+    });
+    words_equal
+        && wa
+            .remainder()
+            .iter()
+            .zip(wb.remainder())
+            .all(|(x, y)| x == y)
+}
+
 /// Without objects inside arrays, a clause holds when a leaf at its path satisfies an
 /// alternative, or when there is no leaf there and `exists: false` is an alternative.
-fn clause_holds<V: std::borrow::Borrow<Value>>(
-    node: u32,
-    alts: &[Matcher],
-    leaves: &[(u32, V)],
-) -> bool {
+fn clause_holds(node: u32, alts: &[Matcher], leaves: &[(u32, Leaf<'_>)]) -> bool {
     let mut any_leaf = false;
     for (n, v) in leaves {
         if *n == node {
             any_leaf = true;
-            if alts.iter().any(|m| match_scalar(m, v.borrow())) {
+            if alts.iter().any(|m| match_leaf(m, v)) {
                 return true;
             }
         }
@@ -1615,7 +1669,7 @@ where
     idx: &'a RuleIndex<K>,
     saw_array_obj: bool,
     /// Every scalar leaf met on an indexed path, with its path node.
-    leaves: Vec<(u32, &'e Value)>,
+    leaves: Vec<(u32, Leaf<'e>)>,
 }
 
 impl<'e, K> Walk<'_, 'e, K>
@@ -1672,7 +1726,9 @@ where
     }
 
     fn leaf(&mut self, node: u32, v: &'e Value) {
-        self.leaves.push((node, v));
+        if let Some(leaf) = Leaf::from_value(v) {
+            self.leaves.push((node, leaf));
+        }
     }
 }
 

@@ -8,9 +8,10 @@
 //! paths, numbers it does not parse itself, and every syntax error). The caller then
 //! takes the `serde_json` path, which produces the exact result or error.
 
-use serde_json::Value;
+use std::borrow::Cow;
 
 use super::eval::MAX_ARRAY_NEST;
+use super::values::{Leaf, Num};
 
 /// The path trie as the scanner sees it.
 pub(crate) trait Trie {
@@ -26,38 +27,36 @@ const MAX_DEPTH: usize = 120;
 const MAX_KEPT: usize = 32;
 
 const ONES: u64 = 0x0101_0101_0101_0101;
-const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-
-/// The high bit of each byte of the result is set exactly where `w` has a zero byte.
-#[inline]
-fn zero_bytes(w: u64) -> u64 {
-    !(((w & LOW7).wrapping_add(LOW7)) | w | LOW7)
-}
+const HIGH: u64 = 0x8080_8080_8080_8080;
 
 /// The first position at or after `i` holding `"`, `\\` or a control character (or the
 /// end of `b`): string content is scanned eight bytes at a time.
 #[inline]
 fn plain_run(b: &[u8], mut i: usize) -> usize {
-    loop {
-        let w = match b.get(i..i + 8).and_then(|c| <[u8; 8]>::try_from(c).ok()) {
-            Some(a) => u64::from_le_bytes(a),
-            None => {
-                // The last bytes; past the end reads as `"`, so the loop stops there.
-                let mut a = [b'"'; 8];
-                for (d, s) in a.iter_mut().zip(b.get(i..).unwrap_or_default()) {
-                    *d = *s;
-                }
-                u64::from_le_bytes(a)
-            }
-        };
-        let m = zero_bytes(w ^ (ONES * u64::from(b'"')))
-            | zero_bytes(w ^ (ONES * u64::from(b'\\')))
-            | zero_bytes(w & (ONES * 0xe0));
+    while let Some(chunk) = b.get(i..).and_then(|rest| rest.first_chunk::<8>()) {
+        let w = u64::from_le_bytes(*chunk);
+        let quote = w ^ (ONES * u64::from(b'"'));
+        let backslash = w ^ (ONES * u64::from(b'\\'));
+        // `(x - ONES) & !x` flags the zero bytes of x, `(w - 0x20..) & !w` the bytes below
+        // 0x20. A borrow can flag bytes above a flagged byte falsely, never below one, so
+        // the lowest flag (the only one used) is exact.
+        let m = ((quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | (w.wrapping_sub(ONES * 0x20) & !w))
+            & HIGH;
         if m != 0 {
-            return (i + (m.trailing_zeros() / 8) as usize).min(b.len());
+            return i + (m.trailing_zeros() / 8) as usize;
         }
         i += 8;
     }
+    // Fewer than eight bytes left.
+    while let Some(&c) = b.get(i) {
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            return i;
+        }
+        i += 1;
+    }
+    i
 }
 
 pub(crate) struct Scanner<'t, 'x, T: Trie> {
@@ -66,15 +65,15 @@ pub(crate) struct Scanner<'t, 'x, T: Trie> {
     pos: usize,
     trie: &'x T,
     /// Every scalar leaf met on an indexed path, with its path node.
-    pub(crate) leaves: &'x mut Vec<(u32, Value)>,
+    pub(crate) leaves: &'x mut Vec<(u32, Leaf<'t>)>,
 }
 
 /// Scans `text`, appending the leaves to `leaves`; `None` means "use serde_json".
-pub(crate) fn scan<T: Trie>(
-    text: &str,
+pub(crate) fn scan<'t, T: Trie>(
+    text: &'t str,
     trie: &T,
     root: u32,
-    leaves: &mut Vec<(u32, Value)>,
+    leaves: &mut Vec<(u32, Leaf<'t>)>,
 ) -> Option<()> {
     let mut s = Scanner {
         text,
@@ -124,9 +123,28 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
         }
     }
 
-    /// A string starting at `"`; borrowed when it has no escapes. With `build` false the
-    /// content is validated only (and an empty string returned).
-    fn string(&mut self, build: bool) -> Option<std::borrow::Cow<'t, str>> {
+    /// A string starting at `"`; borrowed when it has no escapes (the common case, kept
+    /// small so that it inlines into its callers).
+    #[inline]
+    fn string(&mut self) -> Option<Cow<'t, str>> {
+        let open = self.pos;
+        self.eat(b'"')?;
+        let start = self.pos;
+        self.pos = plain_run(self.b, self.pos);
+        if self.peek()? == b'"' {
+            let s = self.text.get(start..self.pos)?;
+            self.pos += 1;
+            return Some(Cow::Borrowed(s));
+        }
+        self.pos = open;
+        self.escaped_string(true)
+    }
+
+    /// A string starting at `"` that has escapes (or an error): rebuilt when `build` is
+    /// true, else only validated (and an empty string returned).
+    #[cold]
+    #[inline(never)]
+    fn escaped_string(&mut self, build: bool) -> Option<Cow<'t, str>> {
         self.eat(b'"')?;
         let start = self.pos;
         self.pos = plain_run(self.b, self.pos);
@@ -134,7 +152,7 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
             b'"' => {
                 let s = self.text.get(start..self.pos)?;
                 self.pos += 1;
-                return Some(std::borrow::Cow::Borrowed(s));
+                return Some(Cow::Borrowed(s));
             }
             b'\\' => {}
             _ => return None,
@@ -153,7 +171,7 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
                         out.push_str(self.text.get(run..self.pos)?);
                     }
                     self.pos += 1;
-                    return Some(std::borrow::Cow::Owned(out));
+                    return Some(Cow::Owned(out));
                 }
                 b'\\' => {
                     if build {
@@ -182,6 +200,21 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
                 _ => self.pos = plain_run(self.b, self.pos + 1),
             }
         }
+    }
+
+    /// Steps over (validates) a string starting at `"` without building it.
+    #[inline]
+    fn skip_string(&mut self) -> Option<()> {
+        let open = self.pos;
+        self.eat(b'"')?;
+        self.pos = plain_run(self.b, self.pos);
+        if self.peek()? == b'"' {
+            self.pos += 1;
+            return Some(());
+        }
+        // Escapes (or an error): the general path.
+        self.pos = open;
+        self.escaped_string(false).map(drop)
     }
 
     fn digits(&mut self) -> usize {
@@ -268,7 +301,7 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
     fn skip_value(&mut self, depth: usize) -> Option<()> {
         match self.peek()? {
             b'"' => {
-                self.string(false)?;
+                self.skip_string()?;
             }
             b'{' => {
                 let depth = depth + 1;
@@ -277,7 +310,7 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
                 }
                 loop {
                     self.ws();
-                    self.string(false)?;
+                    self.skip_string()?;
                     self.ws();
                     self.eat(b':')?;
                     self.ws();
@@ -323,7 +356,7 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
         let mut n_seen = 0usize;
         loop {
             self.ws();
-            let key = self.string(true)?;
+            let key = self.string()?;
             self.ws();
             self.eat(b':')?;
             self.ws();
@@ -385,26 +418,27 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
 
     fn scalar(&mut self, node: u32) -> Option<()> {
         let v = match self.peek()? {
-            b'"' => Value::String(self.string(true)?.into_owned()),
+            b'"' => Leaf::Str(self.string()?),
             b't' => {
                 self.lit(b"true")?;
-                Value::Bool(true)
+                Leaf::Bool(true)
             }
             b'f' => {
                 self.lit(b"false")?;
-                Value::Bool(false)
+                Leaf::Bool(false)
             }
             b'n' => {
                 self.lit(b"null")?;
-                Value::Null
+                Leaf::Null
             }
             _ => {
                 let (t, plain) = self.number()?;
-                match t.parse::<u64>() {
-                    Ok(u) if plain => Value::from(u),
-                    // Everything else exactly as serde_json reads it.
-                    _ => Value::Number(serde_json::from_str::<serde_json::Number>(t).ok()?),
-                }
+                Leaf::Num(match t.parse::<u64>() {
+                    Ok(u) if plain => Some(Num::Int(i128::from(u))),
+                    // Everything else exactly as serde_json reads it (range errors give
+                    // up, so serde_json reports them).
+                    _ => Num::from_json(&serde_json::from_str::<serde_json::Number>(t).ok()?),
+                })
             }
         };
         self.leaves.push((node, v));
@@ -414,7 +448,93 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
 
 #[cfg(test)]
 mod tests {
-    use super::plain_run;
+    use super::{plain_run, scan, Trie};
+    use crate::pattern::values::Leaf;
+    use serde_json::Value;
+
+    /// A trie of the one path `a` (node 1) below the root (node 0).
+    struct KeyA;
+
+    impl Trie for KeyA {
+        fn child(&self, node: u32, key: &str) -> Option<u32> {
+            (node == 0 && key == "a").then_some(1)
+        }
+        fn has_children(&self, node: u32) -> bool {
+            node == 0
+        }
+    }
+
+    /// The leaves at `a` as serde_json reads the text (arrays flattened).
+    fn serde_leaves(text: &str) -> Option<Vec<Leaf<'static>>> {
+        fn flat(v: &Value, out: &mut Vec<Leaf<'static>>) {
+            match v {
+                Value::Array(a) => a.iter().for_each(|e| flat(e, out)),
+                other => out.extend(Leaf::from_value(other).map(|l| match l {
+                    Leaf::Str(s) => Leaf::Str(s.into_owned().into()),
+                    Leaf::Num(n) => Leaf::Num(n),
+                    Leaf::Bool(b) => Leaf::Bool(b),
+                    Leaf::Null => Leaf::Null,
+                })),
+            }
+        }
+        let v: Value = serde_json::from_str(text).ok()?;
+        let mut out = Vec::new();
+        if let Some(a) = v.get("a") {
+            flat(a, &mut out);
+        }
+        Some(out)
+    }
+
+    #[test]
+    fn scanned_leaves_equal_serde_json_leaves() {
+        let texts = [
+            r#"{"a":"plain"}"#,
+            r#"{"a":"tab\tquote\"slash\/back\\nl\n","z":"\b\f\r"}"#,
+            r#"{"a":"é—ü","z":1}"#,
+            r#"{"a":""}"#,
+            r#"{"a":-0}"#,
+            r#"{"a":0}"#,
+            r#"{"a":-0.0}"#,
+            r#"{"a":3e2}"#,
+            r#"{"a":300.0}"#,
+            r#"{"a":1.5e-3}"#,
+            r#"{"a":18446744073709551615}"#,
+            r#"{"a":18446744073709551616}"#,
+            r#"{"a":-9223372036854775808}"#,
+            r#"{"a":-9223372036854775809}"#,
+            r#"{"a":9007199254740993}"#,
+            r#"{"a":1e308}"#,
+            r#"{"a":[true,false,null,"s",[2,[-1.25]]]}"#,
+            r#"{"z":{"a":"not a"},"a":[]}"#,
+        ];
+        for t in texts {
+            let mut leaves = Vec::new();
+            assert!(scan(t, &KeyA, 0, &mut leaves).is_some(), "{t}");
+            assert!(leaves.iter().all(|(n, _)| *n == 1), "{t}");
+            let got: Vec<Leaf<'_>> = leaves.into_iter().map(|(_, l)| l).collect();
+            assert_eq!(Some(got), serde_leaves(t), "{t}");
+        }
+    }
+
+    #[test]
+    fn scanner_gives_up_where_serde_json_must_decide() {
+        // Range errors, `\u` escapes, duplicate indexed keys and syntax errors go to
+        // serde_json (which reports them, or keeps the last duplicate).
+        for t in [
+            r#"{"a":1e400}"#,
+            r#"{"a":-1e400}"#,
+            r#"{"a":"\u00e9"}"#,
+            r#"{"a":1,"a":2}"#,
+            r#"{"a":"x\q"}"#,
+            "{\"a\":\"x\u{1f}\"}",
+            r#"{"a":01}"#,
+            r#"{"a":-}"#,
+            r#"{"a":[1,]}"#,
+        ] {
+            let mut leaves = Vec::new();
+            assert!(scan(t, &KeyA, 0, &mut leaves).is_none(), "{t}");
+        }
+    }
 
     #[test]
     fn plain_run_stops_at_every_special_byte() {

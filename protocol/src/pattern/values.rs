@@ -1,6 +1,8 @@
-//! Value-level building blocks of the pattern language: canonical numbers, Unicode case
-//! folding, wildcard globs and CIDR ranges. Each piece is total (never panics).
+//! Value-level building blocks of the pattern language: canonical numbers, scalar event
+//! values as the matchers see them ([`Leaf`]), Unicode case folding, wildcard globs and
+//! CIDR ranges. Each piece is total (never panics).
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
@@ -106,6 +108,51 @@ impl Hash for Num {
                 1u8.hash(state);
                 f.to_bits().hash(state)
             }
+        }
+    }
+}
+
+/// One scalar event value (never an array or object) as the matchers see it: strings
+/// borrowed from the event (owned only when the scanner had to unescape them), numbers
+/// already in canonical form, so neither matching nor the `matches_json` scanner builds
+/// a `serde_json::Value` or allocates per leaf.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Leaf<'a> {
+    Str(Cow<'a, str>),
+    /// `None` for a number without a finite value (serde_json never produces one; kept
+    /// so that such a value behaves exactly as `Num::from_value` treats it: it matches
+    /// no number, string, boolean or null alternative).
+    Num(Option<Num>),
+    Bool(bool),
+    Null,
+}
+
+impl<'a> Leaf<'a> {
+    /// The leaf for a scalar `Value`; `None` for arrays and objects.
+    pub(crate) fn from_value(v: &'a serde_json::Value) -> Option<Leaf<'a>> {
+        use serde_json::Value;
+        match v {
+            Value::String(s) => Some(Leaf::Str(Cow::Borrowed(s))),
+            Value::Number(n) => Some(Leaf::Num(Num::from_json(n))),
+            Value::Bool(b) => Some(Leaf::Bool(*b)),
+            Value::Null => Some(Leaf::Null),
+            Value::Array(_) | Value::Object(_) => None,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn as_str(&self) -> Option<&str> {
+        match self {
+            Leaf::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn as_num(&self) -> Option<Num> {
+        match self {
+            Leaf::Num(n) => *n,
+            _ => None,
         }
     }
 }
