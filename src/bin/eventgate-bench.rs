@@ -737,7 +737,9 @@ async fn main() {
         }
     };
     if args.upgrade_only && !args.idle {
-        eprintln!("--upgrade-only needs --idle: upgraded but unannounced connections get no events");
+        eprintln!(
+            "--upgrade-only needs --idle: upgraded but unannounced connections get no events"
+        );
         std::process::exit(2);
     }
     if args.churn {
