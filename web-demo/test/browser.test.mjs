@@ -197,6 +197,9 @@ test('opened from a plain static server (no config.json): empty, editable fields
     assert.deepEqual(errors, []);
   } finally {
     await p2.close();
+    // The browser may keep an idle keep-alive connection open; close it instead of
+    // waiting for it to time out.
+    staticServer.closeAllConnections();
     await new Promise((r) => staticServer.close(r));
   }
 });
