@@ -970,6 +970,54 @@ fn leaf_paths<'a>(obj: &'a ObjPat, prefix: &mut Vec<&'a str>, out: &mut Vec<Vec<
 }
 
 /// Parses an event keeping only the object keys present in the path trie.
+/// A value no rule reads, read and dropped. Unlike `serde::de::IgnoredAny` it reads numbers
+/// in full, so an out-of-range number (`1e400`) is the same error as in a parse to `Value`.
+struct Skipped;
+
+impl<'de> serde::Deserialize<'de> for Skipped {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SkippedVisitor)
+    }
+}
+
+struct SkippedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SkippedVisitor {
+    type Value = Skipped;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Skipped, E> {
+        Ok(Skipped)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Skipped, E> {
+        Ok(Skipped)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Skipped, E> {
+        Ok(Skipped)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Skipped, E> {
+        Ok(Skipped)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Skipped, E> {
+        Ok(Skipped)
+    }
+    fn visit_unit<E>(self) -> Result<Skipped, E> {
+        Ok(Skipped)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Skipped, A::Error> {
+        while seq.next_element::<Skipped>()?.is_some() {}
+        Ok(Skipped)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Skipped, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, Skipped>()?
+            .is_some()
+        {}
+        Ok(Skipped)
+    }
+}
+
 struct Pruner<'a, K>
 where
     K: Copy + Eq + Hash + Ord + fmt::Debug,
@@ -1091,7 +1139,7 @@ where
                     out.insert(k, v);
                 }
                 None => {
-                    map.next_value::<serde::de::IgnoredAny>()?;
+                    map.next_value::<Skipped>()?;
                 }
             }
         }
@@ -1854,6 +1902,40 @@ mod tests {
             assert_eq!(got, want, "{t}");
             if let Err(e) = r {
                 assert_eq!(Some(e.to_string()), w.err().map(|e| e.to_string()), "{t}");
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_errors_even_where_no_rule_reads_them() {
+        let mut idx = RuleIndex::new();
+        idx.insert(1u32, &pat(json!({"a": ["x"]})));
+        let long_int = format!("1{}", "0".repeat(399));
+        let fits_int = format!("1{}", "0".repeat(299));
+        let texts = [
+            r#"{"z":1e400,"a":"x"}"#.to_owned(),
+            r#"{"z":[1,-1E+999],"a":"x"}"#.to_owned(),
+            r#"{"z":{"y":1e400},"a":"x"}"#.to_owned(),
+            format!(r#"{{"z":{long_int},"a":"x"}}"#),
+            r#"{"z":1e300,"a":"x"}"#.to_owned(),
+            r#"{"z":-1.5e-400,"a":"x"}"#.to_owned(),
+            r#"{"z":"1e400","a":"x"}"#.to_owned(),
+            format!(r#"{{"z":{fits_int},"a":"x"}}"#),
+        ];
+        for t in &texts {
+            let full_parse = serde_json::from_str::<Value>(t);
+            for (path, result) in [
+                ("scanner", idx.matches_json(t, &mut Vec::new())),
+                ("serde", idx.matches_json_serde(t, &mut Vec::new())),
+            ] {
+                assert_eq!(
+                    result.is_ok(),
+                    full_parse.is_ok(),
+                    "{path}: {t}: {result:?}"
+                );
+                if let (Err(e), Err(f)) = (&result, &full_parse) {
+                    assert_eq!(e.to_string(), f.to_string(), "{path}: {t}");
+                }
             }
         }
     }

@@ -4,8 +4,9 @@
 //!
 //! It is a fast path, not a second JSON parser to trust: it accepts a subset of what
 //! `serde_json` accepts and gives up (`None`) on anything outside that subset (`\u`
-//! escapes, deep nesting, a top level that is not an object, duplicate indexed keys, objects inside arrays on indexed
-//! paths, numbers it does not parse itself, and every syntax error). The caller then
+//! escapes, deep nesting, a top level that is not an object, duplicate indexed keys,
+//! objects inside arrays on indexed paths, numbers it does not parse itself, numbers
+//! beyond f64's range even in skipped values, and every syntax error). The caller then
 //! takes the `serde_json` path, which produces the exact result or error.
 
 use std::borrow::Cow;
@@ -57,6 +58,14 @@ fn plain_run(b: &[u8], mut i: usize) -> usize {
         i += 1;
     }
     i
+}
+
+/// Is this JSON number's magnitude within f64's range (as serde_json requires of every
+/// number it reads, skipped or not)? Only an exponent or more than 300 digits can leave
+/// it, so the common number is not parsed.
+fn in_f64_range(number: &str) -> bool {
+    let may_overflow = number.len() > 300 || number.bytes().any(|b| b == b'e' || b == b'E');
+    !may_overflow || number.parse::<f64>().is_ok_and(f64::is_finite)
 }
 
 pub(crate) struct Scanner<'t, 'x, T: Trie> {
@@ -337,7 +346,12 @@ impl<'t, T: Trie> Scanner<'t, '_, T> {
             b'f' => self.lit(b"false")?,
             b'n' => self.lit(b"null")?,
             _ => {
-                self.number()?;
+                let (text, _) = self.number()?;
+                // serde_json refuses a number beyond f64's range even where it is not
+                // used; such a number is left to it, for the same error.
+                if !in_f64_range(text) {
+                    return None;
+                }
             }
         }
         Some(())
