@@ -2,7 +2,7 @@
 # Side-by-side benchmark: eventgate vs Nchan (nginx), same load tool, same workloads,
 # alternating runs (eventgate, nchan, eventgate, nchan, ...). Everything stays on 127.0.0.0/8.
 #
-#   bash bench/compare.sh            # full run (about 15 minutes), writes docs/benchmarks.md + PNG
+#   bash bench/compare.sh            # full run (about 10 minutes), writes docs/benchmarks.md + PNG
 #   bash bench/compare.sh --quick    # small smoke run, writes into the temp dir only
 #   bash bench/compare.sh --out DIR  # where the raw results go (default: a temp dir)
 #
