@@ -26,7 +26,7 @@ use crate::telemetry;
 pub type ConnectionId = u64;
 
 /// A matched rule: the slot of the connection that holds it and the rule's id.
-type Delivered = (u32, u64);
+type Delivered = (u32, u32);
 
 /// Distinct rule-name lists per event whose frames are built once and shared.
 const MAX_SHARED_FRAMES: usize = 8;
@@ -50,7 +50,8 @@ pub struct HubStopped;
 pub struct Outbox {
     sender: mpsc::Sender<Utf8Bytes>,
     queued_bytes: Arc<AtomicUsize>,
-    slow: CancellationToken,
+    /// Cancelled when the connection cannot keep up.
+    stop: CancellationToken,
 }
 
 /// The session's end of its outbound queue.
@@ -60,7 +61,7 @@ pub struct Inbox {
     queued_bytes: Arc<AtomicUsize>,
     /// Cancelled by the dispatcher when the connection could not keep up, and with the
     /// server's shutdown token (its parent).
-    pub slow: CancellationToken,
+    pub stop: CancellationToken,
 }
 
 impl Inbox {
@@ -80,23 +81,23 @@ impl Inbox {
     }
 }
 
-/// A bounded outbound queue for one connection. Its `slow` token is a child of
+/// A bounded outbound queue for one connection. Its `stop` token is a child of
 /// `shutdown`: the session waits on that one token for both reasons to stop (one cheap,
 /// uncontended check per wake-up instead of polling the server-wide token).
 pub fn outbound_queue(max_messages: usize, shutdown: &CancellationToken) -> (Outbox, Inbox) {
     let (sender, receiver) = mpsc::channel(max_messages.max(1));
     let queued_bytes = Arc::new(AtomicUsize::new(0));
-    let slow = shutdown.child_token();
+    let stop = shutdown.child_token();
     (
         Outbox {
             sender,
             queued_bytes: queued_bytes.clone(),
-            slow: slow.clone(),
+            stop: stop.clone(),
         },
         Inbox {
             receiver,
             queued_bytes,
-            slow,
+            stop,
         },
     )
 }
@@ -158,11 +159,8 @@ impl Hub {
         let dispatcher = Dispatcher {
             settings,
             index: RuleIndex::new(),
-            rules: Vec::new(),
-            free_rule_ids: Vec::new(),
-            live_rules: 0,
-            slots: Vec::new(),
-            free_slots: Vec::new(),
+            rules: SlotTable::default(),
+            slots: SlotTable::default(),
             slot_of: HashMap::new(),
             matched: Vec::new(),
             deliveries: Vec::new(),
@@ -262,7 +260,7 @@ struct ConnectionEntry {
     id: ConnectionId,
     outbox: Outbox,
     /// Rule name → rule id.
-    rules: HashMap<Arc<str>, u64>,
+    rules: HashMap<Arc<str>, u32>,
 }
 
 /// Who holds a rule: the slot of its connection, and its name.
@@ -271,28 +269,78 @@ struct RuleOwner {
     name: Arc<str>,
 }
 
+/// Values under small integer ids, reused after removal: a lookup is an array read.
+struct SlotTable<T> {
+    items: Vec<Option<T>>,
+    free: Vec<u32>,
+    live: usize,
+}
+
+impl<T> Default for SlotTable<T> {
+    fn default() -> Self {
+        SlotTable {
+            items: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+        }
+    }
+}
+
+impl<T> SlotTable<T> {
+    /// Stores `item` under a free id.
+    fn insert(&mut self, item: T) -> u32 {
+        self.live += 1;
+        match self.free.pop() {
+            Some(id) => {
+                self.items[id as usize] = Some(item);
+                id
+            }
+            None => {
+                self.items.push(Some(item));
+                (self.items.len() - 1) as u32
+            }
+        }
+    }
+
+    fn remove(&mut self, id: u32) -> Option<T> {
+        let item = self.items.get_mut(id as usize)?.take()?;
+        self.free.push(id);
+        self.live -= 1;
+        Some(item)
+    }
+
+    fn get(&self, id: u32) -> Option<&T> {
+        self.items.get(id as usize)?.as_ref()
+    }
+
+    fn get_mut(&mut self, id: u32) -> Option<&mut T> {
+        self.items.get_mut(id as usize)?.as_mut()
+    }
+
+    fn len(&self) -> usize {
+        self.live
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
+        self.items
+            .iter()
+            .enumerate()
+            .filter_map(|(id, item)| Some((id as u32, item.as_ref()?)))
+    }
+}
+
 /// What became of one offered notification.
 enum Offer {
     Queued,
-    /// The connection is already gone.
-    Gone,
     /// The queue is full (too slow) or closed: the connection must be dropped.
     Refused {
         too_slow: bool,
     },
 }
 
-/// Offers `frame` to the connection in `slot` without waiting: it is queued when the
-/// queue has room in messages and bytes (an empty queue always takes one frame).
-fn offer(
-    slots: &[Option<ConnectionEntry>],
-    slot: u32,
-    frame: Utf8Bytes,
-    max_queued_bytes: usize,
-) -> Offer {
-    let Some(Some(entry)) = slots.get(slot as usize) else {
-        return Offer::Gone;
-    };
+/// Offers `frame` to `entry` without waiting: it is queued when the queue has room in
+/// messages and bytes (an empty queue always takes one frame).
+fn offer(entry: &ConnectionEntry, frame: Utf8Bytes, max_queued_bytes: usize) -> Offer {
     let size = frame.len();
     let queued = entry.outbox.queued_bytes.load(Ordering::Relaxed);
     if queued + size > max_queued_bytes && queued != 0 {
@@ -315,17 +363,14 @@ fn offer(
 /// connections costs array reads, not hash probes or reference-count traffic.
 struct Dispatcher {
     settings: HubSettings,
-    index: RuleIndex<u64>,
-    /// Rule id → owner.
-    rules: Vec<Option<RuleOwner>>,
-    free_rule_ids: Vec<u64>,
-    live_rules: usize,
+    index: RuleIndex<u32>,
+    /// Rule id (the index's key) → owner.
+    rules: SlotTable<RuleOwner>,
     /// Connection slots.
-    slots: Vec<Option<ConnectionEntry>>,
-    free_slots: Vec<u32>,
+    slots: SlotTable<ConnectionEntry>,
     /// Connection id → slot.
     slot_of: HashMap<ConnectionId, u32>,
-    matched: Vec<u64>,
+    matched: Vec<u32>,
     deliveries: Vec<Delivered>,
 }
 
@@ -350,7 +395,7 @@ impl Dispatcher {
                 _ = keepalive.tick() => self.keep_alive(),
             }
         }
-        telemetry::rules_changed(-(self.live_rules as f64));
+        telemetry::rules_changed(-(self.rules.len() as f64));
     }
 
     fn handle(&mut self, command: Command) {
@@ -363,16 +408,7 @@ impl Dispatcher {
                     outbox,
                     rules: HashMap::new(),
                 };
-                let slot = match self.free_slots.pop() {
-                    Some(slot) => {
-                        self.slots[slot as usize] = Some(entry);
-                        slot
-                    }
-                    None => {
-                        self.slots.push(Some(entry));
-                        (self.slots.len() - 1) as u32
-                    }
-                };
+                let slot = self.slots.insert(entry);
                 self.slot_of.insert(connection, slot);
             }
             Command::Deregister { connection } => self.drop_connection(connection),
@@ -409,7 +445,7 @@ impl Dispatcher {
 
     fn entry_mut(&mut self, connection: ConnectionId) -> Option<&mut ConnectionEntry> {
         let slot = *self.slot_of.get(&connection)?;
-        self.slots.get_mut(slot as usize)?.as_mut()
+        self.slots.get_mut(slot)
     }
 
     fn subscribe(
@@ -425,8 +461,7 @@ impl Dispatcher {
         let max_rules = self.settings.max_rules_per_connection;
         let entry = self
             .slots
-            .get_mut(slot as usize)
-            .and_then(Option::as_mut)
+            .get_mut(slot)
             .ok_or(SubscribeError::ConnectionGone)?;
         if let Some(&id) = entry.rules.get(&rule) {
             // Replace in place: same id, new pattern.
@@ -436,40 +471,29 @@ impl Dispatcher {
         if entry.rules.len() >= max_rules {
             return Err(SubscribeError::TooManyRules(max_rules));
         }
-        let id = match self.free_rule_ids.pop() {
-            Some(id) => id,
-            None => {
-                self.rules.push(None);
-                (self.rules.len() - 1) as u64
-            }
-        };
-        entry.rules.insert(rule.clone(), id);
-        self.rules[id as usize] = Some(RuleOwner { slot, name: rule });
+        let id = self.rules.insert(RuleOwner {
+            slot,
+            name: rule.clone(),
+        });
+        entry.rules.insert(rule, id);
         self.index.insert(id, pattern);
-        self.live_rules += 1;
         telemetry::rules_changed(1.0);
         Ok(())
     }
 
     /// Takes a rule out of the index and frees its id.
-    fn remove_rule(&mut self, id: u64) {
+    fn remove_rule(&mut self, id: u32) {
         self.index.remove(id);
-        if let Some(owner) = self.rules.get_mut(id as usize) {
-            if owner.take().is_some() {
-                self.free_rule_ids.push(id);
-                self.live_rules -= 1;
-            }
-        }
+        self.rules.remove(id);
     }
 
     fn drop_connection(&mut self, connection: ConnectionId) {
         let Some(slot) = self.slot_of.remove(&connection) else {
             return;
         };
-        let Some(entry) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+        let Some(entry) = self.slots.remove(slot) else {
             return;
         };
-        self.free_slots.push(slot);
         for id in entry.rules.values() {
             self.remove_rule(*id);
         }
@@ -485,10 +509,11 @@ impl Dispatcher {
         let mut deliveries = std::mem::take(&mut self.deliveries);
         deliveries.clear();
         let rules = &self.rules;
-        deliveries.extend(self.matched.iter().filter_map(|&id| {
-            let owner = rules.get(usize::try_from(id).ok()?)?.as_ref()?;
-            Some((owner.slot, id))
-        }));
+        deliveries.extend(
+            self.matched
+                .iter()
+                .filter_map(|&id| Some((rules.get(id)?.slot, id))),
+        );
         // Group by connection: one notification per connection, listing every rule of it
         // that matched.
         deliveries.sort_unstable();
@@ -503,12 +528,11 @@ impl Dispatcher {
         let mut sent = 0u64;
         for group in deliveries.chunk_by(|a, b| a.0 == b.0) {
             names.clear();
-            names.extend(group.iter().filter_map(|(_, id)| {
-                rules
-                    .get(*id as usize)
-                    .and_then(Option::as_ref)
-                    .map(|owner| &*owner.name)
-            }));
+            names.extend(
+                group
+                    .iter()
+                    .filter_map(|(_, id)| Some(&*rules.get(*id)?.name)),
+            );
             if names.len() > 1 {
                 names.sort_unstable();
             }
@@ -527,9 +551,11 @@ impl Dispatcher {
                 }
             };
             let slot = group[0].0;
-            match offer(&self.slots, slot, frame, self.settings.max_queued_bytes) {
+            let Some(entry) = self.slots.get(slot) else {
+                continue;
+            };
+            match offer(entry, frame, self.settings.max_queued_bytes) {
                 Offer::Queued => sent += 1,
-                Offer::Gone => {}
                 Offer::Refused { too_slow } => refused.push((slot, too_slow)),
             }
         }
@@ -545,12 +571,12 @@ impl Dispatcher {
     /// A connection whose queue refused a notification: closed as too slow (1013) when its
     /// queue was full, and forgotten with its rules either way.
     fn refuse(&mut self, slot: u32, too_slow: bool) {
-        let Some(Some(entry)) = self.slots.get(slot as usize) else {
+        let Some(entry) = self.slots.get(slot) else {
             return;
         };
         let connection = entry.id;
         if too_slow {
-            entry.outbox.slow.cancel();
+            entry.outbox.stop.cancel();
             telemetry::slow_consumer_closed(connection);
         }
         self.drop_connection(connection);
@@ -558,18 +584,11 @@ impl Dispatcher {
 
     fn keep_alive(&mut self) {
         let mut refused = Vec::new();
-        for (slot, entry) in self.slots.iter().enumerate() {
-            if entry.is_none() {
-                continue;
-            }
-            let frame = wire::keep_alive(&uuid::Uuid::new_v4().to_string());
-            if let Offer::Refused { too_slow } = offer(
-                &self.slots,
-                slot as u32,
-                Utf8Bytes::from(frame),
-                self.settings.max_queued_bytes,
-            ) {
-                refused.push((slot as u32, too_slow));
+        for (slot, entry) in self.slots.iter() {
+            let frame = Utf8Bytes::from(wire::keep_alive(&uuid::Uuid::new_v4().to_string()));
+            if let Offer::Refused { too_slow } = offer(entry, frame, self.settings.max_queued_bytes)
+            {
+                refused.push((slot, too_slow));
             }
         }
         for (slot, too_slow) in refused {

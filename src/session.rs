@@ -89,12 +89,11 @@ struct Session {
 }
 
 /// Runs a connection to its end.
-pub async fn run(socket: WebSocket, state: Arc<AppState>, connection: ConnectionId) {
+pub async fn run(mut socket: WebSocket, state: Arc<AppState>, connection: ConnectionId) {
     telemetry::connection_opened();
-    let mut socket = socket;
     let (outbox, mut inbox) =
         outbound_queue(state.config.limits.max_queued_messages, &state.shutdown);
-    let stop = inbox.slow.clone();
+    let stop = inbox.stop.clone();
     let mut session = Session {
         decode_limits: DecodeLimits {
             max_request_id_bytes: 128,
