@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -53,7 +55,9 @@ async fn slow_consumer_is_closed_fast_one_gets_everything() {
     fast.subscribe("f", &pattern).await;
 
     // The fast client reads continuously in its own task and counts events up to the
-    // final marker.
+    // final marker; `progress` tells the publisher how far it got.
+    let progress = Arc::new(AtomicUsize::new(0));
+    let reader_progress = progress.clone();
     let reader = tokio::spawn(async move {
         let mut seen = Vec::new();
         loop {
@@ -63,8 +67,20 @@ async fn slow_consumer_is_closed_fast_one_gets_everything() {
                 return seen;
             }
             seen.push(event["detail"]["n"].as_u64().expect("n"));
+            reader_progress.store(seen.len(), Ordering::Relaxed);
         }
     });
+    // A fast client keeps up: every few events the publisher waits until the reader has
+    // them, so only the stalled client can fall behind (the reader shares the test's two
+    // threads with the server and the publisher, and could otherwise be starved).
+    let caught_up = |published: usize| {
+        let progress = progress.clone();
+        async move {
+            while progress.load(Ordering::Relaxed) < published {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    };
 
     let before = slow_closes(&server).await;
     let pad = "x".repeat(EVENT_PAD);
@@ -75,6 +91,11 @@ async fn slow_consumer_is_closed_fast_one_gets_everything() {
             .publish_event("load", "item", json!({"n": published, "pad": pad}))
             .await;
         published += 1;
+        if published.is_multiple_of(4) {
+            tokio::time::timeout(Duration::from_secs(10), caught_up(published))
+                .await
+                .expect("the fast client keeps up");
+        }
         if published.is_multiple_of(16) && slow_closes(&server).await > before {
             closed = true;
             break;
