@@ -337,9 +337,9 @@ impl Parser<'_> {
                     }),
                     Value::Object(inner) if inner.len() == 1 => match inner.get("equals-ignore-case") {
                         Some(Value::String(s)) => Ok(if is_prefix {
-                            Matcher::PrefixIc(fold(s))
+                            Matcher::PrefixIc(fold(s).into_owned())
                         } else {
-                            Matcher::SuffixIc(fold(s))
+                            Matcher::SuffixIc(fold(s).into_owned())
                         }),
                         _ => Err(need_str(
                             "a string or {\"equals-ignore-case\": string}",
@@ -349,7 +349,7 @@ impl Parser<'_> {
                 }
             }
             "equals-ignore-case" => match v {
-                Value::String(s) => Ok(Matcher::Eic(fold(s))),
+                Value::String(s) => Ok(Matcher::Eic(fold(s).into_owned())),
                 _ => Err(need_str("a string")),
             },
             "wildcard" => match v {
@@ -540,7 +540,7 @@ impl Parser<'_> {
                     "prefix" => Ok(Matcher::AbPrefix(strs(inner, "prefix")?)),
                     "suffix" => Ok(Matcher::AbSuffix(strs(inner, "suffix")?)),
                     "equals-ignore-case" => Ok(Matcher::AbEic(
-                        strs(inner, "equals-ignore-case")?.iter().map(|s| fold(s)).collect(),
+                        strs(inner, "equals-ignore-case")?.iter().map(|s| fold(s).into_owned()).collect(),
                     )),
                     "wildcard" => {
                         let ss = strs(inner, "wildcard")?;

@@ -134,7 +134,7 @@ pub(crate) fn match_leaf(m: &Matcher, v: &Leaf<'_>) -> bool {
         Matcher::AbSuffix(list) => s.is_some_and(|s| !list.iter().any(|p| s.ends_with(p.as_str()))),
         Matcher::AbEic(list) => s.is_some_and(|s| {
             let f = fold(s);
-            !list.contains(&f)
+            !list.iter().any(|x| x.as_str() == f)
         }),
         Matcher::AbWildcard(list) => s.is_some_and(|s| !list.iter().any(|w| w.matches(s))),
     }

@@ -1150,9 +1150,9 @@ where
 #[derive(Default)]
 struct Scratch {
     gen: u64,
-    /// Per conjunction: the generation in which it became a candidate.
-    conj: Vec<u64>,
+    /// Per rule with several conjunctions: the generation in which it matched.
     rule: Vec<u64>,
+    /// The candidate conjunctions of the event (sorted and deduplicated before use).
     cand: Vec<u32>,
     /// The allocation of the leaves collected by the `matches_json` scanner, kept empty
     /// between events (see [`recycle`]).
@@ -1568,12 +1568,8 @@ where
     ) {
         sc.gen = sc.gen.wrapping_add(1);
         if sc.gen == 0 {
-            sc.conj.iter_mut().for_each(|e| *e = 0);
             sc.rule.iter_mut().for_each(|e| *e = 0);
             sc.gen = 1;
-        }
-        if sc.conj.len() < self.conjs.len() {
-            sc.conj.resize(self.conjs.len(), 0);
         }
         if sc.rule.len() < self.rules.len() {
             sc.rule.resize(self.rules.len(), 0);
@@ -1583,7 +1579,14 @@ where
             self.lookup_leaf(sc, *node, v);
         }
         let gen = sc.gen;
-        let cands = std::mem::take(&mut sc.cand);
+        let mut cands = std::mem::take(&mut sc.cand);
+        // A conjunction is registered under one clause, but that clause can accept the
+        // event through several leaves (array elements) or alternatives. Sorting a short
+        // list is cheaper than a per-conjunction stamp, which is one more cache miss per
+        // candidate in a large index.
+        cands.sort_unstable();
+        cands.dedup();
+        self.preload(&cands);
         for &c in &cands {
             let Some(conj) = self.conjs.get(c as usize) else {
                 continue;
@@ -1639,17 +1642,27 @@ where
         let Some(m) = self.nodes.get(node as usize).and_then(|n| n.m.as_deref()) else {
             return;
         };
-        let gen = sc.gen;
-        m.lookup(v, &mut |h: Hit| {
-            // Each conjunction is registered under one clause, so its first hit makes
-            // it a candidate.
-            if let Some(st) = sc.conj.get_mut(h.conj as usize) {
-                if *st != gen {
-                    *st = gen;
-                    sc.cand.push(h.conj);
-                }
+        m.lookup(v, &mut |h: Hit| sc.cand.push(h.conj));
+    }
+
+    /// Reads every candidate's record (and its out-of-line checks) before any is
+    /// confirmed. These loads do not depend on each other, so in an index larger than the
+    /// cache their misses overlap, instead of each confirmation waiting for its own.
+    fn preload(&self, cands: &[u32]) {
+        let mut sink = 0u32;
+        for &c in cands {
+            if let Some(conj) = self.conjs.get(c as usize) {
+                sink ^= conj.rule;
             }
-        });
+        }
+        for &c in cands {
+            let rest = self.conjs.get(c as usize).and_then(|conj| conj.checks.rest.as_deref());
+            if let Some(rest) = rest {
+                sink ^= u32::from(rest.inline.first().copied().unwrap_or(0));
+                sink ^= rest.other.first().map_or(0, |(node, _)| *node);
+            }
+        }
+        std::hint::black_box(sink);
     }
 }
 

@@ -160,14 +160,17 @@ impl<'a> Leaf<'a> {
 /// Case folding used by every `equals-ignore-case` variant: Unicode lowercase mapping of
 /// each character (`char::to_lowercase`, which expands e.g. `İ` to `i̇`), with the Greek
 /// final sigma `ς` folded to `σ` so that `ΟΔΟΣ`, `οδος` and `οδοσ` are all equal.
-pub(crate) fn fold(s: &str) -> String {
+pub(crate) fn fold(s: &str) -> Cow<'_, str> {
     if s.is_ascii() {
-        return s.to_ascii_lowercase();
+        if !s.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Cow::Borrowed(s);
+        }
+        return Cow::Owned(s.to_ascii_lowercase());
     }
-    s.chars()
+    Cow::Owned(s.chars()
         .flat_map(char::to_lowercase)
         .map(|c| if c == 'ς' { 'σ' } else { c })
-        .collect()
+        .collect())
 }
 
 /// A parsed `wildcard` value: the literal segments between unescaped `*`.
