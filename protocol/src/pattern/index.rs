@@ -1656,7 +1656,10 @@ where
             }
         }
         for &c in cands {
-            let rest = self.conjs.get(c as usize).and_then(|conj| conj.checks.rest.as_deref());
+            let rest = self
+                .conjs
+                .get(c as usize)
+                .and_then(|conj| conj.checks.rest.as_deref());
             if let Some(rest) = rest {
                 sink ^= u32::from(rest.inline.first().copied().unwrap_or(0));
                 sink ^= rest.other.first().map_or(0, |(node, _)| *node);

@@ -167,10 +167,12 @@ pub(crate) fn fold(s: &str) -> Cow<'_, str> {
         }
         return Cow::Owned(s.to_ascii_lowercase());
     }
-    Cow::Owned(s.chars()
-        .flat_map(char::to_lowercase)
-        .map(|c| if c == 'ς' { 'σ' } else { c })
-        .collect())
+    Cow::Owned(
+        s.chars()
+            .flat_map(char::to_lowercase)
+            .map(|c| if c == 'ς' { 'σ' } else { c })
+            .collect(),
+    )
 }
 
 /// A parsed `wildcard` value: the literal segments between unescaped `*`.
