@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::ast::{FieldPat, Matcher, ObjPat};
+use super::ast::{Bound, FieldPat, Matcher, ObjPat};
 use super::eval::{match_leaf, MAX_ARRAY_NEST};
 use super::scan::{scan, Trie};
 use super::values::{fold, mask, parse_ip, Leaf, Num, Wildcard};
@@ -744,13 +744,26 @@ impl<K> Conj<K> {
 const T_STR: u8 = 0;
 const T_PREFIX: u8 = 1;
 const T_SUFFIX: u8 = 2;
+/// A numeric range: the low six bits of the tag byte are [`NUM_LO`] etc., and each bound
+/// present follows as a kind byte ([`NUM_INT`] or [`NUM_FLOAT`]) and eight bytes.
+const T_NUM: u8 = 3;
+const NUM_LO: u8 = 1;
+const NUM_LO_INCL: u8 = 2;
+const NUM_HI: u8 = 4;
+const NUM_HI_INCL: u8 = 8;
+const NUM_INT: u8 = 0;
+const NUM_FLOAT: u8 = 1;
+/// Encoded size of one numeric bound.
+const NUM_BOUND_BYTES: usize = 9;
 /// Inline check bytes kept in the conjunction record itself.
 const SMALL: usize = 32;
 
 /// A conjunction's clauses, laid out so that confirming a candidate touches one or two
-/// cache lines. Clauses whose alternatives are all exact strings, prefixes or suffixes
-/// are encoded as bytes: `node (LEB128) | n_alts u8 | (tag << 6 | len u8 [| len u16])
-/// bytes)*` (a 6-bit length of 63 means a u16 length follows). When the encoding of all
+/// cache lines. Clauses whose alternatives are all exact strings, prefixes, suffixes or
+/// numeric ranges (with integer bounds in i64) are encoded as bytes: `node (LEB128) |
+/// n_alts u8 | (tag << 6 | len u8 [| len u16]) bytes)*` (a 6-bit length of 63 means a
+/// u16 length follows; a numeric range has flags in place of the length and its bounds
+/// as the bytes, see [`T_NUM`]). When the encoding of all
 /// of them fits in [`SMALL`] bytes it is stored inline, in the conjunction record; the
 /// other clauses keep their matcher list, behind one box.
 #[derive(Default)]
@@ -776,6 +789,10 @@ impl Checks {
                     Matcher::Str(x) | Matcher::Prefix(x) | Matcher::Suffix(x) => {
                         x.len() <= usize::from(u16::MAX)
                     }
+                    Matcher::Numeric { lo, hi } => [lo, hi]
+                        .into_iter()
+                        .flatten()
+                        .all(|b| encode_bound(b.value).is_some()),
                     _ => false,
                 });
             if !simple {
@@ -798,6 +815,10 @@ impl Checks {
                     Matcher::Str(x) => (T_STR, x),
                     Matcher::Prefix(x) => (T_PREFIX, x),
                     Matcher::Suffix(x) => (T_SUFFIX, x),
+                    Matcher::Numeric { lo, hi } => {
+                        encode_range(lo.as_ref(), hi.as_ref(), &mut inline);
+                        continue;
+                    }
                     _ => continue,
                 };
                 if x.len() < 63 {
@@ -844,6 +865,12 @@ impl Checks {
 /// One alternative's (tag, bytes) from the front of `a`, and the rest.
 fn next_alt(a: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tl, rest) = a.split_first()?;
+    if tl >> 6 == T_NUM {
+        // The flags, then the bounds; `x` starts with the flags byte.
+        let bounds = usize::from(tl & NUM_LO != 0) + usize::from(tl & NUM_HI != 0);
+        let (x, rest) = a.split_at_checked(1 + bounds * NUM_BOUND_BYTES)?;
+        return Some((T_NUM, x, rest));
+    }
     let (len, rest) = match tl & 63 {
         63 => {
             let (l, rest) = rest.split_at_checked(2)?;
@@ -879,7 +906,10 @@ fn inline_holds(mut b: &[u8], leaves: &[(u32, Leaf<'_>)]) -> Option<bool> {
             b = rest;
             if !ok {
                 ok = leaves.iter().any(|(n, v)| match v {
-                    Leaf::Str(s) if *n == node => affix_hit(tag, s.as_bytes(), x),
+                    Leaf::Str(s) if *n == node && tag != T_NUM => affix_hit(tag, s.as_bytes(), x),
+                    Leaf::Num(Some(value)) if *n == node && tag == T_NUM => {
+                        in_encoded_range(*value, x).unwrap_or(false)
+                    }
                     _ => false,
                 });
             }
@@ -887,6 +917,73 @@ fn inline_holds(mut b: &[u8], leaves: &[(u32, Leaf<'_>)]) -> Option<bool> {
         if !ok {
             return Some(false);
         }
+    }
+    Some(true)
+}
+
+/// A numeric bound as a kind byte and eight bytes, when it fits (integers in i64).
+fn encode_bound(value: Num) -> Option<[u8; NUM_BOUND_BYTES]> {
+    let (kind, bits) = match value {
+        Num::Int(i) => (NUM_INT, i64::try_from(i).ok()?.to_le_bytes()),
+        Num::Float(f) => (NUM_FLOAT, f.to_le_bytes()),
+    };
+    let mut out = [0u8; NUM_BOUND_BYTES];
+    out[0] = kind;
+    out[1..].copy_from_slice(&bits);
+    Some(out)
+}
+
+fn decode_bound(b: &[u8]) -> Option<Num> {
+    let (&kind, bits) = b.split_first()?;
+    let bits: [u8; 8] = bits.get(..8)?.try_into().ok()?;
+    match kind {
+        NUM_INT => Some(Num::Int(i128::from(i64::from_le_bytes(bits)))),
+        NUM_FLOAT => Some(Num::Float(f64::from_le_bytes(bits))),
+        _ => None,
+    }
+}
+
+/// Appends a `numeric` alternative: the tag byte with its flags, then the bounds (each
+/// already checked to fit by `encode_bound`).
+fn encode_range(lo: Option<&Bound>, hi: Option<&Bound>, out: &mut Vec<u8>) {
+    let mut flags = 0u8;
+    if let Some(b) = lo {
+        flags |= NUM_LO | if b.inclusive { NUM_LO_INCL } else { 0 };
+    }
+    if let Some(b) = hi {
+        flags |= NUM_HI | if b.inclusive { NUM_HI_INCL } else { 0 };
+    }
+    out.push(T_NUM << 6 | flags);
+    for b in [lo, hi].into_iter().flatten() {
+        if let Some(bytes) = encode_bound(b.value) {
+            out.extend_from_slice(&bytes);
+        }
+    }
+}
+
+/// Is `x` within the range encoded in `enc` (flags byte, then the bounds present)?
+/// `None` only for a malformed buffer.
+fn in_encoded_range(x: Num, enc: &[u8]) -> Option<bool> {
+    let (&tl, mut rest) = enc.split_first()?;
+    if tl & NUM_LO != 0 {
+        let lo = decode_bound(rest)?;
+        rest = rest.get(NUM_BOUND_BYTES..)?;
+        let ok = if tl & NUM_LO_INCL != 0 {
+            x >= lo
+        } else {
+            x > lo
+        };
+        if !ok {
+            return Some(false);
+        }
+    }
+    if tl & NUM_HI != 0 {
+        let hi = decode_bound(rest)?;
+        return Some(if tl & NUM_HI_INCL != 0 {
+            x <= hi
+        } else {
+            x < hi
+        });
     }
     Some(true)
 }
@@ -1989,5 +2086,78 @@ mod tests {
             out.sort();
             assert_eq!(out, want, "{ev}");
         }
+    }
+
+    #[test]
+    fn inline_numeric_checks_agree_with_the_evaluator() {
+        // Every rule is registered under `src` (an exact string), so its numeric clause is
+        // a check: inline when its bounds fit (integers in i64, any finite float), out of
+        // line otherwise (integers beyond i64).
+        let rules = [
+            json!({"src": ["a"], "n": [{"numeric": [">=", 5, "<", 10]}]}),
+            json!({"src": ["a"], "n": [{"numeric": [">", 5, "<=", 10]}]}),
+            json!({"src": ["a"], "n": [{"numeric": [">", -2.5]}]}),
+            json!({"src": ["a"], "n": [{"numeric": ["<=", 0]}]}),
+            json!({"src": ["a"], "n": [{"numeric": ["=", 7]}]}),
+            json!({"src": ["a"], "n": [{"numeric": [">", 9223372036854775807_u64]}]}),
+            json!({"src": ["a"], "n": [{"numeric": ["<", -9223372036854775808_i64]}]}),
+            json!({"src": ["a"], "n": [{"numeric": [">=", 1e300]}]}),
+            json!({"src": ["a"], "n": ["seven", {"numeric": [">", 100, "<", 200]}]}),
+            json!({"src": ["a"], "n": [{"prefix": "x"}, {"numeric": ["<", 1]}], "m": [{"numeric": [">", 0.1]}]}),
+        ];
+        let pats: Vec<Pattern> = rules.iter().map(|r| pat(r.clone())).collect();
+        let mut idx = RuleIndex::new();
+        for (i, p) in pats.iter().enumerate() {
+            idx.insert(i, p);
+        }
+        let values = [
+            json!(5),
+            json!(5.0),
+            json!(4.999),
+            json!(10),
+            json!(10.0),
+            json!(9.5),
+            json!(-2.5),
+            json!(-2.4),
+            json!(0),
+            json!(-0.0),
+            json!(7),
+            json!(7.0000001),
+            json!(9223372036854775807_u64),
+            json!(18446744073709551615_u64),
+            json!(-9223372036854775808_i64),
+            json!(-1e19),
+            json!(1e300),
+            json!(150),
+            json!("seven"),
+            json!("7"),
+            json!("xyz"),
+            json!(null),
+            json!(true),
+            json!([3, 150]),
+            json!([]),
+            json!({"n": 1}),
+        ];
+        for n in &values {
+            for m in [json!(0.2), json!(0.1), json!("0.5")] {
+                for src in ["a", "b"] {
+                    let ev = json!({"src": src, "n": n, "m": m});
+                    let mut want: Vec<usize> =
+                        (0..pats.len()).filter(|&i| pats[i].matches(&ev)).collect();
+                    want.sort();
+                    let mut got = Vec::new();
+                    idx.matches(&ev, &mut got);
+                    got.sort();
+                    assert_eq!(got, want, "matches {ev}");
+                    let mut got = Vec::new();
+                    assert!(idx.matches_json(&ev.to_string(), &mut got).is_ok());
+                    got.sort();
+                    assert_eq!(got, want, "matches_json {ev}");
+                }
+            }
+        }
+        // The test exercises both layouts.
+        let inline = idx.conjs.iter().filter(|c| c.checks.rest.is_none()).count();
+        assert!(inline >= 5 && inline < idx.conjs.len(), "{inline} inline");
     }
 }
