@@ -760,12 +760,12 @@ const SMALL: usize = 32;
 
 /// A conjunction's clauses, laid out so that confirming a candidate touches one or two
 /// cache lines. Clauses whose alternatives are all exact strings, prefixes, suffixes or
-/// numeric ranges (with integer bounds in i64) are encoded as bytes: `node (LEB128) |
-/// n_alts u8 | (tag << 6 | len u8 [| len u16]) bytes)*` (a 6-bit length of 63 means a
-/// u16 length follows; a numeric range has flags in place of the length and its bounds
-/// as the bytes, see [`T_NUM`]). When the encoding of all
-/// of them fits in [`SMALL`] bytes it is stored inline, in the conjunction record; the
-/// other clauses keep their matcher list, behind one box.
+/// numeric ranges (bounds that are floats or integers within i64) are encoded as bytes:
+/// `node (LEB128) | n_alts u8 | (tag << 6 | len u8 [| len u16]) bytes)*` (a 6-bit length
+/// of 63 means a u16 length follows; a numeric range has flags in place of the length
+/// and its bounds as the bytes, see [`T_NUM`]). When the encoding of all of them fits in
+/// [`SMALL`] bytes it is stored inline, in the conjunction record; the other clauses keep
+/// their matcher list, behind one box.
 #[derive(Default)]
 struct Checks {
     small: [u8; SMALL],
