@@ -25,7 +25,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::ast::{Bound, FieldPat, Matcher, ObjPat};
-use super::eval::{match_leaf, MAX_ARRAY_NEST};
+use super::eval::{in_bounds, match_leaf, MAX_ARRAY_NEST};
 use super::scan::{scan, Trie};
 use super::values::{fold, mask, parse_ip, Leaf, Num, Wildcard};
 use super::Pattern;
@@ -962,30 +962,24 @@ fn encode_range(lo: Option<&Bound>, hi: Option<&Bound>, out: &mut Vec<u8>) {
 }
 
 /// Is `x` within the range encoded in `enc` (flags byte, then the bounds present)?
+/// Decodes the bounds and asks the evaluator's `in_bounds`, so both layouts compare alike.
 /// `None` only for a malformed buffer.
 fn in_encoded_range(x: Num, enc: &[u8]) -> Option<bool> {
     let (&tl, mut rest) = enc.split_first()?;
-    if tl & NUM_LO != 0 {
-        let lo = decode_bound(rest)?;
-        rest = rest.get(NUM_BOUND_BYTES..)?;
-        let ok = if tl & NUM_LO_INCL != 0 {
-            x >= lo
-        } else {
-            x > lo
-        };
-        if !ok {
-            return Some(false);
+    let mut bound = |present: u8, inclusive: u8| -> Option<Option<Bound>> {
+        if tl & present == 0 {
+            return Some(None);
         }
-    }
-    if tl & NUM_HI != 0 {
-        let hi = decode_bound(rest)?;
-        return Some(if tl & NUM_HI_INCL != 0 {
-            x <= hi
-        } else {
-            x < hi
-        });
-    }
-    Some(true)
+        let value = decode_bound(rest)?;
+        rest = rest.get(NUM_BOUND_BYTES..)?;
+        Some(Some(Bound {
+            value,
+            inclusive: tl & inclusive != 0,
+        }))
+    };
+    let lo = bound(NUM_LO, NUM_LO_INCL)?;
+    let hi = bound(NUM_HI, NUM_HI_INCL)?;
+    Some(in_bounds(x, &lo, &hi))
 }
 
 /// Does `s` equal (`T_STR`), start with (`T_PREFIX`) or end with (`T_SUFFIX`) `x`?
