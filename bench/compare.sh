@@ -5,6 +5,9 @@
 #   bash bench/compare.sh            # full run (about 10 minutes), writes docs/benchmarks.md + PNG
 #   bash bench/compare.sh --quick    # small smoke run, writes into the temp dir only
 #   bash bench/compare.sh --out DIR  # where the raw results go (default: a temp dir)
+#   bash bench/compare.sh --only rate2000,storm-upgrade --repeat 6
+#                                    # just these workloads, N alternating runs each; results and
+#                                    # report go to the temp dir (or --out), never to docs/
 #
 # Needs root for apt-get (nginx, libnginx-mod-nchan, gnuplot-nox) and for raising the open
 # file limit to 100k+ sockets.
@@ -12,11 +15,15 @@ set -euo pipefail
 
 QUICK=0
 OUT=""
+ONLY=""
+REPEAT_ARG=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --out) OUT="$2"; shift ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    --only) ONLY="$2"; shift ;;
+    --repeat) REPEAT_ARG="$2"; shift ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 64 ;;
   esac
   shift
@@ -25,7 +32,7 @@ done
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 TMP="$(mktemp -d /tmp/eventgate-compare.XXXXXX)"
-if [ "$QUICK" = 1 ]; then OUT="${OUT:-$TMP/results}"; else OUT="${OUT:-$ROOT/docs}"; fi
+if [ "$QUICK" = 1 ] || [ -n "$ONLY" ]; then OUT="${OUT:-$TMP/results}"; else OUT="${OUT:-$ROOT/docs}"; fi
 mkdir -p "$OUT"
 RESULTS="$OUT/benchmarks-results.jsonl"
 : > "$RESULTS"
@@ -150,6 +157,7 @@ loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 # run WORKLOAD SERVER RUN -- bench args...
 run() {
   local workload="$1" server="$2" run="$3"; shift 4
+  if [ -n "$ONLY" ] && [[ ",$ONLY," != *",$workload,"* ]]; then return 0; fi
   case "$server" in
     eventgate) start_eventgate; set -- --target eventgate --api-key "$API_KEY" "$@" ;;
     nchan)
@@ -206,6 +214,7 @@ else
   W4=(--connections "$IDLE_N" --idle --hold 5)
 fi
 
+[ -n "$REPEAT_ARG" ] && REPEAT="$REPEAT_ARG"
 STARTED=$(date +%s)
 for r in $(seq 1 "$REPEAT"); do
   for s in eventgate nchan; do run rate2000 "$s" "$r" -- "${W1[@]}"; done
@@ -223,7 +232,7 @@ done
 log "runs took $(( $(date +%s) - STARTED ))s"
 
 # --- report ------------------------------------------------------------------------------
-if [ "$QUICK" = 1 ]; then
+if [ "$QUICK" = 1 ] || [ -n "$ONLY" ]; then
   DOC="$OUT/benchmarks.md"; PNG="$OUT/benchmarks-latency.png"
 else
   DOC="$ROOT/docs/benchmarks.md"; PNG="$ROOT/docs/benchmarks-latency.png"

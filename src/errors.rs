@@ -10,6 +10,7 @@ use axum::Json;
 
 use eventgate_protocol::header::HeaderError;
 
+use crate::handshake::HandshakeError;
 use crate::limits::LimitError;
 
 /// Status of a limit refusal: 503 when the whole server is full, 429 otherwise.
@@ -38,6 +39,10 @@ fn json_error(status: StatusCode, message: String, limit: Option<&LimitError>) -
 /// Why a WebSocket upgrade was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
+    #[error("{0}")]
+    Handshake(HandshakeError),
+    #[error("the query string is not valid: {0}")]
+    BadQuery(String),
     #[error("the header query parameter is missing")]
     MissingHeader,
     #[error("{0}")]
@@ -59,6 +64,12 @@ pub enum UpgradeError {
 impl UpgradeError {
     pub fn status(&self) -> StatusCode {
         match self {
+            UpgradeError::Handshake(HandshakeError::MethodNotGet) => StatusCode::METHOD_NOT_ALLOWED,
+            // RFC 6455 §4.4 and RFC 9110 §15.5.22: say what to upgrade to.
+            UpgradeError::Handshake(
+                HandshakeError::NotWebSocket | HandshakeError::UnsupportedVersion,
+            ) => StatusCode::UPGRADE_REQUIRED,
+            UpgradeError::Handshake(_) | UpgradeError::BadQuery(_) => StatusCode::BAD_REQUEST,
             UpgradeError::MissingHeader => StatusCode::UNAUTHORIZED,
             UpgradeError::BadHeader(_) => StatusCode::BAD_REQUEST,
             UpgradeError::WrongHost
@@ -73,6 +84,8 @@ impl UpgradeError {
     /// Label for the auth-failure metric.
     pub fn reason(&self) -> &'static str {
         match self {
+            UpgradeError::Handshake(_) => "bad_handshake",
+            UpgradeError::BadQuery(_) => "bad_query",
             UpgradeError::MissingHeader => "missing_header",
             UpgradeError::BadHeader(_) => "bad_header",
             UpgradeError::WrongHost => "wrong_host",
@@ -91,7 +104,28 @@ impl IntoResponse for UpgradeError {
             UpgradeError::Limit(limit) => Some(limit),
             _ => None,
         };
-        json_error(self.status(), self.to_string(), limit)
+        let mut response = json_error(self.status(), self.to_string(), limit);
+        let headers = response.headers_mut();
+        match &self {
+            UpgradeError::Handshake(HandshakeError::NotWebSocket) => {
+                headers.insert(
+                    axum::http::header::UPGRADE,
+                    axum::http::HeaderValue::from_static("websocket"),
+                );
+            }
+            UpgradeError::Handshake(HandshakeError::UnsupportedVersion) => {
+                headers.insert(
+                    axum::http::header::UPGRADE,
+                    axum::http::HeaderValue::from_static("websocket"),
+                );
+                headers.insert(
+                    axum::http::header::SEC_WEBSOCKET_VERSION,
+                    axum::http::HeaderValue::from_static("13"),
+                );
+            }
+            _ => {}
+        }
+        response
     }
 }
 

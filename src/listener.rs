@@ -1,31 +1,41 @@
-//! The accept loop: TCP connections, the optional TLS handshake, HTTP/1.1 (and h2c) with
-//! upgrades, the client address for `ConnectInfo`, and graceful shutdown of HTTP
-//! connections.
+//! The accept loop: TCP connections, the optional TLS handshake, the first request head of
+//! each connection, HTTP/1.1 (and h2c) through hyper, the client address for
+//! `ConnectInfo`, and graceful shutdown of HTTP connections.
 //!
-//! Owns the listening socket's accept backlog and the time a client has to finish its TLS handshake and request head
-//! (`limits.upgrade_timeout`, against slowloris). Does not own routes (see `server`) nor
-//! WebSocket sessions after the upgrade (the server tracks and closes those).
+//! Owns the listening socket's accept backlog and the time a client has to finish its TLS
+//! handshake and request head (`limits.upgrade_timeout`, against slowloris). A connection
+//! whose first request is a `GET` on a WebSocket path goes straight to the
+//! [`WebSocketRoute`] with its parsed head, not through hyper and the router: that is the
+//! hot path of a connect storm. Every other connection is served by hyper, which sees the
+//! bytes already read as if they were still unread. Does not own routes or the upgrade's
+//! checks (see `server` and `handshake`) nor WebSocket sessions (the server tracks and
+//! closes those).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
+use futures_util::future::BoxFuture;
 use hyper::body::Incoming;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
+use crate::handshake::{Parsed, RequestHead};
 use crate::telemetry;
 use crate::tls::Tls;
 
@@ -57,6 +67,205 @@ pub struct Serving {
     pub upgrade_timeout: Duration,
     /// Longest wait for open HTTP connections after the shutdown signal.
     pub grace: Duration,
+    /// Where first requests for a WebSocket path go.
+    pub websocket: WebSocketRoute,
+}
+
+/// Takes a connection whose first request is a `GET` on one of `paths`, with the parsed head
+/// and the bytes read after it; answers it and, when it upgrades, runs the session.
+pub type AcceptWebSocket = Arc<
+    dyn Fn(Transport, SocketAddr, RequestHead, Vec<u8>) -> BoxFuture<'static, ()> + Send + Sync,
+>;
+
+/// The WebSocket paths and what serves a connection that asks for one of them first.
+#[derive(Clone)]
+pub struct WebSocketRoute {
+    pub paths: Vec<String>,
+    pub accept: AcceptWebSocket,
+}
+
+impl std::fmt::Debug for WebSocketRoute {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("WebSocketRoute")
+            .field("paths", &self.paths)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebSocketRoute {
+    fn takes(&self, head: &RequestHead) -> bool {
+        use crate::handshake::UpgradeRequest;
+        head.method() == b"GET" && self.paths.iter().any(|path| path == head.path())
+    }
+}
+
+/// A client connection's bytes: plain TCP, TLS, or a connection that hyper upgraded (an
+/// upgrade that came after other requests on the same connection).
+pub enum Transport {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Upgraded(TokioIo<hyper::upgrade::Upgraded>),
+}
+
+/// Forwards a poll to whichever stream a [`Transport`] holds.
+macro_rules! each_transport {
+    ($transport:expr, $stream:ident => $poll:expr) => {
+        match $transport.get_mut() {
+            Transport::Plain($stream) => $poll,
+            Transport::Tls($stream) => $poll,
+            Transport::Upgraded($stream) => $poll,
+        }
+    };
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        each_transport!(self, stream => Pin::new(stream).poll_read(context, buffer))
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        each_transport!(self, stream => Pin::new(stream).poll_write(context, buffer))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffers: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        each_transport!(self, stream => Pin::new(stream).poll_write_vectored(context, buffers))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Transport::Plain(stream) => stream.is_write_vectored(),
+            Transport::Tls(stream) => stream.is_write_vectored(),
+            Transport::Upgraded(stream) => stream.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        each_transport!(self, stream => Pin::new(stream).poll_flush(context))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        each_transport!(self, stream => Pin::new(stream).poll_shutdown(context))
+    }
+}
+
+/// A transport whose first bytes were already read: hyper reads `unread` first.
+struct Rewound {
+    unread: Vec<u8>,
+    position: usize,
+    inner: Transport,
+}
+
+impl AsyncRead for Rewound {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.position < this.unread.len() {
+            let rest = &this.unread[this.position..];
+            let taken = rest.len().min(buffer.remaining());
+            buffer.put_slice(&rest[..taken]);
+            this.position += taken;
+            if this.position == this.unread.len() {
+                this.unread = Vec::new();
+                this.position = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(context, buffer)
+    }
+}
+
+impl AsyncWrite for Rewound {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(context, buffer)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffers: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(context, buffers)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(context)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(context)
+    }
+}
+
+/// What every connection of one listener is served with.
+struct Shared {
+    app: Router,
+    websocket: WebSocketRoute,
+    builder: auto::Builder<TokioExecutor>,
+    deadlines: Arc<Deadlines>,
+    head_timeout: Duration,
+}
+
+/// Most bytes read while looking for the first request head; a longer head is left to
+/// hyper (which answers 431 past its own limit).
+const MAX_FIRST_HEAD_BYTES: usize = 16 * 1024;
+
+/// What the start of a connection turned out to be.
+enum FirstRequest {
+    /// A complete head, and the bytes read after it.
+    Head(RequestHead, Vec<u8>),
+    /// Anything else: the bytes read so far, for hyper.
+    Other(Vec<u8>),
+    /// The peer closed or failed before sending a whole head.
+    Gone,
+}
+
+/// Reads until the first request head is complete, is clearly not one the listener parses,
+/// or grows past [`MAX_FIRST_HEAD_BYTES`].
+async fn read_first_request(io: &mut Transport) -> FirstRequest {
+    let mut buffer = Vec::with_capacity(2048);
+    loop {
+        if buffer.capacity() - buffer.len() < 512 {
+            buffer.reserve(4096);
+        }
+        match io.read_buf(&mut buffer).await {
+            Ok(0) | Err(_) => return FirstRequest::Gone,
+            Ok(_) => {}
+        }
+        match RequestHead::parse(&buffer) {
+            Parsed::Complete { head, length } => {
+                let rest = buffer.split_off(length);
+                return FirstRequest::Head(head, rest);
+            }
+            Parsed::Partial if buffer.len() < MAX_FIRST_HEAD_BYTES => {}
+            Parsed::Partial | Parsed::Other => return FirstRequest::Other(buffer),
+        }
+    }
 }
 
 /// Errors from accepting that concern one connection only.
@@ -151,37 +360,53 @@ impl Drop for Registered {
 /// Serves one connection. A request head must arrive within `head_timeout` of the
 /// connection being ready or of the previous response: the deadline is lifted while a
 /// request is handled and set again when its response is ready. A connection past its
-/// deadline is dropped (slowloris, idle keep-alive). After an upgrade the connection future
-/// ends and the WebSocket lives on without a deadline. HTTP/2 connections are timed only
-/// until their first request.
-async fn serve_io<I>(
-    io: I,
-    peer: SocketAddr,
-    app: Router,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: Watcher,
-    deadlines: Arc<Deadlines>,
-    head_timeout: Duration,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let registered = deadlines.register(head_timeout);
+/// deadline is dropped (slowloris, idle keep-alive). A first request for a WebSocket path
+/// leaves the deadlines and hyper behind for the [`WebSocketRoute`]; after an upgrade
+/// through hyper the connection future ends and the WebSocket lives on without a deadline.
+/// HTTP/2 connections are timed only until their first request.
+async fn serve_io(mut io: Transport, peer: SocketAddr, shared: Arc<Shared>, watcher: Watcher) {
+    let head_timeout = shared.head_timeout;
+    let registered = shared.deadlines.register(head_timeout);
+    let first = tokio::select! {
+        first = read_first_request(&mut io) => first,
+        () = registered.deadline.expired.cancelled() => {
+            telemetry::limit_rejected(UPGRADE_TIMEOUT);
+            tracing::debug!(%peer, "no complete request head in time; disconnected");
+            return;
+        }
+    };
+    let unread = match first {
+        FirstRequest::Head(head, rest) if shared.websocket.takes(&head) => {
+            drop(registered);
+            (shared.websocket.accept)(io, peer, head, rest).await;
+            return;
+        }
+        FirstRequest::Head(head, rest) => [head.into_bytes(), rest].concat(),
+        FirstRequest::Other(bytes) => bytes,
+        FirstRequest::Gone => return,
+    };
+    let io = Rewound {
+        unread,
+        position: 0,
+        inner: io,
+    };
     let deadline = Arc::clone(&registered.deadline);
+    let service_shared = Arc::clone(&shared);
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         deadline.at_ms.store(NO_DEADLINE, Ordering::Relaxed);
         // HTTP/2 multiplexes requests (and WebSockets, RFC 8441) on one connection: once it
         // has sent a request, it is not timed out here.
         let http1 = request.version() < hyper::Version::HTTP_2;
         request.extensions_mut().insert(ConnectInfo(peer));
-        let mut app = app.clone();
+        let mut app = service_shared.app.clone();
         let deadline = Arc::clone(&deadline);
-        let deadlines = Arc::clone(&deadlines);
+        let shared = Arc::clone(&service_shared);
         async move {
             let response = app.call(request.map(axum::body::Body::new)).await;
             if http1 {
                 deadline
                     .at_ms
-                    .store(deadlines.after(head_timeout), Ordering::Relaxed);
+                    .store(shared.deadlines.after(head_timeout), Ordering::Relaxed);
             }
             Ok::<_, Infallible>(match response {
                 Ok(response) => response,
@@ -189,7 +414,9 @@ async fn serve_io<I>(
             })
         }
     });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let connection = shared
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
     let connection = watcher.watch(connection.into_owned());
     tokio::select! {
         result = connection => {
@@ -215,14 +442,17 @@ pub async fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's own header_read_timeout (which needs its timer on HTTP/1) is not used: with it
     // the WebSocket fan-out measurably slowed down; `serve_io` keeps its own deadline.
-    // As axum::serve: WebSockets over HTTP/2 (RFC 8441) on h2c.
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .enable_connect_protocol();
-    let builder = Arc::new(builder);
+    // h2c is served for the HTTP endpoints; WebSockets need HTTP/1.1 (`handshake`).
+    builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     let deadlines = Arc::new(Deadlines::new());
+    let shared = Arc::new(Shared {
+        app,
+        websocket: serving.websocket.clone(),
+        builder,
+        deadlines: Arc::clone(&deadlines),
+        head_timeout: serving.upgrade_timeout,
+    });
     let tick =
         (serving.upgrade_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let sweeper = tokio::spawn({
@@ -257,29 +487,20 @@ pub async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "TCP_NODELAY not set");
         }
-        let app = app.clone();
-        let builder = Arc::clone(&builder);
+        let shared = Arc::clone(&shared);
         let watcher = graceful.watcher();
         let timeout = serving.upgrade_timeout;
         match &serving.tls {
             None => {
-                tokio::spawn(serve_io(
-                    stream,
-                    peer,
-                    app,
-                    builder,
-                    watcher,
-                    Arc::clone(&deadlines),
-                    timeout,
-                ));
+                tokio::spawn(serve_io(Transport::Plain(stream), peer, shared, watcher));
             }
             Some(tls) => {
                 let acceptor = tls.acceptor.clone();
-                let deadlines = Arc::clone(&deadlines);
                 tokio::spawn(async move {
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            serve_io(stream, peer, app, builder, watcher, deadlines, timeout).await;
+                            let io = Transport::Tls(Box::new(stream));
+                            serve_io(io, peer, shared, watcher).await;
                         }
                         Ok(Err(error)) => {
                             tracing::debug!(%peer, %error, "TLS handshake failed");

@@ -10,9 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,16 +18,22 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use eventgate_protocol::pattern::{Pattern, PatternLimits};
 
-use crate::auth::Auth;
+use crate::auth::{Auth, ClientIdentity};
 use crate::config::Config;
 use crate::errors::UpgradeError;
+use crate::handshake::{self, Accepted, HandshakeError, RequestHead, UpgradeRequest};
 use crate::hub::{Hub, HubSettings};
+use crate::limits::ConnectionSlot;
+use crate::listener::{Transport, WebSocketRoute};
 use crate::readiness::Readiness;
 use crate::{session, telemetry};
 
@@ -69,73 +73,171 @@ struct UpgradeQuery {
     header: Option<String>,
 }
 
+/// An upgrade that passed every check, holding its connection slot.
+struct Admitted {
+    accepted: Accepted,
+    identity: ClientIdentity,
+    slot: ConnectionSlot,
+}
+
+/// Every check of a WebSocket upgrade, in order: the handshake itself, draining, the abuse
+/// limits (new-connection rate, then a slot under the global and per-address caps), the
+/// `Origin`, then the `header` query (host, API key, client id). Both ways an upgrade
+/// arrives call this, so they refuse alike.
+fn admit(
+    state: &AppState,
+    peer: SocketAddr,
+    request: &impl UpgradeRequest,
+    query: Option<&str>,
+) -> Result<Admitted, UpgradeError> {
+    let accepted = handshake::check(request).map_err(UpgradeError::Handshake)?;
+    let query: UpgradeQuery = serde_urlencoded::from_str(query.unwrap_or_default())
+        .map_err(|error| UpgradeError::BadQuery(error.to_string()))?;
+    if state.draining.load(Ordering::Relaxed) {
+        return Err(UpgradeError::Draining);
+    }
+    let client = state
+        .limiter
+        .client_ip(peer.ip(), request.header_values("x-forwarded-for"));
+    let slot = state
+        .limiter
+        .check_new_connection(client)
+        .and_then(|()| state.limiter.reserve_connection(client))
+        .map_err(UpgradeError::Limit)?;
+    state.auth.check_origin(request.header_str("origin"))?;
+    let identity = state
+        .auth
+        .check_header(query.header.as_deref(), request.header_str("host"))?;
+    Ok(Admitted {
+        accepted,
+        identity,
+        slot,
+    })
+}
+
+/// Counts a refused upgrade and turns it into its response.
+fn refusal(error: UpgradeError) -> Response {
+    match &error {
+        UpgradeError::Limit(limit) => telemetry::limit_rejected(limit.label()),
+        other => telemetry::auth_failed(other.reason()),
+    }
+    error.into_response()
+}
+
+/// The first request of a connection asked for a WebSocket path: answer it on the socket
+/// (101 and the session, or a refusal with its JSON body), without hyper.
+pub async fn accept_websocket(
+    state: Arc<AppState>,
+    mut io: Transport,
+    peer: SocketAddr,
+    head: RequestHead,
+    rest: Vec<u8>,
+) {
+    match admit(&state, peer, &head, head.query()) {
+        Ok(admitted) => {
+            if io
+                .write_all(&handshake::switching_protocols(&admitted.accepted))
+                .await
+                .is_ok()
+            {
+                let tracker = state.sessions.clone();
+                tracker
+                    .track_future(run_session(state, io, rest, admitted))
+                    .await;
+            }
+        }
+        Err(error) => {
+            let response = refusal(error);
+            if write_response(&mut io, response).await.is_ok() {
+                let _ = io.shutdown().await;
+            }
+        }
+    }
+}
+
+/// Writes `response` as HTTP/1.1 and says the connection closes after it.
+async fn write_response(io: &mut Transport, response: Response) -> std::io::Result<()> {
+    let (parts, body) = response.into_parts();
+    let body = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let mut bytes = format!(
+        "HTTP/1.1 {} {}\r\n",
+        parts.status.as_u16(),
+        parts.status.canonical_reason().unwrap_or("")
+    )
+    .into_bytes();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_LENGTH && name != header::CONNECTION {
+            bytes.extend_from_slice(name.as_str().as_bytes());
+            bytes.extend_from_slice(b": ");
+            bytes.extend_from_slice(value.as_bytes());
+            bytes.extend_from_slice(b"\r\n");
+        }
+    }
+    bytes.extend_from_slice(
+        format!(
+            "content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    bytes.extend_from_slice(&body);
+    io.write_all(&bytes).await?;
+    io.flush().await
+}
+
+/// An upgrade request that came through hyper (after other requests on a kept-alive
+/// connection, say): the same checks, then hyper hands over the connection.
 async fn upgrade(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(query): Query<UpgradeQuery>,
-    headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    request: axum::extract::Request,
 ) -> Response {
-    let slot = if state.draining.load(Ordering::Relaxed) {
-        None
-    } else {
-        match reserve_slot(&state, peer, &headers) {
-            Ok(slot) => Some(slot),
-            Err(error) => {
-                telemetry::limit_rejected(error.label());
-                return UpgradeError::Limit(error).into_response();
-            }
-        }
+    let (mut parts, _body) = request.into_parts();
+    let admitted = match admit(&state, peer, &parts, parts.uri.query()) {
+        Ok(admitted) => admitted,
+        Err(error) => return refusal(error),
     };
-    let checked = if state.draining.load(Ordering::Relaxed) {
-        Err(UpgradeError::Draining)
-    } else {
-        let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-        state
-            .auth
-            .check_origin(origin)
-            .and_then(|()| state.auth.check_header(query.header.as_deref(), host))
+    let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        return refusal(UpgradeError::Handshake(HandshakeError::NotHttp11));
     };
-    let identity = match checked {
-        Ok(identity) => identity,
-        Err(error) => {
-            telemetry::auth_failed(error.reason());
-            return error.into_response();
-        }
-    };
-    let upgrade = match upgrade {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => return rejection.into_response(),
-    };
-    let connection = state.next_connection.fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(connection, client = %identity.app_instance_id, "websocket accepted");
-    let limits = &state.config.limits;
+    let response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(
+            header::SEC_WEBSOCKET_ACCEPT,
+            admitted.accepted.accept_key.as_str(),
+        )
+        .body(axum::body::Body::empty());
     let tracker = state.sessions.clone();
-    upgrade
+    tracker.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let io = Transport::Upgraded(hyper_util::rt::TokioIo::new(upgraded));
+                run_session(state, io, Vec::new(), admitted).await;
+            }
+            Err(error) => tracing::debug!(%peer, %error, "upgrade failed"),
+        }
+    });
+    response.unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Runs an admitted connection's session; its slot is freed when the session ends.
+async fn run_session(state: Arc<AppState>, io: Transport, rest: Vec<u8>, admitted: Admitted) {
+    let connection = state.next_connection.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(connection, client = %admitted.identity.app_instance_id, "websocket accepted");
+    let limits = &state.config.limits;
+    let config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(4 * 1024)
         .max_write_buffer_size(limits.max_queued_bytes.max(64 * 1024) * 2)
-        .max_message_size(limits.max_frame_bytes)
-        .max_frame_size(limits.max_frame_bytes)
-        .on_upgrade(move |socket| {
-            tracker.track_future(async move {
-                session::run(socket, state, connection).await;
-                drop(slot);
-            })
-        })
-}
-
-/// The abuse limits of an upgrade, checked before auth: new-connection rate, then a slot
-/// under the global and per-address caps.
-fn reserve_slot(
-    state: &AppState,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-) -> Result<crate::limits::ConnectionSlot, crate::limits::LimitError> {
-    let client = state.limiter.client_ip(peer.ip(), headers);
-    state.limiter.check_new_connection(client)?;
-    state.limiter.reserve_connection(client)
+        .max_message_size(Some(limits.max_frame_bytes))
+        .max_frame_size(Some(limits.max_frame_bytes));
+    let socket = WebSocketStream::from_partially_read(io, rest, Role::Server, Some(config)).await;
+    session::run(socket, state, connection).await;
+    drop(admitted.slot);
 }
 
 #[derive(Deserialize)]
@@ -399,7 +501,15 @@ pub async fn run_with_reload(
             &background,
         );
     }
+    let accept_state = state.clone();
+    let websocket = WebSocketRoute {
+        paths: state.config.ws_paths.clone(),
+        accept: Arc::new(move |io, peer, head, rest| {
+            Box::pin(accept_websocket(accept_state.clone(), io, peer, head, rest))
+        }),
+    };
     let serving = crate::listener::Serving {
+        websocket,
         tls,
         upgrade_timeout: state.config.limits.upgrade_timeout.0,
         grace: state.config.shutdown_grace.0,

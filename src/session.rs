@@ -8,15 +8,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
 
 use eventgate_protocol::pattern::Pattern;
 use eventgate_protocol::wire::{self, ack_text, ClientAction, DecodeLimits, PatternSource};
 
 use crate::errors::CloseReason;
 use crate::hub::{outbound_queue, ConnectionId, SubscribeError};
+use crate::listener::Transport;
 use crate::server::AppState;
 use crate::telemetry;
 
@@ -89,7 +93,11 @@ struct Session {
 }
 
 /// Runs a connection to its end.
-pub async fn run(mut socket: WebSocket, state: Arc<AppState>, connection: ConnectionId) {
+pub async fn run(
+    mut socket: WebSocketStream<Transport>,
+    state: Arc<AppState>,
+    connection: ConnectionId,
+) {
     telemetry::connection_opened();
     let (outbox, mut inbox) =
         outbound_queue(state.config.limits.max_queued_messages, &state.shutdown);
@@ -174,7 +182,9 @@ pub async fn run(mut socket: WebSocket, state: Arc<AppState>, connection: Connec
                     }
                     Some(Ok(Message::Binary(_))) => Step::Close(CloseReason::BinaryFrame),
                     Some(Ok(Message::Close(_))) => Step::PeerClosed,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Step::Continue,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                        Step::Continue
+                    }
                 };
                 match step {
                     Step::Continue => {}
@@ -204,7 +214,7 @@ pub async fn run(mut socket: WebSocket, state: Arc<AppState>, connection: Connec
     let closed_by_server = match outcome {
         Outcome::Close(reason) => {
             let frame = CloseFrame {
-                code: reason.code(),
+                code: reason.code().into(),
                 reason: Utf8Bytes::from_static(reason.text()),
             };
             let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
@@ -221,8 +231,10 @@ pub async fn run(mut socket: WebSocket, state: Arc<AppState>, connection: Connec
             Some(reason)
         }
         Outcome::PeerClosed => {
-            // tungstenite queued the Close reply when it read the peer's Close; send it.
-            let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, socket.close()).await;
+            // tungstenite queued the Close reply when it read the peer's Close; the sink's
+            // close flushes it (`WebSocketStream::close` would try to send a second Close).
+            let _ =
+                tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, SinkExt::close(&mut socket)).await;
             None
         }
         Outcome::Gone => None,
@@ -234,16 +246,15 @@ pub async fn run(mut socket: WebSocket, state: Arc<AppState>, connection: Connec
     telemetry::connection_closed(label, session.announced);
 }
 
-fn error_close(error: &axum::Error) -> Option<CloseReason> {
-    let text = error.to_string();
-    if text.contains("Space limit exceeded")
-        || text.contains("too long")
-        || text.contains("Message too")
-    {
-        telemetry::limit_rejected("max_frame_bytes");
-        Some(CloseReason::FrameTooLarge)
-    } else {
-        None
+/// The close reason for a read error that the server answers (a message over the limit);
+/// `None` when the transport is simply gone.
+fn error_close(error: &WsError) -> Option<CloseReason> {
+    match error {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            telemetry::limit_rejected("max_frame_bytes");
+            Some(CloseReason::FrameTooLarge)
+        }
+        _ => None,
     }
 }
 

@@ -751,7 +751,12 @@ async fn main() {
     let rss_before = rss_kib(args.server_pid);
 
     // Phase 1: connection storm.
+    let setup_cpu_before = cpu_seconds(args.server_pid);
     let (connected, failed, setup_s, errors) = connect_all(&args, &stats).await;
+    let setup_cpu = match (setup_cpu_before, cpu_seconds(args.server_pid)) {
+        (Some(before), Some(after)) => Some(after - before),
+        _ => None,
+    };
     for error in &errors {
         eprintln!("{error}");
     }
@@ -761,11 +766,22 @@ async fn main() {
         format!(
             "connections: {connected} set up in {setup_s:.2}s = {setup_rate:.0}/s ({}), {failed} failed",
             match args.target {
+                Target::Eventgate if args.upgrade_only => "authenticated upgrade",
                 Target::Eventgate => "upgrade + Hello + 2 Subscribe + Acks",
                 Target::Nchan => "upgrade",
             }
         ),
     );
+    // Server CPU per set-up: the cost the rate hides when the load tool shares the cores.
+    let setup_cpu_us = setup_cpu
+        .filter(|_| connected > 0)
+        .map(|cpu| cpu * 1e6 / connected as f64);
+    if let (Some(cpu), Some(per)) = (setup_cpu, setup_cpu_us) {
+        say(
+            &args,
+            format!("server cpu during set-up: {cpu:.2}s, {per:.0} µs per connection"),
+        );
+    }
     tokio::time::sleep(Duration::from_secs(if args.idle { args.hold } else { 1 })).await;
     let rss_after = rss_kib(args.server_pid);
     let rss_per_connection = match (rss_before, rss_after) {
@@ -796,6 +812,7 @@ async fn main() {
         "nofile_limit": nofile,
         "setup_s": round(setup_s, 3),
         "setup_per_s": round(setup_rate, 1),
+        "setup_server_cpu_us": opt_round(setup_cpu_us, 1),
         "rss_before_kib": rss_before,
         "rss_after_kib": rss_after,
         "rss_per_connection_kib": opt_round(rss_per_connection, 3),

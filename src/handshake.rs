@@ -1,0 +1,345 @@
+//! The WebSocket opening handshake of RFC 6455 §4.2 over HTTP/1.1: parsing a request head,
+//! deciding whether it is a valid upgrade (with a specific error when it is not) and the
+//! `Sec-WebSocket-Accept` answer.
+//!
+//! Pure: no sockets and no runtime, so both ways an upgrade arrives share it (the
+//! listener's own read of a connection's first request, and a request that hyper parsed).
+//! Does not own authentication, limits or the session (see `server`, `auth`, `session`).
+
+use std::ops::Range;
+
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+/// Most headers in a request head read by the listener; a longer head goes to hyper.
+pub const MAX_HEADERS: usize = 64;
+
+/// Why a request is not a valid WebSocket upgrade.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("a WebSocket upgrade must be a GET request")]
+    MethodNotGet,
+    #[error("WebSocket upgrades need HTTP/1.1")]
+    NotHttp11,
+    #[error("this is a WebSocket endpoint: the request must carry `Upgrade: websocket`")]
+    NotWebSocket,
+    #[error("the Connection header must include `upgrade`")]
+    ConnectionNotUpgrade,
+    #[error("only WebSocket version 13 is supported (Sec-WebSocket-Version)")]
+    UnsupportedVersion,
+    #[error("the Sec-WebSocket-Key header is missing or not 16 bytes in base64")]
+    BadKey,
+}
+
+/// A request's method, version and headers, however they were parsed.
+pub trait UpgradeRequest {
+    fn method(&self) -> &[u8];
+    /// True for HTTP/1.1 (HTTP/1.0 has no upgrades, HTTP/2 uses extended CONNECT).
+    fn is_http11(&self) -> bool;
+    /// The values of every header called `name` (ASCII, lower case), in order.
+    fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a;
+
+    /// The first value of header `name`, when it is valid UTF-8.
+    fn header_str<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        self.header_values(name)
+            .next()
+            .and_then(|value| std::str::from_utf8(value).ok())
+    }
+}
+
+impl UpgradeRequest for axum::http::request::Parts {
+    fn method(&self) -> &[u8] {
+        self.method.as_str().as_bytes()
+    }
+
+    fn is_http11(&self) -> bool {
+        self.version == axum::http::Version::HTTP_11
+    }
+
+    fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.headers
+            .get_all(name)
+            .into_iter()
+            .map(axum::http::HeaderValue::as_bytes)
+    }
+}
+
+/// What a valid upgrade is answered with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The `Sec-WebSocket-Accept` value.
+    pub accept_key: String,
+}
+
+/// Checks `request` as an RFC 6455 opening handshake.
+pub fn check(request: &impl UpgradeRequest) -> Result<Accepted, HandshakeError> {
+    if request.method() != b"GET" {
+        return Err(HandshakeError::MethodNotGet);
+    }
+    if !request.is_http11() {
+        return Err(HandshakeError::NotHttp11);
+    }
+    let has_token = |name: &str, token: &str| {
+        request.header_values(name).any(|value| {
+            value
+                .split(|&byte| byte == b',')
+                .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
+    };
+    if !has_token("upgrade", "websocket") {
+        return Err(HandshakeError::NotWebSocket);
+    }
+    if !has_token("connection", "upgrade") {
+        return Err(HandshakeError::ConnectionNotUpgrade);
+    }
+    let version_ok = request
+        .header_values("sec-websocket-version")
+        .any(|value| value.trim_ascii() == b"13");
+    if !version_ok {
+        return Err(HandshakeError::UnsupportedVersion);
+    }
+    let mut keys = request.header_values("sec-websocket-key");
+    match (keys.next(), keys.next()) {
+        (Some(key), None) if is_base64_nonce(key.trim_ascii()) => Ok(Accepted {
+            accept_key: derive_accept_key(key.trim_ascii()),
+        }),
+        _ => Err(HandshakeError::BadKey),
+    }
+}
+
+/// RFC 6455 §4.1: the key is 16 random bytes in base64, so 24 characters ending in `==`.
+fn is_base64_nonce(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22]
+            .iter()
+            .all(|&byte| byte.is_ascii_alphanumeric() || byte == b'+' || byte == b'/')
+}
+
+/// The `101 Switching Protocols` response head.
+pub fn switching_protocols(accepted: &Accepted) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: {}\r\n\r\n",
+        accepted.accept_key
+    )
+    .into_bytes()
+}
+
+/// A request head read off the wire, kept as its bytes plus where each part lies in them.
+#[derive(Debug)]
+pub struct RequestHead {
+    bytes: Vec<u8>,
+    method: Range<usize>,
+    target: Range<usize>,
+    minor_version: u8,
+    headers: Vec<(Range<usize>, Range<usize>)>,
+}
+
+/// The outcome of parsing the start of a connection.
+#[derive(Debug)]
+pub enum Parsed {
+    /// A whole head; the bytes after it (a pipelined frame, say) are the caller's.
+    Complete { head: RequestHead, length: usize },
+    /// More bytes are needed.
+    Partial,
+    /// Not an HTTP/1.x request head that this parser takes (HTTP/2's preface, too many
+    /// headers, malformed): hyper decides what to answer.
+    Other,
+}
+
+impl RequestHead {
+    /// The head's bytes, as they came.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    /// Parses the head at the start of `buffer`.
+    pub fn parse(buffer: &[u8]) -> Parsed {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        let length = match request.parse(buffer) {
+            Ok(httparse::Status::Complete(length)) => length,
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
+            Err(_) => return Parsed::Other,
+        };
+        let (Some(method), Some(target), Some(minor_version)) =
+            (request.method, request.path, request.version)
+        else {
+            return Parsed::Other;
+        };
+        // httparse's parts borrow from `buffer`: keep their offsets, which hold in the copy.
+        let origin = buffer.as_ptr() as usize;
+        let range = |part: &[u8]| {
+            let start = part.as_ptr() as usize - origin;
+            start..start + part.len()
+        };
+        let bytes = buffer[..length].to_vec();
+        let head = RequestHead {
+            method: range(method.as_bytes()),
+            target: range(target.as_bytes()),
+            minor_version,
+            headers: request
+                .headers
+                .iter()
+                .map(|header| (range(header.name.as_bytes()), range(header.value)))
+                .collect(),
+            bytes,
+        };
+        Parsed::Complete { head, length }
+    }
+
+    fn text(&self, range: &Range<usize>) -> &str {
+        // Method, target and header names are checked tokens: ASCII by httparse's grammar.
+        std::str::from_utf8(&self.bytes[range.clone()]).unwrap_or_default()
+    }
+
+    /// The request target without its query.
+    pub fn path(&self) -> &str {
+        let target = self.text(&self.target);
+        target.split_once('?').map_or(target, |(path, _)| path)
+    }
+
+    /// The query string, without the `?`.
+    pub fn query(&self) -> Option<&str> {
+        self.text(&self.target)
+            .split_once('?')
+            .map(|(_, query)| query)
+    }
+}
+
+impl UpgradeRequest for RequestHead {
+    fn method(&self) -> &[u8] {
+        &self.bytes[self.method.clone()]
+    }
+
+    fn is_http11(&self) -> bool {
+        self.minor_version == 1
+    }
+
+    fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(header, _)| {
+                self.bytes[header.clone()].eq_ignore_ascii_case(name.as_bytes())
+            })
+            .map(|(_, value)| &self.bytes[value.clone()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn head(text: &str) -> RequestHead {
+        match RequestHead::parse(text.as_bytes()) {
+            Parsed::Complete { head, length } => {
+                assert_eq!(length, text.len());
+                head
+            }
+            other => panic!("not a complete head: {other:?}"),
+        }
+    }
+
+    fn upgrade(extra: &str) -> String {
+        format!("GET /?header=abc%3D HTTP/1.1\r\nHost: h\r\n{extra}\r\n")
+    }
+
+    const VALID: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+    #[test]
+    fn the_rfc_example_is_accepted_with_its_accept_key() {
+        let head = head(&upgrade(VALID));
+        assert_eq!(head.path(), "/");
+        assert_eq!(head.query(), Some("header=abc%3D"));
+        assert_eq!(head.header_str("host"), Some("h"));
+        let accepted = check(&head).expect("valid");
+        // RFC 6455 §1.3's worked example.
+        assert_eq!(accepted.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let response = String::from_utf8(switching_protocols(&accepted)).expect("ascii");
+        assert!(response.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(response.ends_with("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"));
+    }
+
+    #[test]
+    fn header_lists_and_case_are_read_as_browsers_send_them() {
+        let head = head(&upgrade(&format!(
+            "upgrade: WebSocket\r\nconnection: keep-alive, Upgrade\r\nsec-websocket-version: 13\r\nsec-websocket-key: {KEY}\r\n"
+        )));
+        assert!(check(&head).is_ok());
+    }
+
+    #[test]
+    fn each_missing_part_has_its_own_error() {
+        let without = |name: &str| {
+            VALID
+                .split("\r\n")
+                .filter(|line| !line.is_empty() && !line.starts_with(name))
+                .map(|line| format!("{line}\r\n"))
+                .collect::<String>()
+        };
+        let cases = [
+            ("Upgrade", HandshakeError::NotWebSocket),
+            ("Connection", HandshakeError::ConnectionNotUpgrade),
+            ("Sec-WebSocket-Version", HandshakeError::UnsupportedVersion),
+            ("Sec-WebSocket-Key", HandshakeError::BadKey),
+        ];
+        for (name, error) in cases {
+            assert_eq!(check(&head(&upgrade(&without(name)))), Err(error), "{name}");
+        }
+        let post = VALID.to_owned();
+        let text = format!("POST / HTTP/1.1\r\nHost: h\r\n{post}\r\n");
+        assert_eq!(check(&head(&text)), Err(HandshakeError::MethodNotGet));
+        let old = format!("GET / HTTP/1.0\r\nHost: h\r\n{VALID}\r\n");
+        assert_eq!(check(&head(&old)), Err(HandshakeError::NotHttp11));
+        let version = VALID.replace("Version: 13", "Version: 8");
+        assert_eq!(
+            check(&head(&upgrade(&version))),
+            Err(HandshakeError::UnsupportedVersion)
+        );
+        let short_key = VALID.replace(KEY, "c2hvcnQ=");
+        assert_eq!(
+            check(&head(&upgrade(&short_key))),
+            Err(HandshakeError::BadKey)
+        );
+        let two_keys = format!("{VALID}Sec-WebSocket-Key: {KEY}\r\n");
+        assert_eq!(
+            check(&head(&upgrade(&two_keys))),
+            Err(HandshakeError::BadKey)
+        );
+    }
+
+    #[test]
+    fn partial_heads_wait_and_foreign_ones_go_elsewhere() {
+        let text = upgrade(VALID);
+        assert!(matches!(
+            RequestHead::parse(&text.as_bytes()[..text.len() - 2]),
+            Parsed::Partial
+        ));
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        assert!(matches!(RequestHead::parse(preface), Parsed::Other));
+        assert!(matches!(
+            RequestHead::parse(b"\x16\x03\x01garbage\r\n\r\n"),
+            Parsed::Other
+        ));
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("X-{i}: 1\r\n"))
+            .collect();
+        let crowded = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert!(matches!(
+            RequestHead::parse(crowded.as_bytes()),
+            Parsed::Other
+        ));
+    }
+
+    #[test]
+    fn bytes_after_the_head_are_left_to_the_caller() {
+        let mut text = upgrade(VALID).into_bytes();
+        let head_length = text.len();
+        text.extend_from_slice(b"\x81\x05hello");
+        match RequestHead::parse(&text) {
+            Parsed::Complete { length, .. } => assert_eq!(length, head_length),
+            other => panic!("{other:?}"),
+        }
+    }
+}

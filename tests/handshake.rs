@@ -1,0 +1,295 @@
+//! The WebSocket opening handshake over raw TCP: what a browser sends, what it gets back,
+//! frames pipelined behind the request head, an upgrade after other requests on a kept-alive
+//! connection (the hyper route), and the specific refusal for each malformed handshake.
+
+mod common;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use common::*;
+
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// A browser's upgrade request for `/` with the dev `header`, plus `extra` header lines.
+fn upgrade_request(server: &Server, extra: &str) -> String {
+    let url = server.ws_url();
+    let target = &url[url.find("/?").unwrap_or(0)..];
+    format!(
+        "GET {target} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n",
+        server.addr
+    )
+}
+
+/// A masked client text frame (payloads under 126 bytes).
+fn client_text_frame(text: &str) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let payload = text.as_bytes();
+    assert!(payload.len() < 126);
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(
+        payload
+            .iter()
+            .enumerate()
+            .map(|(i, byte)| byte ^ mask[i % 4]),
+    );
+    frame
+}
+
+/// Reads bytes until `buffer` holds a whole HTTP response head; returns the head and keeps
+/// what follows it in `buffer`.
+async fn read_response_head(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> String {
+    loop {
+        if let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end + 4]).into_owned();
+            buffer.drain(..end + 4);
+            return head;
+        }
+        let mut chunk = [0u8; 4096];
+        let read = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+            .await
+            .expect("a response in time")
+            .expect("read");
+        assert!(read > 0, "closed before a response head: {buffer:?}");
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// Reads one unmasked server text frame (payloads under 64 KiB).
+async fn read_server_text(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Value {
+    loop {
+        if buffer.len() >= 2 {
+            assert_eq!(buffer[0], 0x81, "a text frame");
+            let (length, start) = match buffer[1] {
+                126 if buffer.len() >= 4 => {
+                    (usize::from(u16::from_be_bytes([buffer[2], buffer[3]])), 4)
+                }
+                126 => (usize::MAX, 0),
+                short => (usize::from(short), 2),
+            };
+            if length != usize::MAX && buffer.len() >= start + length {
+                let payload: Vec<u8> = buffer.drain(..start + length).skip(start).collect();
+                return serde_json::from_slice(&payload).expect("JSON payload");
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let read = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+            .await
+            .expect("a frame in time")
+            .expect("read");
+        assert!(read > 0, "closed before a frame");
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// Sends `request` on a new connection and returns the response head and the body.
+async fn refused(server: &Server, request: &str) -> (String, Value) {
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut rest = Vec::new();
+    let head = read_response_head(&mut stream, &mut rest).await;
+    let mut body = rest;
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut body))
+        .await
+        .expect("the server closes after a refusal")
+        .expect("read body");
+    let body = serde_json::from_slice(&body).unwrap_or_else(|_| {
+        panic!(
+            "JSON body expected after {head:?}: {:?}",
+            String::from_utf8_lossy(&body)
+        )
+    });
+    (head.to_ascii_lowercase(), body)
+}
+
+#[tokio::test]
+async fn a_frame_pipelined_behind_the_request_head_is_read() {
+    let server = Server::dev().await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    // One write: the upgrade request and the Hello right behind it.
+    let mut bytes = upgrade_request(&server, "Origin: http://127.0.0.1\r\n").into_bytes();
+    bytes.extend(client_text_frame(r#"{"Action":"Hello","RequestId":"r1"}"#));
+    stream.write_all(&bytes).await.expect("write");
+    let mut buffer = Vec::new();
+    let head = read_response_head(&mut stream, &mut buffer).await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert!(
+        head.contains(&format!("sec-websocket-accept: {ACCEPT}")),
+        "{head}"
+    );
+    let ack = read_server_text(&mut stream, &mut buffer).await;
+    assert_eq!(ack["Action"], "Ack", "{ack}");
+    assert_eq!(ack["RequestId"], "r1", "{ack}");
+    assert_eq!(ack["Status"], "Ok", "{ack}");
+}
+
+#[tokio::test]
+async fn a_head_dribbled_over_several_writes_still_upgrades() {
+    let server = Server::dev().await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let request = upgrade_request(&server, "");
+    for piece in request.as_bytes().chunks(40) {
+        stream.write_all(piece).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut buffer = Vec::new();
+    let head = read_response_head(&mut stream, &mut buffer).await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+}
+
+#[tokio::test]
+async fn an_upgrade_after_other_requests_on_the_connection_works() {
+    let server = Server::dev().await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream
+        .write_all(format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr).as_bytes())
+        .await
+        .expect("write");
+    let mut buffer = Vec::new();
+    let head = read_response_head(&mut stream, &mut buffer).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            line.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
+        .and_then(|value| value.trim().parse().ok())
+        .expect("content-length");
+    while buffer.len() < length {
+        let mut chunk = [0u8; 1024];
+        let read = stream.read(&mut chunk).await.expect("read");
+        assert!(read > 0);
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+    buffer.drain(..length);
+    // The same connection now asks for the WebSocket: hyper routes it, with the same checks.
+    stream
+        .write_all(upgrade_request(&server, "").as_bytes())
+        .await
+        .expect("write");
+    let head = read_response_head(&mut stream, &mut buffer).await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains(&format!(
+            "sec-websocket-accept: {}",
+            ACCEPT.to_ascii_lowercase()
+        )),
+        "{head}"
+    );
+    stream
+        .write_all(&client_text_frame(r#"{"Action":"Hello","RequestId":"r2"}"#))
+        .await
+        .expect("write");
+    let ack = read_server_text(&mut stream, &mut buffer).await;
+    assert_eq!(ack["RequestId"], "r2", "{ack}");
+    assert_eq!(ack["Status"], "Ok", "{ack}");
+    // And a refusal on that route is the same JSON as on the first request.
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let bad_version = upgrade_request(&server, "").replace("Version: 13", "Version: 8");
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n{bad_version}");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut buffer = Vec::new();
+    let first = read_response_head(&mut stream, &mut buffer).await;
+    assert!(first.starts_with("HTTP/1.1 200 "), "{first}");
+    let mut rest = buffer;
+    tokio::time::timeout(WAIT, async {
+        while !String::from_utf8_lossy(&rest).contains("version 13") {
+            let mut chunk = [0u8; 1024];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => rest.extend_from_slice(&chunk[..read]),
+            }
+        }
+    })
+    .await
+    .expect("second response in time");
+    let text = String::from_utf8_lossy(&rest).to_ascii_lowercase();
+    assert!(text.contains("http/1.1 426 "), "{text}");
+    assert!(text.contains("sec-websocket-version: 13"), "{text}");
+}
+
+#[tokio::test]
+async fn each_malformed_handshake_gets_its_own_status_and_message() {
+    let server = Server::dev().await;
+    let valid = upgrade_request(&server, "");
+
+    // A browser opening the WebSocket URL as a page: no Upgrade header.
+    let plain = valid
+        .replace("Upgrade: websocket\r\n", "")
+        .replace("Connection: Upgrade\r\n", "");
+    let (head, body) = refused(&server, &plain).await;
+    assert!(head.starts_with("http/1.1 426 "), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("WebSocket endpoint")),
+        "{body}"
+    );
+
+    let (head, body) = refused(
+        &server,
+        &valid.replace("Connection: Upgrade", "Connection: keep-alive"),
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 400 "), "{head}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Connection")),
+        "{body}"
+    );
+
+    let (head, body) = refused(&server, &valid.replace("Version: 13", "Version: 8")).await;
+    assert!(head.starts_with("http/1.1 426 "), "{head}");
+    assert!(head.contains("sec-websocket-version: 13"), "{head}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("version 13")),
+        "{body}"
+    );
+
+    let (head, body) = refused(&server, &valid.replace(KEY, "short")).await;
+    assert!(head.starts_with("http/1.1 400 "), "{head}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Sec-WebSocket-Key")),
+        "{body}"
+    );
+
+    let (head, body) = refused(&server, &valid.replace("?header=", "?header=a&header=")).await;
+    assert!(head.starts_with("http/1.1 400 "), "{head}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("query string")),
+        "{body}"
+    );
+
+    let (head, body) = refused(&server, &valid.replace("HTTP/1.1", "HTTP/1.0")).await;
+    assert!(head.starts_with("http/1.1 400 "), "{head}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("HTTP/1.1")),
+        "{body}"
+    );
+
+    // The refusals are counted with their reasons.
+    let metrics = server.metrics().await;
+    assert!(metrics.contains("reason=\"bad_handshake\""), "{metrics}");
+    assert!(metrics.contains("reason=\"bad_query\""), "{metrics}");
+
+    // The server goes on accepting valid upgrades.
+    let _client = server.announced().await;
+}
