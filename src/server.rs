@@ -398,7 +398,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
     for path in &state.config.ws_paths {
-        router = router.route(path, get(upgrade));
+        router = router.route(path, axum::routing::any(upgrade));
     }
     if state.config.dev {
         router = router

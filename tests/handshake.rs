@@ -88,17 +88,40 @@ async fn read_server_text(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Value
     }
 }
 
-/// Sends `request` on a new connection and returns the response head and the body.
+/// The `Content-Length` of a response head.
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|line| {
+            line.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .and_then(|value| value.trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no content-length in {head:?}"))
+}
+
+/// Reads a response head and its body from `stream`.
+async fn read_response(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> (String, Vec<u8>) {
+    let head = read_response_head(stream, buffer).await;
+    let length = content_length(&head);
+    while buffer.len() < length {
+        let mut chunk = [0u8; 1024];
+        let read = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+            .await
+            .expect("a body in time")
+            .expect("read");
+        assert!(read > 0, "closed inside a body");
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+    let body = buffer.drain(..length).collect();
+    (head, body)
+}
+
+/// Sends `request` on a new connection and returns the response head (lower case) and the
+/// JSON body.
 async fn refused(server: &Server, request: &str) -> (String, Value) {
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     stream.write_all(request.as_bytes()).await.expect("write");
-    let mut rest = Vec::new();
-    let head = read_response_head(&mut stream, &mut rest).await;
-    let mut body = rest;
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut body))
-        .await
-        .expect("the server closes after a refusal")
-        .expect("read body");
+    let (head, body) = read_response(&mut stream, &mut Vec::new()).await;
     let body = serde_json::from_slice(&body).unwrap_or_else(|_| {
         panic!(
             "JSON body expected after {head:?}: {:?}",
@@ -152,24 +175,8 @@ async fn an_upgrade_after_other_requests_on_the_connection_works() {
         .await
         .expect("write");
     let mut buffer = Vec::new();
-    let head = read_response_head(&mut stream, &mut buffer).await;
+    let (head, _) = read_response(&mut stream, &mut buffer).await;
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
-    let length: usize = head
-        .lines()
-        .find_map(|line| {
-            line.to_ascii_lowercase()
-                .strip_prefix("content-length: ")
-                .map(str::to_owned)
-        })
-        .and_then(|value| value.trim().parse().ok())
-        .expect("content-length");
-    while buffer.len() < length {
-        let mut chunk = [0u8; 1024];
-        let read = stream.read(&mut chunk).await.expect("read");
-        assert!(read > 0);
-        buffer.extend_from_slice(&chunk[..read]);
-    }
-    buffer.drain(..length);
     // The same connection now asks for the WebSocket: hyper routes it, with the same checks.
     stream
         .write_all(upgrade_request(&server, "").as_bytes())
@@ -197,23 +204,13 @@ async fn an_upgrade_after_other_requests_on_the_connection_works() {
     let request = format!("GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n{bad_version}");
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut buffer = Vec::new();
-    let first = read_response_head(&mut stream, &mut buffer).await;
+    let (first, _) = read_response(&mut stream, &mut buffer).await;
     assert!(first.starts_with("HTTP/1.1 200 "), "{first}");
-    let mut rest = buffer;
-    tokio::time::timeout(WAIT, async {
-        while !String::from_utf8_lossy(&rest).contains("version 13") {
-            let mut chunk = [0u8; 1024];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(read) => rest.extend_from_slice(&chunk[..read]),
-            }
-        }
-    })
-    .await
-    .expect("second response in time");
-    let text = String::from_utf8_lossy(&rest).to_ascii_lowercase();
-    assert!(text.contains("http/1.1 426 "), "{text}");
-    assert!(text.contains("sec-websocket-version: 13"), "{text}");
+    let (second, body) = read_response(&mut stream, &mut buffer).await;
+    let second = second.to_ascii_lowercase();
+    assert!(second.starts_with("http/1.1 426 "), "{second}");
+    assert!(second.contains("sec-websocket-version: 13"), "{second}");
+    assert!(String::from_utf8_lossy(&body).contains("version 13"));
 }
 
 #[tokio::test]
@@ -282,6 +279,13 @@ async fn each_malformed_handshake_gets_its_own_status_and_message() {
         body["error"]
             .as_str()
             .is_some_and(|e| e.contains("HTTP/1.1")),
+        "{body}"
+    );
+
+    let (head, body) = refused(&server, &valid.replacen("GET ", "POST ", 1)).await;
+    assert!(head.starts_with("http/1.1 405 "), "{head}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains("GET")),
         "{body}"
     );
 
