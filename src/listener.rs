@@ -385,6 +385,21 @@ async fn serve_io(mut io: Transport, peer: SocketAddr, shared: Arc<Shared>, watc
         FirstRequest::Other(bytes) => bytes,
         FirstRequest::Gone => return,
     };
+    // Boxed: hyper's connection state is large, and a WebSocket connection's task would
+    // otherwise carry room for it all its life.
+    Box::pin(serve_http(io, unread, peer, shared, watcher, registered)).await;
+}
+
+/// Serves a connection through hyper and the router, `unread` being the bytes already read.
+async fn serve_http(
+    io: Transport,
+    unread: Vec<u8>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    watcher: Watcher,
+    registered: Registered,
+) {
+    let head_timeout = shared.head_timeout;
     let io = Rewound {
         unread,
         position: 0,

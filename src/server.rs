@@ -133,7 +133,10 @@ pub async fn accept_websocket(
     head: RequestHead,
     rest: Vec<u8>,
 ) {
-    match admit(&state, peer, &head, head.query()) {
+    let admitted = admit(&state, peer, &head, head.query());
+    // Not kept for the session's life.
+    drop(head);
+    match admitted {
         Ok(admitted) => {
             if io
                 .write_all(&handshake::switching_protocols(&admitted.accepted))
@@ -224,13 +227,18 @@ async fn upgrade(
     response.unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+/// Each session's read buffer. tungstenite keeps it for the connection's life and fills it
+/// with zeros before every read, so it is small: client actions are short, and a longer
+/// message (up to `max_frame_bytes`) is read in several pieces.
+const SESSION_READ_BUFFER_BYTES: usize = 1024;
+
 /// Runs an admitted connection's session; its slot is freed when the session ends.
 async fn run_session(state: Arc<AppState>, io: Transport, rest: Vec<u8>, admitted: Admitted) {
     let connection = state.next_connection.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(connection, client = %admitted.identity.app_instance_id, "websocket accepted");
     let limits = &state.config.limits;
     let config = WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(SESSION_READ_BUFFER_BYTES)
         .write_buffer_size(4 * 1024)
         .max_write_buffer_size(limits.max_queued_bytes.max(64 * 1024) * 2)
         .max_message_size(Some(limits.max_frame_bytes))

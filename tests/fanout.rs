@@ -209,3 +209,20 @@ async fn a_new_connection_never_inherits_the_rules_of_a_closed_one() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn a_subscribe_longer_than_the_read_buffer_is_read_whole() {
+    // Each session reads in 1 KiB pieces; a 3.9 KB pattern arrives in one frame anyway.
+    let server = Server::dev().await;
+    let mut client = server.announced().await;
+    let mut sources: Vec<String> = (0..150).map(|i| format!("decoy-source-{i:05}")).collect();
+    sources.push("wanted".to_owned());
+    let pattern = json!({ "source": sources });
+    let text = pattern.to_string();
+    assert!((3000..4096).contains(&text.len()), "{}", text.len());
+    client.subscribe("long", &pattern).await;
+    server.publish_event("wanted", "t", json!({"n": 1})).await;
+    let (message, event) = client.next_event().await;
+    assert_eq!(message["Rules"], json!(["long"]));
+    assert_eq!(event["source"], "wanted");
+}
