@@ -21,6 +21,7 @@ use eventgate_protocol::envelope::Event;
 use eventgate_protocol::pattern::{Pattern, RuleIndex};
 use eventgate_protocol::wire;
 
+use crate::stop::{StopReason, StopSignal};
 use crate::telemetry;
 
 pub type ConnectionId = u64;
@@ -50,8 +51,8 @@ pub struct HubStopped;
 pub struct Outbox {
     sender: mpsc::Sender<Utf8Bytes>,
     queued_bytes: Arc<AtomicUsize>,
-    /// Cancelled when the connection cannot keep up.
-    stop: CancellationToken,
+    /// Set when the connection cannot keep up.
+    stop: Arc<StopSignal>,
 }
 
 /// The session's end of its outbound queue.
@@ -59,9 +60,6 @@ pub struct Outbox {
 pub struct Inbox {
     receiver: mpsc::Receiver<Utf8Bytes>,
     queued_bytes: Arc<AtomicUsize>,
-    /// Cancelled by the dispatcher when the connection could not keep up, and with the
-    /// server's shutdown token (its parent).
-    pub stop: CancellationToken,
 }
 
 impl Inbox {
@@ -81,23 +79,20 @@ impl Inbox {
     }
 }
 
-/// A bounded outbound queue for one connection. Its `stop` token is a child of
-/// `shutdown`: the session waits on that one token for both reasons to stop (one cheap,
-/// uncontended check per wake-up instead of polling the server-wide token).
-pub fn outbound_queue(max_messages: usize, shutdown: &CancellationToken) -> (Outbox, Inbox) {
+/// A bounded outbound queue for one connection. The dispatcher sets `stop` (the session's
+/// own signal, see `stop`) when the queue overflows.
+pub fn outbound_queue(max_messages: usize, stop: Arc<StopSignal>) -> (Outbox, Inbox) {
     let (sender, receiver) = mpsc::channel(max_messages.max(1));
     let queued_bytes = Arc::new(AtomicUsize::new(0));
-    let stop = shutdown.child_token();
     (
         Outbox {
             sender,
             queued_bytes: queued_bytes.clone(),
-            stop: stop.clone(),
+            stop,
         },
         Inbox {
             receiver,
             queued_bytes,
-            stop,
         },
     )
 }
@@ -576,7 +571,7 @@ impl Dispatcher {
         };
         let connection = entry.id;
         if too_slow {
-            entry.outbox.stop.cancel();
+            entry.outbox.stop.stop(StopReason::SlowConsumer);
             telemetry::slow_consumer_closed(connection);
         }
         self.drop_connection(connection);

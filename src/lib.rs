@@ -18,6 +18,7 @@ pub mod readiness;
 pub mod server;
 pub mod session;
 pub mod sources;
+pub mod stop;
 pub mod telemetry;
 pub mod tls;
 

@@ -44,7 +44,8 @@ pub struct AppState {
     pub auth: Auth,
     pub hub: Hub,
     pub pattern_limits: PatternLimits,
-    pub shutdown: CancellationToken,
+    /// Every session's stop signal: shutdown closes them all with 1001.
+    pub session_stops: Arc<crate::stop::SessionStops>,
     pub sessions: TaskTracker,
     pub draining: AtomicBool,
     /// Sources and the cluster backplane report their state here for `/readyz`.
@@ -482,7 +483,6 @@ pub async fn run_with_reload(
         &sources_stop,
         &background,
     );
-    let sessions_stop = CancellationToken::new();
     let state = Arc::new(AppState {
         pattern_limits: config.limits.pattern_limits(),
         dev_api_key: (config.dev && crate::config::sha256_digest(&stack_id).is_none())
@@ -491,7 +491,7 @@ pub async fn run_with_reload(
         config,
         auth,
         hub,
-        shutdown: sessions_stop.clone(),
+        session_stops: Arc::default(),
         sessions: TaskTracker::new(),
         draining: AtomicBool::new(false),
         readiness,
@@ -528,11 +528,11 @@ pub async fn run_with_reload(
         drain_sources.cancel();
         drain_state.draining.store(true, Ordering::Relaxed);
         tracing::info!("shutting down: closing connections");
-        sessions_stop.cancel();
+        drain_state.session_stops.stop_all();
     });
     let served = serve.await;
     state.draining.store(true, Ordering::Relaxed);
-    state.shutdown.cancel();
+    state.session_stops.stop_all();
     state.sessions.close();
     if tokio::time::timeout(state.config.shutdown_grace.0, state.sessions.wait())
         .await

@@ -22,6 +22,7 @@ use crate::errors::CloseReason;
 use crate::hub::{outbound_queue, ConnectionId, SubscribeError};
 use crate::listener::Transport;
 use crate::server::AppState;
+use crate::stop::StopReason;
 use crate::telemetry;
 
 /// Most queued notifications written before one flush.
@@ -99,9 +100,11 @@ pub async fn run(
     connection: ConnectionId,
 ) {
     telemetry::connection_opened();
-    let (outbox, mut inbox) =
-        outbound_queue(state.config.limits.max_queued_messages, &state.shutdown);
-    let stop = inbox.stop.clone();
+    let registration = state.session_stops.register();
+    let (outbox, mut inbox) = outbound_queue(
+        state.config.limits.max_queued_messages,
+        Arc::clone(&registration.signal),
+    );
     let mut session = Session {
         decode_limits: DecodeLimits {
             max_request_id_bytes: 128,
@@ -119,10 +122,10 @@ pub async fn run(
     let mut last_heard = Instant::now();
     let mut next_ping = Instant::now() + keepalive;
     // The signal and the timer live across loop turns: a turn per notification must not
-    // re-register wakers and timer entries every time. `stop` is this connection's own
-    // token, a child of the server's: cancelled on shutdown and when the dispatcher finds
-    // the connection too slow. Polling it costs one uncontended check per turn.
-    let stop_signal = stop.cancelled();
+    // re-register wakers and timer entries every time. The signal is this connection's own,
+    // set on shutdown and when the dispatcher finds the connection too slow; polling it is
+    // one atomic load and a lock-free waker registration per turn.
+    let stop_signal = registration.signal.stopped();
     tokio::pin!(stop_signal);
     let timer = tokio::time::sleep_until(hello_deadline.min(next_ping));
     tokio::pin!(timer);
@@ -138,13 +141,10 @@ pub async fn run(
         }
         tokio::select! {
             biased;
-            _ = &mut stop_signal => break Outcome::Close(
-                if session.state.shutdown.is_cancelled() {
-                    CloseReason::ShuttingDown
-                } else {
-                    CloseReason::SlowConsumer
-                },
-            ),
+            reason = &mut stop_signal => break Outcome::Close(match reason {
+                StopReason::ShuttingDown => CloseReason::ShuttingDown,
+                StopReason::SlowConsumer => CloseReason::SlowConsumer,
+            }),
             message = inbox.recv(), if session.announced => {
                 let Some(message) = message else { break Outcome::Gone };
                 // Write what is already queued in one go, then flush once.
