@@ -332,6 +332,29 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        /// Arbitrary bytes, and valid heads with arbitrary bytes spliced in, never panic;
+        /// a complete head never claims more bytes than it was given.
+        #[test]
+        fn any_input_is_parsed_or_refused_without_panicking(
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            at in 0usize..400,
+        ) {
+            let mut spliced = upgrade(VALID).into_bytes();
+            let at = at.min(spliced.len());
+            spliced.splice(at..at, noise.iter().copied());
+            for input in [&noise, &spliced] {
+                if let Parsed::Complete { head, length } = RequestHead::parse(input) {
+                    proptest::prop_assert!(length <= input.len());
+                    let _ = (head.path(), head.query(), head.header_str("host"));
+                    if let Ok(accepted) = check(&head) {
+                        proptest::prop_assert_eq!(accepted.accept_key.len(), 28);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn bytes_after_the_head_are_left_to_the_caller() {
         let mut text = upgrade(VALID).into_bytes();
