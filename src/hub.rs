@@ -63,11 +63,17 @@ pub struct Inbox {
 }
 
 impl Inbox {
-    pub async fn recv(&mut self) -> Option<Utf8Bytes> {
-        let message = self.receiver.recv().await?;
-        self.queued_bytes
-            .fetch_sub(message.len(), Ordering::Relaxed);
-        Some(message)
+    /// The next message; `Ready(None)` once the dispatcher has let go of the connection.
+    pub fn poll_recv(
+        &mut self,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Utf8Bytes>> {
+        self.receiver.poll_recv(context).map(|message| {
+            let message = message?;
+            self.queued_bytes
+                .fetch_sub(message.len(), Ordering::Relaxed);
+            Some(message)
+        })
     }
 
     /// A message that is already queued, without waiting.

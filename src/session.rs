@@ -5,7 +5,9 @@
 //! per-connection action rate limit and liveness. Does not own matching or fan-out (the
 //! hub does) nor the upgrade checks (auth does).
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -74,6 +76,15 @@ enum Step {
     Gone,
 }
 
+/// What woke a turn of the session loop.
+enum Turn {
+    Stop(StopReason),
+    /// A queued notification, or `None` when the dispatcher let go of the connection.
+    Queued(Option<Utf8Bytes>),
+    Frame(Option<Result<Message, WsError>>),
+    Timer,
+}
+
 /// How the read/write loop ended.
 enum Outcome {
     /// The server closes with this reason.
@@ -121,12 +132,12 @@ pub async fn run(
     let hello_deadline = Instant::now() + session.state.config.hello_timeout.0;
     let mut last_heard = Instant::now();
     let mut next_ping = Instant::now() + keepalive;
-    // The signal and the timer live across loop turns: a turn per notification must not
-    // re-register wakers and timer entries every time. The signal is this connection's own,
-    // set on shutdown and when the dispatcher finds the connection too slow; polling it is
-    // one atomic load and a lock-free waker registration per turn.
-    let stop_signal = registration.signal.stopped();
-    tokio::pin!(stop_signal);
+    // The timer lives across loop turns: a turn per notification must not re-register
+    // timer entries every time. The signal is this connection's own: set on shutdown and
+    // when the dispatcher finds the connection too slow, and the waker of the socket and
+    // the timer, so a turn woken by a queued notification alone polls neither.
+    let signal = Arc::clone(&registration.signal);
+    let side_waker = Waker::from(Arc::clone(&signal));
     let timer = tokio::time::sleep_until(hello_deadline.min(next_ping));
     tokio::pin!(timer);
 
@@ -138,15 +149,50 @@ pub async fn run(
         };
         if timer.deadline() != next_timer || timer.is_elapsed() {
             timer.as_mut().reset(next_timer);
+            signal.mark();
         }
-        tokio::select! {
-            biased;
-            reason = &mut stop_signal => break Outcome::Close(match reason {
-                StopReason::ShuttingDown => CloseReason::ShuttingDown,
-                StopReason::SlowConsumer => CloseReason::SlowConsumer,
-            }),
-            message = inbox.recv(), if session.announced => {
-                let Some(message) = message else { break Outcome::Gone };
+        // In order: the stop signal, queued notifications, then the socket and the timer.
+        let turn = std::future::poll_fn(|context| {
+            if let Some(reason) = signal.reason() {
+                return Poll::Ready(Turn::Stop(reason));
+            }
+            if session.announced {
+                if let Poll::Ready(message) = inbox.poll_recv(context) {
+                    return Poll::Ready(Turn::Queued(message));
+                }
+            }
+            if !signal.take_woken() {
+                return Poll::Pending;
+            }
+            signal.register(context.waker());
+            // A stop between the check above and the registration woke no task.
+            if let Some(reason) = signal.reason() {
+                return Poll::Ready(Turn::Stop(reason));
+            }
+            let mut side_context = Context::from_waker(&side_waker);
+            // A source that is ready is not registered any more: poll both next time.
+            if let Poll::Ready(frame) = socket.poll_next_unpin(&mut side_context) {
+                signal.mark();
+                return Poll::Ready(Turn::Frame(frame));
+            }
+            if timer.as_mut().poll(&mut side_context).is_ready() {
+                signal.mark();
+                return Poll::Ready(Turn::Timer);
+            }
+            Poll::Pending
+        })
+        .await;
+        match turn {
+            Turn::Stop(reason) => {
+                break Outcome::Close(match reason {
+                    StopReason::ShuttingDown => CloseReason::ShuttingDown,
+                    StopReason::SlowConsumer => CloseReason::SlowConsumer,
+                })
+            }
+            Turn::Queued(message) => {
+                let Some(message) = message else {
+                    break Outcome::Gone;
+                };
                 // Write what is already queued in one go, then flush once.
                 let mut written = socket.feed(Message::Text(message)).await;
                 let mut batch = 1;
@@ -159,7 +205,7 @@ pub async fn run(
                     break Outcome::Gone;
                 }
             }
-            frame = socket.next() => {
+            Turn::Frame(frame) => {
                 last_heard = Instant::now();
                 let step = match frame {
                     None => Step::Gone,
@@ -170,7 +216,11 @@ pub async fn run(
                     Some(Ok(Message::Text(text))) => {
                         if session.rate.allow() {
                             let reply = session.handle_text(&text).await;
-                            if socket.send(Message::Text(Utf8Bytes::from(reply))).await.is_err() {
+                            if socket
+                                .send(Message::Text(Utf8Bytes::from(reply)))
+                                .await
+                                .is_err()
+                            {
                                 Step::Gone
                             } else {
                                 Step::Continue
@@ -193,7 +243,7 @@ pub async fn run(
                     Step::Gone => break Outcome::Gone,
                 }
             }
-            _ = &mut timer => {
+            Turn::Timer => {
                 let now = Instant::now();
                 if !session.announced && now >= hello_deadline {
                     break Outcome::Close(CloseReason::HelloTimeout);
@@ -203,7 +253,11 @@ pub async fn run(
                 }
                 if now >= next_ping {
                     next_ping = now + keepalive;
-                    if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    if socket
+                        .send(Message::Ping(Default::default()))
+                        .await
+                        .is_err()
+                    {
                         break Outcome::Gone;
                     }
                 }

@@ -5,12 +5,13 @@
 //! A session checks its signal on every wake-up, so the check is one atomic load in memory
 //! the session owns, and waiting registers the task's waker without a lock. (A child
 //! `CancellationToken` per connection took a mutex on every check and on every connect and
-//! disconnect.) Does not own what a session does when told to stop (see `session`).
+//! disconnect.) The same signal is the waker of the session's socket and timer, so that a
+//! turn knows whether they woke it. Does not own what a session does when told to stop
+//! (see `session`).
 
-use std::future::Future;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Wake, Waker};
 
 use futures_util::task::AtomicWaker;
 
@@ -27,11 +28,29 @@ const RUNNING: u8 = 0;
 const SLOW_CONSUMER: u8 = 1;
 const SHUTTING_DOWN: u8 = 2;
 
-/// One connection's stop flag. The first reason set wins.
-#[derive(Debug, Default)]
+/// One connection's stop flag, and the waker its session hands to its socket and timer.
+///
+/// Both live in one small allocation because the session reads them on every wake-up:
+/// `reason` at the top of each turn, `woken` to learn whether the socket, the timer or a
+/// stop woke it (a turn woken only by a queued notification polls neither again, since
+/// each such poll registers a waker anew, the socket's under a lock). The first reason set
+/// wins.
+#[derive(Debug)]
 pub struct StopSignal {
     reason: AtomicU8,
-    waker: AtomicWaker,
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Default for StopSignal {
+    /// Marked as woken, so that a session's first turn polls (and registers) everything.
+    fn default() -> Self {
+        Self {
+            reason: AtomicU8::new(RUNNING),
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        }
+    }
 }
 
 impl StopSignal {
@@ -44,7 +63,7 @@ impl StopSignal {
         let _ = self
             .reason
             .compare_exchange(RUNNING, code, Ordering::AcqRel, Ordering::Acquire);
-        self.waker.wake();
+        self.wake_task();
     }
 
     /// The reason, once one is set.
@@ -56,22 +75,37 @@ impl StopSignal {
         }
     }
 
-    fn poll_stopped(&self, context: &mut Context<'_>) -> Poll<StopReason> {
-        if let Some(reason) = self.reason() {
-            return Poll::Ready(reason);
-        }
-        self.waker.register(context.waker());
-        // A stop between the first check and the registration woke no one: look again.
-        match self.reason() {
-            Some(reason) => Poll::Ready(reason),
-            None => Poll::Pending,
-        }
+    /// Records a wake-up for the session's next turn without waking it (a source became
+    /// ready and is not registered any more, or the timer moved).
+    pub fn mark(&self) {
+        self.woken.store(true, Ordering::Release);
     }
 
-    /// Completes with the reason once one is set. Keep the future across wake-ups: each
-    /// poll is one load and, while running, one waker registration.
-    pub fn stopped(&self) -> impl Future<Output = StopReason> + '_ {
-        std::future::poll_fn(move |context| self.poll_stopped(context))
+    /// True once after the socket, the timer or a stop woke the session (or after `mark`).
+    pub fn take_woken(&self) -> bool {
+        self.woken.swap(false, Ordering::AcqRel)
+    }
+
+    /// The task to wake. A wake consumes it and marks the signal, so a session registers
+    /// again when `take_woken` is true, before it polls its sources.
+    pub fn register(&self, task: &Waker) {
+        self.task.register(task);
+    }
+
+    fn wake_task(&self) {
+        self.mark();
+        self.task.wake();
+    }
+}
+
+/// The socket's and the timer's waker: records the wake-up, then wakes the task.
+impl Wake for StopSignal {
+    fn wake(self: Arc<Self>) {
+        self.wake_task();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wake_task();
     }
 }
 
@@ -164,23 +198,57 @@ impl Drop for Registration {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn the_first_reason_wins_and_wakes_the_waiter() {
-        let signal = Arc::new(StopSignal::default());
-        let waiter = tokio::spawn({
-            let signal = Arc::clone(&signal);
-            async move { signal.stopped().await }
-        });
-        tokio::task::yield_now().await;
+    /// Counts wake-ups of the "task".
+    #[derive(Default)]
+    struct CountingTask(std::sync::atomic::AtomicUsize);
+
+    impl Wake for CountingTask {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn wakes(task: &CountingTask) -> usize {
+        task.0.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn the_first_reason_wins_and_wakes_the_registered_task() {
+        let signal = StopSignal::default();
+        let task = Arc::new(CountingTask::default());
+        assert!(
+            signal.take_woken(),
+            "a new signal makes the first turn poll everything"
+        );
+        assert!(!signal.take_woken());
+        signal.register(&Waker::from(Arc::clone(&task)));
         assert_eq!(signal.reason(), None);
         signal.stop(StopReason::SlowConsumer);
         signal.stop(StopReason::ShuttingDown);
-        assert_eq!(waiter.await.ok(), Some(StopReason::SlowConsumer));
         assert_eq!(signal.reason(), Some(StopReason::SlowConsumer));
+        assert_eq!(wakes(&task), 1, "a wake consumes the registration");
+        assert!(signal.take_woken());
     }
 
-    #[tokio::test]
-    async fn stop_all_reaches_registered_and_later_sessions_and_slots_are_reused() {
+    #[test]
+    fn as_a_waker_it_marks_then_wakes_the_task() {
+        let signal = Arc::new(StopSignal::default());
+        let task = Arc::new(CountingTask::default());
+        let _ = signal.take_woken();
+        signal.register(&Waker::from(Arc::clone(&task)));
+        let side = Waker::from(Arc::clone(&signal));
+        side.wake_by_ref();
+        assert_eq!(wakes(&task), 1);
+        assert!(signal.take_woken());
+        assert_eq!(signal.reason(), None, "a wake-up is not a stop");
+        // Without a new registration a second wake reaches no task, but is still recorded.
+        side.wake_by_ref();
+        assert_eq!(wakes(&task), 1);
+        assert!(signal.take_woken());
+    }
+
+    #[test]
+    fn stop_all_reaches_registered_and_later_sessions_and_slots_are_reused() {
         let stops = Arc::new(SessionStops::default());
         let first = stops.register();
         let second = stops.register();
@@ -192,7 +260,7 @@ mod tests {
         assert_eq!(first.signal.reason(), Some(StopReason::ShuttingDown));
         assert_eq!(third.signal.reason(), Some(StopReason::ShuttingDown));
         let late = stops.register();
-        assert_eq!(late.signal.stopped().await, StopReason::ShuttingDown);
+        assert_eq!(late.signal.reason(), Some(StopReason::ShuttingDown));
         drop((first, third, late));
         assert!(stops.is_empty());
     }
