@@ -115,13 +115,23 @@ fn is_base64_nonce(key: &[u8]) -> bool {
             .all(|&byte| byte.is_ascii_alphanumeric() || byte == b'+' || byte == b'/')
 }
 
-/// The `101 Switching Protocols` response head.
+/// The headers of the `101 Switching Protocols` answer.
+pub fn switching_protocols_headers(accepted: &Accepted) -> [(&'static str, &str); 3] {
+    [
+        ("connection", "upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-accept", &accepted.accept_key),
+    ]
+}
+
+/// The `101 Switching Protocols` response head, for a connection answered without hyper.
 pub fn switching_protocols(accepted: &Accepted) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: {}\r\n\r\n",
-        accepted.accept_key
-    )
-    .into_bytes()
+    let mut head = b"HTTP/1.1 101 Switching Protocols\r\n".to_vec();
+    for (name, value) in switching_protocols_headers(accepted) {
+        head.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    head.extend_from_slice(b"\r\n");
+    head
 }
 
 /// A request head read off the wire, kept as its bytes plus where each part lies in them.

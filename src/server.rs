@@ -206,13 +206,11 @@ async fn upgrade(
     let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
         return refusal(UpgradeError::Handshake(HandshakeError::NotHttp11));
     };
-    let response = Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header(
-            header::SEC_WEBSOCKET_ACCEPT,
-            admitted.accepted.accept_key.as_str(),
+    let response = handshake::switching_protocols_headers(&admitted.accepted)
+        .into_iter()
+        .fold(
+            Response::builder().status(StatusCode::SWITCHING_PROTOCOLS),
+            |response, (name, value)| response.header(name, value),
         )
         .body(axum::body::Body::empty());
     let tracker = state.sessions.clone();
