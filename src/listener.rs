@@ -409,8 +409,8 @@ async fn serve_http(
     let service_shared = Arc::clone(&shared);
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         deadline.at_ms.store(NO_DEADLINE, Ordering::Relaxed);
-        // HTTP/2 multiplexes requests (and WebSockets, RFC 8441) on one connection: once it
-        // has sent a request, it is not timed out here.
+        // HTTP/2 multiplexes requests on one connection: once it has sent a request, it is
+        // not timed out here.
         let http1 = request.version() < hyper::Version::HTTP_2;
         request.extensions_mut().insert(ConnectInfo(peer));
         let mut app = service_shared.app.clone();
