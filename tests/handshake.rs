@@ -222,72 +222,42 @@ async fn each_malformed_handshake_gets_its_own_status_and_message() {
     let plain = valid
         .replace("Upgrade: websocket\r\n", "")
         .replace("Connection: Upgrade\r\n", "");
-    let (head, body) = refused(&server, &plain).await;
-    assert!(head.starts_with("http/1.1 426 "), "{head}");
-    assert!(head.contains("upgrade: websocket"), "{head}");
-    assert!(
-        body["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("WebSocket endpoint")),
-        "{body}"
-    );
-
-    let (head, body) = refused(
-        &server,
-        &valid.replace("Connection: Upgrade", "Connection: keep-alive"),
-    )
-    .await;
-    assert!(head.starts_with("http/1.1 400 "), "{head}");
-    assert!(
-        body["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("Connection")),
-        "{body}"
-    );
-
-    let (head, body) = refused(&server, &valid.replace("Version: 13", "Version: 8")).await;
-    assert!(head.starts_with("http/1.1 426 "), "{head}");
-    assert!(head.contains("sec-websocket-version: 13"), "{head}");
-    assert!(
-        body["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("version 13")),
-        "{body}"
-    );
-
-    let (head, body) = refused(&server, &valid.replace(KEY, "short")).await;
-    assert!(head.starts_with("http/1.1 400 "), "{head}");
-    assert!(
-        body["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("Sec-WebSocket-Key")),
-        "{body}"
-    );
-
-    let (head, body) = refused(&server, &valid.replace("?header=", "?header=a&header=")).await;
-    assert!(head.starts_with("http/1.1 400 "), "{head}");
-    assert!(
-        body["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("query string")),
-        "{body}"
-    );
-
-    let (head, body) = refused(&server, &valid.replace("HTTP/1.1", "HTTP/1.0")).await;
-    assert!(head.starts_with("http/1.1 400 "), "{head}");
-    assert!(
-        body["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("HTTP/1.1")),
-        "{body}"
-    );
-
-    let (head, body) = refused(&server, &valid.replacen("GET ", "POST ", 1)).await;
-    assert!(head.starts_with("http/1.1 405 "), "{head}");
-    assert!(
-        body["error"].as_str().is_some_and(|e| e.contains("GET")),
-        "{body}"
-    );
+    // (request, status, a header the answer carries, a part of its error message)
+    let cases = [
+        (plain, 426, Some("upgrade: websocket"), "WebSocket endpoint"),
+        (
+            valid.replace("Connection: Upgrade", "Connection: keep-alive"),
+            400,
+            None,
+            "Connection",
+        ),
+        (
+            valid.replace("Version: 13", "Version: 8"),
+            426,
+            Some("sec-websocket-version: 13"),
+            "version 13",
+        ),
+        (valid.replace(KEY, "short"), 400, None, "Sec-WebSocket-Key"),
+        (
+            valid.replace("?header=", "?header=a&header="),
+            400,
+            None,
+            "query string",
+        ),
+        (valid.replace("HTTP/1.1", "HTTP/1.0"), 400, None, "HTTP/1.1"),
+        (valid.replacen("GET ", "POST ", 1), 405, None, "GET"),
+    ];
+    for (request, status, header, message) in cases {
+        let (head, body) = refused(&server, &request).await;
+        assert!(head.starts_with(&format!("http/1.1 {status} ")), "{head}");
+        if let Some(header) = header {
+            assert!(head.contains(header), "{head}");
+        }
+        assert!(
+            body["error"].as_str().is_some_and(|e| e.contains(message)),
+            "{body}"
+        );
+    }
 
     // The refusals are counted with their reasons.
     let metrics = server.metrics().await;
