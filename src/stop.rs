@@ -172,16 +172,6 @@ impl SessionStops {
             signal.stop(StopReason::ShuttingDown);
         }
     }
-
-    /// Sessions registered now.
-    pub fn len(&self) -> usize {
-        let registry = self.lock();
-        registry.signals.len() - registry.free.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl Drop for Registration {
@@ -206,6 +196,11 @@ mod tests {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    fn registered(stops: &SessionStops) -> usize {
+        let registry = stops.lock();
+        registry.signals.len() - registry.free.len()
     }
 
     fn wakes(task: &CountingTask) -> usize {
@@ -255,13 +250,13 @@ mod tests {
         drop(second);
         let third = stops.register();
         assert_eq!(third.index, 1, "a freed slot is reused");
-        assert_eq!(stops.len(), 2);
+        assert_eq!(registered(&stops), 2);
         stops.stop_all();
         assert_eq!(first.signal.reason(), Some(StopReason::ShuttingDown));
         assert_eq!(third.signal.reason(), Some(StopReason::ShuttingDown));
         let late = stops.register();
         assert_eq!(late.signal.reason(), Some(StopReason::ShuttingDown));
         drop((first, third, late));
-        assert!(stops.is_empty());
+        assert_eq!(registered(&stops), 0);
     }
 }
