@@ -528,7 +528,14 @@ pub async fn run_with_reload(
         tracing::info!("shutting down: closing connections");
         drain_state.session_stops.stop_all();
     });
-    let served = serve.await;
+    // The accept loop runs as a task of the runtime, not in the caller's future: a caller
+    // that is `block_on` (the binary) would otherwise accept on its own thread and hand
+    // every connection's task to a worker through the runtime's global queue, waking a
+    // worker (an eventfd write or futex) per connection.
+    let served = match tokio::spawn(serve).await {
+        Ok(served) => served,
+        Err(error) => Err(std::io::Error::other(error)),
+    };
     state.draining.store(true, Ordering::Relaxed);
     state.session_stops.stop_all();
     state.sessions.close();
