@@ -446,6 +446,18 @@ async fn serve_http(
     }
 }
 
+/// Notifications are small writes that must leave at once: no Nagle delay (which, against a
+/// client's delayed ACK, holds a second small frame for up to 40 ms). Linux copies
+/// TCP_NODELAY from the listening socket to each accepted one, so it is set there once
+/// instead of with a system call per connection. Returns whether that worked; elsewhere
+/// each accepted socket is set on its own.
+fn set_nodelay_for_accepted(listener: &TcpListener) -> bool {
+    cfg!(target_os = "linux")
+        && socket2::SockRef::from(listener)
+            .set_tcp_nodelay(true)
+            .is_ok()
+}
+
 /// Serves `app` on `listener` until `signal` completes, then stops accepting and waits (at
 /// most `grace`) for open HTTP connections to finish.
 pub async fn serve(
@@ -481,6 +493,7 @@ pub async fn serve(
             }
         }
     });
+    let nodelay_inherited = set_nodelay_for_accepted(&listener);
     tokio::pin!(signal);
     loop {
         let (stream, peer) = tokio::select! {
@@ -497,10 +510,10 @@ pub async fn serve(
                 }
             },
         };
-        // Notifications are small writes that must leave at once: no Nagle delay (which,
-        // against a client's delayed ACK, holds a second small frame for up to 40 ms).
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "TCP_NODELAY not set");
+        if !nodelay_inherited {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "TCP_NODELAY not set");
+            }
         }
         let shared = Arc::clone(&shared);
         let watcher = graceful.watcher();
@@ -538,4 +551,23 @@ pub async fn serve(
         tracing::warn!("grace period over with HTTP connections still open");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `serve` relies on when it skips the per-connection `set_nodelay`.
+    #[tokio::test]
+    async fn accepted_sockets_take_nodelay_from_the_listener() -> std::io::Result<()> {
+        let listener = bind("127.0.0.1:0".parse().map_err(std::io::Error::other)?)?;
+        let inherited = set_nodelay_for_accepted(&listener);
+        assert_eq!(inherited, cfg!(target_os = "linux"));
+        let _client = TcpStream::connect(listener.local_addr()?).await?;
+        let (accepted, _) = listener.accept().await?;
+        if inherited {
+            assert!(accepted.nodelay()?, "TCP_NODELAY was not inherited");
+        }
+        Ok(())
+    }
 }
