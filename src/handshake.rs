@@ -1,11 +1,12 @@
 //! The WebSocket opening handshake of RFC 6455 §4.2 over HTTP/1.1: parsing a request head,
 //! deciding whether it is a valid upgrade (with a specific error when it is not) and the
-//! `Sec-WebSocket-Accept` answer.
+//! `Sec-WebSocket-Accept` answer, and reading one parameter of the request's query string.
 //!
 //! Pure: no sockets and no runtime, so both ways an upgrade arrives share it (the
 //! listener's own read of a connection's first request, and a request that hyper parsed).
 //! Does not own authentication, limits or the session (see `server`, `auth`, `session`).
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -28,6 +29,76 @@ pub enum HandshakeError {
     UnsupportedVersion,
     #[error("the Sec-WebSocket-Key header is missing or not 16 bytes in base64")]
     BadKey,
+}
+
+/// A query string that names the same parameter twice (which value counts would be a guess).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the `{0}` parameter appears more than once")]
+pub struct RepeatedParameter(pub String);
+
+/// The value of parameter `name` in `query` (`application/x-www-form-urlencoded`, as browsers
+/// write it: `+` is a space, `%XX` a byte, a `%` without two hex digits after it stays as it
+/// is, bytes that are not UTF-8 become U+FFFD). Borrowed unless it had to be decoded.
+pub fn query_parameter<'a>(
+    query: &'a str,
+    name: &str,
+) -> Result<Option<Cow<'a, str>>, RepeatedParameter> {
+    let mut found = None;
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if form_decode(key) != name {
+            continue;
+        }
+        if found.is_some() {
+            return Err(RepeatedParameter(name.to_owned()));
+        }
+        found = Some(form_decode(value));
+    }
+    Ok(found)
+}
+
+/// Decodes one component of a form-encoded query string, copying the runs between `%` and
+/// `+` whole.
+fn form_decode(component: &str) -> Cow<'_, str> {
+    let bytes = component.as_bytes();
+    if memchr::memchr2(b'%', b'+', bytes).is_none() {
+        return Cow::Borrowed(component);
+    }
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut rest = bytes;
+    while let Some(at) = memchr::memchr2(b'%', b'+', rest) {
+        let (run, special) = rest.split_at(at);
+        decoded.extend_from_slice(run);
+        let Some((&marker, after)) = special.split_first() else {
+            break;
+        };
+        rest = after;
+        if marker == b'+' {
+            decoded.push(b' ');
+            continue;
+        }
+        match after {
+            [high, low, tail @ ..] => match (hex_value(*high), hex_value(*low)) {
+                (Some(high), Some(low)) => {
+                    decoded.push(high << 4 | low);
+                    rest = tail;
+                }
+                _ => decoded.push(b'%'),
+            },
+            _ => decoded.push(b'%'),
+        }
+    }
+    decoded.extend_from_slice(rest);
+    match String::from_utf8(decoded) {
+        Ok(text) => Cow::Owned(text),
+        Err(error) => Cow::Owned(String::from_utf8_lossy(error.as_bytes()).into_owned()),
+    }
+}
+
+fn hex_value(digit: u8) -> Option<u8> {
+    char::from(digit)
+        .to_digit(16)
+        .and_then(|value| u8::try_from(value).ok())
 }
 
 /// A request's method, version and headers, however they were parsed.
@@ -126,9 +197,12 @@ pub fn switching_protocols_headers(accepted: &Accepted) -> [(&'static str, &str)
 
 /// The `101 Switching Protocols` response head, for a connection answered without hyper.
 pub fn switching_protocols(accepted: &Accepted) -> Vec<u8> {
-    let mut head = b"HTTP/1.1 101 Switching Protocols\r\n".to_vec();
+    let mut head = Vec::with_capacity(160);
+    head.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
     for (name, value) in switching_protocols_headers(accepted) {
-        head.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        for part in [name, ": ", value, "\r\n"] {
+            head.extend_from_slice(part.as_bytes());
+        }
     }
     head.extend_from_slice(b"\r\n");
     head
@@ -361,6 +435,53 @@ mod tests {
                         proptest::prop_assert_eq!(accepted.accept_key.len(), 28);
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn query_parameters_are_form_decoded() {
+        let cases = [
+            ("header=abc", Some("abc")),
+            ("a=1&header=x%2By%3D%3D&b", Some("x+y==")),
+            ("header=a+b", Some("a b")),
+            ("header=%zz%4", Some("%zz%4")),
+            ("header", Some("")),
+            ("head%65r=1", Some("1")),
+            ("header=%FF", Some("\u{FFFD}")),
+            ("other=1&&", None),
+            ("", None),
+        ];
+        for (query, expected) in cases {
+            let value = query_parameter(query, "header");
+            assert_eq!(
+                value.as_ref().map(Option::as_deref),
+                Ok(expected),
+                "{query}"
+            );
+        }
+        assert_eq!(
+            query_parameter("header=a&header=b", "header"),
+            Err(RepeatedParameter("header".into()))
+        );
+    }
+
+    proptest::proptest! {
+        /// The decoder agrees with the `form_urlencoded` crate on any query string.
+        #[test]
+        fn query_parameter_agrees_with_form_urlencoded(
+            query in "([a-z%+=&0-9A-F]|%[0-9a-fA-F]{2}|\\PC){0,40}",
+        ) {
+            let reference: Vec<String> = form_urlencoded::parse(query.as_bytes())
+                .filter(|(key, _)| key == "a")
+                .map(|(_, value)| value.into_owned())
+                .collect();
+            match query_parameter(&query, "a") {
+                Ok(value) => proptest::prop_assert_eq!(
+                    value.map(Cow::into_owned),
+                    reference.first().cloned()
+                ),
+                Err(_) => proptest::prop_assert!(reference.len() > 1),
             }
         }
     }

@@ -69,11 +69,6 @@ pub enum RunError {
     Tls(#[from] crate::tls::TlsError),
 }
 
-#[derive(Deserialize)]
-struct UpgradeQuery {
-    header: Option<String>,
-}
-
 /// An upgrade that passed every check, holding its connection slot.
 struct Admitted {
     accepted: Accepted,
@@ -92,7 +87,7 @@ fn admit(
     query: Option<&str>,
 ) -> Result<Admitted, UpgradeError> {
     let accepted = handshake::check(request).map_err(UpgradeError::Handshake)?;
-    let query: UpgradeQuery = serde_urlencoded::from_str(query.unwrap_or_default())
+    let header = handshake::query_parameter(query.unwrap_or_default(), "header")
         .map_err(|error| UpgradeError::BadQuery(error.to_string()))?;
     if state.draining.load(Ordering::Relaxed) {
         return Err(UpgradeError::Draining);
@@ -108,7 +103,7 @@ fn admit(
     state.auth.check_origin(request.header_str("origin"))?;
     let identity = state
         .auth
-        .check_header(query.header.as_deref(), request.header_str("host"))?;
+        .check_header(header.as_deref(), request.header_str("host"))?;
     Ok(Admitted {
         accepted,
         identity,

@@ -200,12 +200,12 @@ fn all_hex(text: &str) -> bool {
 }
 
 fn is_hyphenated_guid(text: &str) -> bool {
-    let groups: Vec<&str> = text.split('-').collect();
-    groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(group, len)| group.len() == len && all_hex(group))
+    let mut groups = text.split('-');
+    [8, 4, 4, 4, 12].into_iter().all(|length| {
+        groups
+            .next()
+            .is_some_and(|group| group.len() == length && all_hex(group))
+    }) && groups.next().is_none()
 }
 
 fn is_hex_guid(text: &str) -> bool {
