@@ -83,6 +83,8 @@ enum Turn {
     Queued(Option<Utf8Bytes>),
     Frame(Option<Result<Message, WsError>>),
     Timer,
+    /// Acks are written but not yet sent, and no further frame has been read.
+    Flush,
 }
 
 /// How the read/write loop ended.
@@ -140,6 +142,10 @@ pub async fn run(
     let side_waker = Waker::from(Arc::clone(&signal));
     let timer = tokio::time::sleep_until(hello_deadline.min(next_ping));
     tokio::pin!(timer);
+    // Acks are written to the socket's buffer and sent once no complete frame is left to
+    // read: a client that sends several actions at once (the JS client re-subscribing all
+    // its rules after Hello) gets their Acks in one write, not one system call each.
+    let mut acks_unsent = false;
 
     let outcome: Outcome = loop {
         let next_timer = if session.announced {
@@ -179,6 +185,9 @@ pub async fn run(
                 signal.mark();
                 return Poll::Ready(Turn::Timer);
             }
+            if acks_unsent {
+                return Poll::Ready(Turn::Flush);
+            }
             Poll::Pending
         })
         .await;
@@ -204,6 +213,7 @@ pub async fn run(
                 if written.is_err() || socket.flush().await.is_err() {
                     break Outcome::Gone;
                 }
+                acks_unsent = false;
             }
             Turn::Frame(frame) => {
                 last_heard = Instant::now();
@@ -217,12 +227,13 @@ pub async fn run(
                         if session.rate.allow() {
                             let reply = session.handle_text(&text).await;
                             if socket
-                                .send(Message::Text(Utf8Bytes::from(reply)))
+                                .feed(Message::Text(Utf8Bytes::from(reply)))
                                 .await
                                 .is_err()
                             {
                                 Step::Gone
                             } else {
+                                acks_unsent = true;
                                 Step::Continue
                             }
                         } else {
@@ -241,6 +252,12 @@ pub async fn run(
                     Step::Close(reason) => break Outcome::Close(reason),
                     Step::PeerClosed => break Outcome::PeerClosed,
                     Step::Gone => break Outcome::Gone,
+                }
+            }
+            Turn::Flush => {
+                acks_unsent = false;
+                if socket.flush().await.is_err() {
+                    break Outcome::Gone;
                 }
             }
             Turn::Timer => {

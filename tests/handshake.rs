@@ -1,5 +1,5 @@
 //! The WebSocket opening handshake over raw TCP: what a browser sends, what it gets back,
-//! frames pipelined behind the request head, an upgrade after other requests on a kept-alive
+//! frames pipelined behind the request head and their Acks, an upgrade after other requests on a kept-alive
 //! connection (the hyper route), and the specific refusal for each malformed handshake.
 
 mod common;
@@ -150,6 +150,53 @@ async fn a_frame_pipelined_behind_the_request_head_is_read() {
     assert_eq!(ack["Action"], "Ack", "{ack}");
     assert_eq!(ack["RequestId"], "r1", "{ack}");
     assert_eq!(ack["Status"], "Ok", "{ack}");
+}
+
+/// The session sends Acks once it has no complete frame left to read: actions pipelined in
+/// one write (as the JS client re-subscribes after Hello) all get their Acks, in order.
+#[tokio::test]
+async fn actions_pipelined_in_one_write_are_all_acked_in_order() {
+    let server = Server::dev().await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let mut bytes = upgrade_request(&server, "").into_bytes();
+    let actions = [
+        (r#"{"Action":"Hello","RequestId":"h"}"#, "Ok"),
+        (
+            r#"{"Action":"Subscribe","RequestId":"s1","Rule":"a","Pattern":{"source":["x"]}}"#,
+            "Ok",
+        ),
+        (
+            r#"{"Action":"Subscribe","RequestId":"s2","Rule":"b","Pattern":{"source":7}}"#,
+            "Error",
+        ),
+        (
+            r#"{"Action":"Subscribe","RequestId":"s3","Rule":"c","Pattern":{"source":["y"]}}"#,
+            "Ok",
+        ),
+        (
+            r#"{"Action":"Unsubscribe","RequestId":"u","Rule":"c"}"#,
+            "Ok",
+        ),
+    ];
+    for (action, _) in actions {
+        bytes.extend(client_text_frame(action));
+    }
+    stream.write_all(&bytes).await.expect("write");
+    let mut buffer = Vec::new();
+    let head = read_response_head(&mut stream, &mut buffer).await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    for (action, status) in actions {
+        let ack = read_server_text(&mut stream, &mut buffer).await;
+        let sent: Value = serde_json::from_str(action).expect("json");
+        assert_eq!(ack["Action"], "Ack", "{ack}");
+        assert_eq!(ack["RequestId"], sent["RequestId"], "{ack}");
+        assert_eq!(ack["Status"], status, "{ack}");
+    }
+    // Rule `a` is live: an event for it arrives on the same connection.
+    server.publish_event("x", "t", serde_json::json!({})).await;
+    let event = read_server_text(&mut stream, &mut buffer).await;
+    assert_eq!(event["Action"], "Event", "{event}");
+    assert_eq!(event["Rules"], serde_json::json!(["a"]), "{event}");
 }
 
 #[tokio::test]
