@@ -162,7 +162,7 @@ w("One `eventgate-bench` process drives each run against a freshly started serve
   "Connections are spread over 250 source addresses 127.0.0.1–127.0.0.250.")
 w("")
 w("- **eventgate:** connection = upgrade + Hello + Subscribe `hit` (`{\"source\":[\"bench\"],\"detail\":{\"group\":[g]}}`) + "
-  "Subscribe `miss` + their Acks; events POSTed to `/events` in PutEvents batches of 10 (PutEvents' own limit per request).")
+  "Subscribe `miss` + their Acks, sent as the JS client sends them (Hello, its Ack, then both Subscribes at once); events POSTed to `/events` in PutEvents batches of 10 (PutEvents' own limit per request).")
 w("- **Nchan:** connection = WebSocket upgrade on `/sub/<g>` (nothing else to do); each event POSTed alone to `/pub/<g>` "
   "(Nchan publishes one message per request), 64 requests in flight at fixed rates and 128 at maximum rate "
   "(eventgate: 16), keep-alive. "

@@ -102,6 +102,10 @@ struct Args {
     /// Subscribe), the same work as an Nchan subscription; only with --idle.
     #[arg(long)]
     upgrade_only: bool,
+    /// eventgate: send each set-up action only after the previous one's Ack (by default the
+    /// two Subscribes go out together after Hello's Ack, as the JS client sends them).
+    #[arg(long)]
+    one_action_at_a_time: bool,
     /// Seconds to hold idle connections before reading memory.
     #[arg(long, default_value_t = 2)]
     hold: u64,
@@ -425,10 +429,11 @@ async fn set_up(args: &Args, index: usize, group: usize) -> Result<Ws, String> {
         Target::Nchan => format!("ws://{}/sub/{group}", args.server),
     };
     // Small buffers: the default 128 KiB read buffer per socket would cost the client
-    // gigabytes (and one mmap each) at 100k connections.
+    // gigabytes (and one mmap each) at 100k connections. Frames fed without a flush are
+    // held until one (so pipelined actions leave in one write).
     let config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0);
+        .write_buffer_size(4 * 1024);
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
         .await
         .map_err(|e| format!("upgrade: {e}"))?;
@@ -442,10 +447,28 @@ async fn set_up(args: &Args, index: usize, group: usize) -> Result<Ws, String> {
         ),
         r#"{"Action":"Subscribe","RequestId":"s2","Rule":"miss","Pattern":"{\"source\":[\"never\"]}"}"#.to_owned(),
     ];
-    for frame in frames {
-        ws.send(Message::Text(frame.into()))
+    if args.one_action_at_a_time {
+        for frame in frames {
+            ws.send(Message::Text(frame.into()))
+                .await
+                .map_err(|e| e.to_string())?;
+            wait_ack(&mut ws).await?;
+        }
+        return Ok(ws);
+    }
+    // As the JS client does: Hello, its Ack, then every Subscribe at once.
+    let [hello, subscribes @ ..] = frames;
+    ws.send(Message::Text(hello.into()))
+        .await
+        .map_err(|e| e.to_string())?;
+    wait_ack(&mut ws).await?;
+    for frame in &subscribes {
+        ws.feed(Message::Text(frame.clone().into()))
             .await
             .map_err(|e| e.to_string())?;
+    }
+    ws.flush().await.map_err(|e| e.to_string())?;
+    for _ in &subscribes {
         wait_ack(&mut ws).await?;
     }
     Ok(ws)
@@ -767,6 +790,9 @@ async fn main() {
             "connections: {connected} set up in {setup_s:.2}s = {setup_rate:.0}/s ({}), {failed} failed",
             match args.target {
                 Target::Eventgate if args.upgrade_only => "authenticated upgrade",
+                Target::Eventgate if args.one_action_at_a_time => {
+                    "upgrade + Hello + 2 Subscribe + Acks, one at a time"
+                }
                 Target::Eventgate => "upgrade + Hello + 2 Subscribe + Acks",
                 Target::Nchan => "upgrade",
             }
