@@ -4,12 +4,11 @@
 //!
 //! Owns rule registration order (a Subscribe acknowledged before an event was accepted is
 //! always applied before that event is matched), fan-out, keep-alives and the backpressure
-//! policy: every connection has a bounded outbound queue (messages and bytes); a delivery
+//! policy: every connection has a bounded outbound queue (`outbound`); a delivery
 //! that does not fit closes that connection with 1013 and drops its rules. The dispatcher
 //! never waits on a connection. Does not own sockets (see `session`) or ingest parsing.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +20,8 @@ use eventgate_protocol::envelope::Event;
 use eventgate_protocol::pattern::{Pattern, RuleIndex};
 use eventgate_protocol::wire;
 
-use crate::stop::{StopReason, StopSignal};
+use crate::outbound::{Offer, Outbox};
+use crate::stop::StopReason;
 use crate::telemetry;
 
 pub type ConnectionId = u64;
@@ -45,63 +45,6 @@ pub enum SubscribeError {
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the dispatcher has stopped")]
 pub struct HubStopped;
-
-/// The dispatcher's end of a connection's outbound queue.
-#[derive(Debug)]
-pub struct Outbox {
-    sender: mpsc::Sender<Utf8Bytes>,
-    queued_bytes: Arc<AtomicUsize>,
-    /// Set when the connection cannot keep up.
-    stop: Arc<StopSignal>,
-}
-
-/// The session's end of its outbound queue.
-#[derive(Debug)]
-pub struct Inbox {
-    receiver: mpsc::Receiver<Utf8Bytes>,
-    queued_bytes: Arc<AtomicUsize>,
-}
-
-impl Inbox {
-    /// The next message; `Ready(None)` once the dispatcher has let go of the connection.
-    pub fn poll_recv(
-        &mut self,
-        context: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Utf8Bytes>> {
-        self.receiver.poll_recv(context).map(|message| {
-            let message = message?;
-            self.queued_bytes
-                .fetch_sub(message.len(), Ordering::Relaxed);
-            Some(message)
-        })
-    }
-
-    /// A message that is already queued, without waiting.
-    pub fn try_recv(&mut self) -> Option<Utf8Bytes> {
-        let message = self.receiver.try_recv().ok()?;
-        self.queued_bytes
-            .fetch_sub(message.len(), Ordering::Relaxed);
-        Some(message)
-    }
-}
-
-/// A bounded outbound queue for one connection. The dispatcher sets `stop` (the session's
-/// own signal, see `stop`) when the queue overflows.
-pub fn outbound_queue(max_messages: usize, stop: Arc<StopSignal>) -> (Outbox, Inbox) {
-    let (sender, receiver) = mpsc::channel(max_messages.max(1));
-    let queued_bytes = Arc::new(AtomicUsize::new(0));
-    (
-        Outbox {
-            sender,
-            queued_bytes: queued_bytes.clone(),
-            stop,
-        },
-        Inbox {
-            receiver,
-            queued_bytes,
-        },
-    )
-}
 
 enum Command {
     Register {
@@ -330,35 +273,6 @@ impl<T> SlotTable<T> {
     }
 }
 
-/// What became of one offered notification.
-enum Offer {
-    Queued,
-    /// The queue is full (too slow) or closed: the connection must be dropped.
-    Refused {
-        too_slow: bool,
-    },
-}
-
-/// Offers `frame` to `entry` without waiting: it is queued when the queue has room in
-/// messages and bytes (an empty queue always takes one frame).
-fn offer(entry: &ConnectionEntry, frame: Utf8Bytes, max_queued_bytes: usize) -> Offer {
-    let size = frame.len();
-    let queued = entry.outbox.queued_bytes.load(Ordering::Relaxed);
-    if queued + size > max_queued_bytes && queued != 0 {
-        return Offer::Refused { too_slow: true };
-    }
-    entry.outbox.queued_bytes.fetch_add(size, Ordering::Relaxed);
-    match entry.outbox.sender.try_send(frame) {
-        Ok(()) => Offer::Queued,
-        Err(error) => {
-            entry.outbox.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-            Offer::Refused {
-                too_slow: matches!(error, mpsc::error::TrySendError::Full(_)),
-            }
-        }
-    }
-}
-
 /// The dispatcher's state. Connections and rules live in slot tables (vectors indexed by
 /// slot / rule id, reused after removal), so fanning an event out to thousands of
 /// connections costs array reads, not hash probes or reference-count traffic.
@@ -555,7 +469,7 @@ impl Dispatcher {
             let Some(entry) = self.slots.get(slot) else {
                 continue;
             };
-            match offer(entry, frame, self.settings.max_queued_bytes) {
+            match entry.outbox.offer(frame, self.settings.max_queued_bytes) {
                 Offer::Queued => sent += 1,
                 Offer::Refused { too_slow } => refused.push((slot, too_slow)),
             }
@@ -577,7 +491,7 @@ impl Dispatcher {
         };
         let connection = entry.id;
         if too_slow {
-            entry.outbox.stop.stop(StopReason::SlowConsumer);
+            entry.outbox.stop(StopReason::SlowConsumer);
             telemetry::slow_consumer_closed(connection);
         }
         self.drop_connection(connection);
@@ -587,7 +501,8 @@ impl Dispatcher {
         let mut refused = Vec::new();
         for (slot, entry) in self.slots.iter() {
             let frame = Utf8Bytes::from(wire::keep_alive(&uuid::Uuid::new_v4().to_string()));
-            if let Offer::Refused { too_slow } = offer(entry, frame, self.settings.max_queued_bytes)
+            if let Offer::Refused { too_slow } =
+                entry.outbox.offer(frame, self.settings.max_queued_bytes)
             {
                 refused.push((slot, too_slow));
             }

@@ -21,8 +21,9 @@ use eventgate_protocol::pattern::Pattern;
 use eventgate_protocol::wire::{self, ack_text, ClientAction, DecodeLimits, PatternSource};
 
 use crate::errors::CloseReason;
-use crate::hub::{outbound_queue, ConnectionId, SubscribeError};
+use crate::hub::{ConnectionId, SubscribeError};
 use crate::listener::Transport;
+use crate::outbound::outbound_queue;
 use crate::server::AppState;
 use crate::stop::StopReason;
 use crate::telemetry;
@@ -101,7 +102,7 @@ struct Session {
     state: Arc<AppState>,
     connection: ConnectionId,
     announced: bool,
-    outbox: Option<crate::hub::Outbox>,
+    outbox: Option<crate::outbound::Outbox>,
     decode_limits: DecodeLimits,
     rate: RateLimit,
 }
