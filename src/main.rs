@@ -124,6 +124,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     init_logging(config.dev);
+    raise_open_file_limit();
     let listener = match eventgate::listener::bind(config.listen) {
         Ok(listener) => listener,
         Err(error) => {
@@ -171,6 +172,15 @@ async fn serve(args: ServeArgs) -> ExitCode {
             eprintln!("eventgate: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Each connection is an open file, and soft limits are often 1,024: the soft limit is raised
+/// to the hard one, as nginx's `worker_rlimit_nofile` and Go's runtime do.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open-file limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
     }
 }
 

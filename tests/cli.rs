@@ -10,7 +10,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_eventgate");
 
 /// The command with no EVENTGATE_* variables inherited from the environment.
 fn eventgate() -> Command {
-    let mut command = Command::new(BIN);
+    without_eventgate_variables(Command::new(BIN))
+}
+
+fn without_eventgate_variables(mut command: Command) -> Command {
     for (name, _) in std::env::vars() {
         if name.starts_with("EVENTGATE_") {
             command.env_remove(name);
@@ -155,4 +158,38 @@ fn serve_dev_prints_the_address_and_key() {
     if let Err(message) = outcome {
         panic!("{message}; output: {lines:?}");
     }
+}
+
+/// Started with a soft open-file limit of 256, the server raises it to the hard limit.
+#[cfg(target_os = "linux")]
+#[test]
+fn serve_raises_its_soft_open_file_limit_to_the_hard_one() {
+    let mut child = without_eventgate_variables(Command::new("sh"))
+        .arg("-c")
+        .arg(format!(
+            "ulimit -S -n 256 && exec {BIN} serve --dev --listen 127.0.0.1:0"
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sh");
+    let mut first = String::new();
+    let read = child
+        .stdout
+        .take()
+        .map(|stdout| BufReader::new(stdout).read_line(&mut first));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id()));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(matches!(read, Some(Ok(n)) if n > 0), "no output: {read:?}");
+    assert!(first.starts_with("listening on "), "{first}");
+    let limits = limits.expect("read /proc/<pid>/limits");
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("an open-files line");
+    let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers.len(), 2, "{line}");
+    assert_eq!(numbers[0], numbers[1], "soft limit not raised: {line}");
+    assert_ne!(numbers[0], "256", "{line}");
 }
