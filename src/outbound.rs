@@ -173,17 +173,8 @@ impl Drop for Inbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::{Wake, Waker};
-
-    #[derive(Default)]
-    struct CountingWaker(AtomicUsize);
-
-    impl Wake for CountingWaker {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use crate::stop::CountingTask;
+    use std::task::Waker;
 
     fn queue(max_messages: usize) -> (Outbox, Inbox) {
         outbound_queue(max_messages, Arc::new(StopSignal::default()))
@@ -248,7 +239,7 @@ mod tests {
         let (outbox, mut inbox) = queue(4);
         assert_eq!(outbox.offer(frame("last"), 100), Offer::Queued);
         drop(outbox);
-        let waker = Waker::from(Arc::new(CountingWaker::default()));
+        let waker = Waker::from(Arc::new(CountingTask::default()));
         let mut context = Context::from_waker(&waker);
         assert_eq!(
             inbox
@@ -262,17 +253,17 @@ mod tests {
     #[test]
     fn a_waiting_session_is_woken_once_when_its_queue_fills_and_when_it_ends() {
         let (outbox, mut inbox) = queue(8);
-        let counter = Arc::new(CountingWaker::default());
+        let counter = Arc::new(CountingTask::default());
         let waker = Waker::from(Arc::clone(&counter));
         let mut context = Context::from_waker(&waker);
         assert_eq!(inbox.poll_recv(&mut context), Poll::Pending);
         assert_eq!(outbox.offer(frame("a"), 100), Offer::Queued);
         assert_eq!(outbox.offer(frame("b"), 100), Offer::Queued);
-        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        assert_eq!(counter.wakes(), 1);
         assert!(inbox.try_recv().is_some() && inbox.try_recv().is_some());
         assert_eq!(inbox.poll_recv(&mut context), Poll::Pending);
         drop(outbox);
-        assert_eq!(counter.0.load(Ordering::SeqCst), 2);
+        assert_eq!(counter.wakes(), 2);
         assert_eq!(inbox.poll_recv(&mut context), Poll::Ready(None));
     }
 

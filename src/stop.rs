@@ -184,27 +184,32 @@ impl Drop for Registration {
     }
 }
 
+/// A stand-in for a task in unit tests: it counts its wake-ups.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct CountingTask(std::sync::atomic::AtomicUsize);
+
+#[cfg(test)]
+impl CountingTask {
+    pub(crate) fn wakes(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+impl Wake for CountingTask {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Counts wake-ups of the "task".
-    #[derive(Default)]
-    struct CountingTask(std::sync::atomic::AtomicUsize);
-
-    impl Wake for CountingTask {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
     fn registered(stops: &SessionStops) -> usize {
         let registry = stops.lock();
         registry.signals.len() - registry.free.len()
-    }
-
-    fn wakes(task: &CountingTask) -> usize {
-        task.0.load(Ordering::SeqCst)
     }
 
     #[test]
@@ -221,7 +226,7 @@ mod tests {
         signal.stop(StopReason::SlowConsumer);
         signal.stop(StopReason::ShuttingDown);
         assert_eq!(signal.reason(), Some(StopReason::SlowConsumer));
-        assert_eq!(wakes(&task), 1, "a wake consumes the registration");
+        assert_eq!(task.wakes(), 1, "a wake consumes the registration");
         assert!(signal.take_woken());
     }
 
@@ -233,12 +238,12 @@ mod tests {
         signal.register(&Waker::from(Arc::clone(&task)));
         let side = Waker::from(Arc::clone(&signal));
         side.wake_by_ref();
-        assert_eq!(wakes(&task), 1);
+        assert_eq!(task.wakes(), 1);
         assert!(signal.take_woken());
         assert_eq!(signal.reason(), None, "a wake-up is not a stop");
         // Without a new registration a second wake reaches no task, but is still recorded.
         side.wake_by_ref();
-        assert_eq!(wakes(&task), 1);
+        assert_eq!(task.wakes(), 1);
         assert!(signal.take_woken());
     }
 
