@@ -61,12 +61,13 @@ pub fn query_parameter<'a>(
 /// `+` whole.
 fn form_decode(component: &str) -> Cow<'_, str> {
     let bytes = component.as_bytes();
-    if memchr::memchr2(b'%', b'+', bytes).is_none() {
+    let Some(first) = memchr::memchr2(b'%', b'+', bytes) else {
         return Cow::Borrowed(component);
-    }
+    };
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut rest = bytes;
-    while let Some(at) = memchr::memchr2(b'%', b'+', rest) {
+    let mut next = Some(first);
+    while let Some(at) = next {
         let (run, special) = rest.split_at(at);
         decoded.extend_from_slice(run);
         let Some((&marker, after)) = special.split_first() else {
@@ -75,18 +76,19 @@ fn form_decode(component: &str) -> Cow<'_, str> {
         rest = after;
         if marker == b'+' {
             decoded.push(b' ');
-            continue;
-        }
-        match after {
-            [high, low, tail @ ..] => match (hex_value(*high), hex_value(*low)) {
-                (Some(high), Some(low)) => {
-                    decoded.push(high << 4 | low);
-                    rest = tail;
-                }
+        } else {
+            match after {
+                [high, low, tail @ ..] => match (hex_value(*high), hex_value(*low)) {
+                    (Some(high), Some(low)) => {
+                        decoded.push(high << 4 | low);
+                        rest = tail;
+                    }
+                    _ => decoded.push(b'%'),
+                },
                 _ => decoded.push(b'%'),
-            },
-            _ => decoded.push(b'%'),
+            }
         }
+        next = memchr::memchr2(b'%', b'+', rest);
     }
     decoded.extend_from_slice(rest);
     match String::from_utf8(decoded) {

@@ -462,13 +462,14 @@ async fn set_up(args: &Args, index: usize, group: usize) -> Result<Ws, String> {
         .await
         .map_err(|e| e.to_string())?;
     wait_ack(&mut ws).await?;
-    for frame in &subscribes {
-        ws.feed(Message::Text(frame.clone().into()))
+    let acks_due = subscribes.len();
+    for frame in subscribes {
+        ws.feed(Message::Text(frame.into()))
             .await
             .map_err(|e| e.to_string())?;
     }
     ws.flush().await.map_err(|e| e.to_string())?;
-    for _ in &subscribes {
+    for _ in 0..acks_due {
         wait_ack(&mut ws).await?;
     }
     Ok(ws)
