@@ -130,7 +130,9 @@ pub(crate) fn match_leaf(m: &Matcher, v: &Leaf<'_>) -> bool {
         Matcher::AbNum(list) => !v.as_num().is_some_and(|x| list.contains(&x)),
         // As in EventBridge (event-ruler): a number, boolean or null has no string prefix,
         // suffix, case-folded form or glob match, so every such anything-but accepts it.
-        Matcher::AbPrefix(list) => !s.is_some_and(|s| list.iter().any(|p| s.starts_with(p.as_str()))),
+        Matcher::AbPrefix(list) => {
+            !s.is_some_and(|s| list.iter().any(|p| s.starts_with(p.as_str())))
+        }
         Matcher::AbSuffix(list) => !s.is_some_and(|s| list.iter().any(|p| s.ends_with(p.as_str()))),
         Matcher::AbEic(list) => !s.is_some_and(|s| {
             let f = fold(s);
