@@ -39,20 +39,16 @@ async fn ingest_and_matching_follow_the_decided_differences() {
     // Rows 5 and 6: refused at ingest, each entry alone.
     assert_eq!(reply["FailedEntryCount"], 2, "{reply}");
     let entries = reply["Entries"].as_array().expect("Entries");
-    assert_eq!(entries[4]["ErrorCode"], "MalformedDetail", "{reply}");
-    assert!(
-        entries[4]["ErrorMessage"]
-            .as_str()
-            .is_some_and(|m| m.contains("number out of range")),
-        "{reply}"
-    );
-    assert_eq!(entries[5]["ErrorCode"], "MalformedDetail", "{reply}");
-    assert!(
-        entries[5]["ErrorMessage"]
-            .as_str()
-            .is_some_and(|m| m.contains("surrogate")),
-        "{reply}"
-    );
+    for (index, reason) in [(4, "number out of range"), (5, "surrogate")] {
+        let entry = &entries[index];
+        assert_eq!(entry["ErrorCode"], "MalformedDetail", "{reply}");
+        assert!(
+            entry["ErrorMessage"]
+                .as_str()
+                .is_some_and(|m| m.contains(reason)),
+            "{reply}"
+        );
+    }
     let mut got = Vec::new();
     for _ in 0..4 {
         let (message, event) = client.next_event().await;
