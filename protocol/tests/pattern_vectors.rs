@@ -1,5 +1,8 @@
 //! Runs every case of `vectors/patterns.json` (the language-neutral contract) through the
 //! reference evaluator and through `RuleIndex`, alone and with all valid rules together.
+//! An `event` that is a JSON string is raw event text (duplicate keys, escapes or numbers a
+//! parsed value cannot carry), parsed the way the server parses it; such a case may have
+//! `event_error` (a substring of the parse error) instead of `match`.
 
 use eventgate_protocol::pattern::{Pattern, PatternLimits, RuleIndex};
 use serde_json::Value;
@@ -8,8 +11,11 @@ struct Case {
     name: String,
     pattern: Value,
     event: Option<Value>,
+    /// The raw event text when the vector gives the event as a string.
+    event_text: Option<String>,
     expect_match: Option<bool>,
     error: Option<String>,
+    event_error: Option<String>,
 }
 
 fn load() -> Vec<Case> {
@@ -17,12 +23,40 @@ fn load() -> Vec<Case> {
     let text = std::fs::read_to_string(path).expect("read vectors");
     let all: Vec<Value> = serde_json::from_str(&text).expect("vectors are JSON");
     all.into_iter()
-        .map(|c| Case {
-            name: c["name"].as_str().expect("name").to_string(),
-            pattern: c["pattern"].clone(),
-            event: c.get("event").cloned(),
-            expect_match: c.get("match").and_then(Value::as_bool),
-            error: c.get("error").and_then(Value::as_str).map(String::from),
+        .map(|c| {
+            let name = c["name"].as_str().expect("name").to_string();
+            let event_error = c
+                .get("event_error")
+                .and_then(Value::as_str)
+                .map(String::from);
+            let (event, event_text) = match c.get("event") {
+                Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
+                    Ok(v) => (Some(v), Some(text.clone())),
+                    Err(e) => {
+                        let want = event_error.as_deref().unwrap_or_else(|| {
+                            panic!("{name}: event text is not JSON ({e}) and no event_error")
+                        });
+                        assert!(
+                            e.to_string().contains(want),
+                            "{name}: event error {e} lacks {want:?}"
+                        );
+                        (None, Some(text.clone()))
+                    }
+                },
+                other => (other.cloned(), None),
+            };
+            if event_error.is_some() {
+                assert!(event.is_none(), "{name}: event_error but the event parses");
+            }
+            Case {
+                name,
+                pattern: c["pattern"].clone(),
+                event,
+                event_text,
+                expect_match: c.get("match").and_then(Value::as_bool),
+                error: c.get("error").and_then(Value::as_str).map(String::from),
+                event_error,
+            }
         })
         .collect()
 }
@@ -66,6 +100,16 @@ fn vectors() {
             (Ok(_), Some(want)) => {
                 failures.push(format!("{}: accepted, wanted error {want:?}", c.name))
             }
+            (Ok(p), None) if c.event_error.is_some() => {
+                // The event is refused; so is its text by `matches_json`.
+                let text = c.event_text.as_deref().expect("event text");
+                let mut idx = RuleIndex::new();
+                idx.insert(7u32, &p);
+                if idx.matches_json(text, &mut Vec::new()).is_ok() {
+                    failures.push(format!("{}: matches_json accepted the event", c.name));
+                }
+                valid.push((i, p));
+            }
             (Ok(p), None) => {
                 let event = c.event.as_ref().expect("event");
                 let want = c.expect_match.expect("match");
@@ -107,8 +151,8 @@ fn vectors() {
             ));
         }
         let mut got_json = Vec::new();
-        idx.matches_json(&event.to_string(), &mut got_json)
-            .expect("event text");
+        let text = c.event_text.clone().unwrap_or_else(|| event.to_string());
+        idx.matches_json(&text, &mut got_json).expect("event text");
         got_json.sort_unstable();
         if got_json != want {
             failures.push(format!(

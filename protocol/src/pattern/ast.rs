@@ -74,6 +74,36 @@ impl Matcher {
     }
 }
 
+/// Field names that event-ruler (the library behind EventBridge) reserves inside `$or`
+/// alternatives: its operator names and the words it keeps for future operators. A field
+/// with one of these names inside a `$or` alternative (at any depth) is refused, as there.
+const RESERVED_IN_OR: &[&str] = &[
+    "exactly",
+    "equals-ignore-case",
+    "prefix",
+    "suffix",
+    "anything-but",
+    "exists",
+    "wildcard",
+    "numeric",
+    "cidr",
+    "=",
+    "<",
+    "<=",
+    ">",
+    ">=",
+    "regex",
+    "not-wildcard",
+    "not-equals-ignore-case",
+    "date-after",
+    "date-on-or-after",
+    "date-before",
+    "date-on-or-before",
+    "in-date-range",
+    "ip-address-in-range",
+    "ip-address-not-in-range",
+];
+
 fn join(path: &str, seg: &str) -> String {
     if path.is_empty() {
         seg.to_string()
@@ -132,7 +162,7 @@ impl Parser<'_> {
                 format!("a pattern must be a JSON object, got {}", show(v)),
             ));
         };
-        let (obj, count) = self.obj(map, "", 1)?;
+        let (obj, count) = self.obj(map, "", 1, false)?;
         if count.values > self.limits.max_alternatives {
             return Err(err(
                 "",
@@ -150,6 +180,7 @@ impl Parser<'_> {
         map: &Map<String, Value>,
         path: &str,
         depth: usize,
+        in_or: bool,
     ) -> Result<(ObjPat, Count), PatternError> {
         if depth > self.limits.max_depth {
             return Err(err(
@@ -204,7 +235,7 @@ impl Parser<'_> {
                             ),
                         ));
                     };
-                    let (o, c) = self.obj(am, &ap, depth + 1)?;
+                    let (o, c) = self.obj(am, &ap, depth + 1, true)?;
                     gc.conj = gc.conj.saturating_add(c.conj);
                     gc.values = gc.values.saturating_add(c.values);
                     group.push(o);
@@ -214,10 +245,18 @@ impl Parser<'_> {
                 continue;
             }
             let fp = join(path, k);
+            if in_or && RESERVED_IN_OR.contains(&k.as_str()) {
+                return Err(err(
+                    &fp,
+                    format!(
+                        "{k:?} is a reserved operator name and cannot be a field name inside \"$or\" (as in EventBridge)"
+                    ),
+                ));
+            }
             match v {
                 Value::Null => {}
                 Value::Object(m) => {
-                    let (o, c) = self.obj(m, &fp, depth + 1)?;
+                    let (o, c) = self.obj(m, &fp, depth + 1, in_or)?;
                     count = count.and(c);
                     obj.fields.push((k.clone(), FieldPat::Obj(o)));
                 }
@@ -536,9 +575,21 @@ impl Parser<'_> {
                         ),
                     ));
                 };
+                let affixes = |what: &str| -> Result<Vec<String>, PatternError> {
+                    let list = strs(inner, what)?;
+                    if list.iter().any(String::is_empty) {
+                        // Every string has the empty prefix/suffix, so the filter could
+                        // never match a string; refused, as in EventBridge.
+                        return Err(err(
+                            path,
+                            format!("\"anything-but\" {what} must not be an empty string"),
+                        ));
+                    }
+                    Ok(list)
+                };
                 match op.as_str() {
-                    "prefix" => Ok(Matcher::AbPrefix(strs(inner, "prefix")?)),
-                    "suffix" => Ok(Matcher::AbSuffix(strs(inner, "suffix")?)),
+                    "prefix" => Ok(Matcher::AbPrefix(affixes("prefix")?)),
+                    "suffix" => Ok(Matcher::AbSuffix(affixes("suffix")?)),
                     "equals-ignore-case" => Ok(Matcher::AbEic(
                         strs(inner, "equals-ignore-case")?.iter().map(|s| fold(s).into_owned()).collect(),
                     )),

@@ -128,14 +128,16 @@ pub(crate) fn match_leaf(m: &Matcher, v: &Leaf<'_>) -> bool {
         Matcher::Exists(b) => *b,
         Matcher::AbStr(list) => !s.is_some_and(|s| list.iter().any(|x| x == s)),
         Matcher::AbNum(list) => !v.as_num().is_some_and(|x| list.contains(&x)),
+        // As in EventBridge (event-ruler): a number, boolean or null has no string prefix,
+        // suffix, case-folded form or glob match, so every such anything-but accepts it.
         Matcher::AbPrefix(list) => {
-            s.is_some_and(|s| !list.iter().any(|p| s.starts_with(p.as_str())))
+            !s.is_some_and(|s| list.iter().any(|p| s.starts_with(p.as_str())))
         }
-        Matcher::AbSuffix(list) => s.is_some_and(|s| !list.iter().any(|p| s.ends_with(p.as_str()))),
-        Matcher::AbEic(list) => s.is_some_and(|s| {
+        Matcher::AbSuffix(list) => !s.is_some_and(|s| list.iter().any(|p| s.ends_with(p.as_str()))),
+        Matcher::AbEic(list) => !s.is_some_and(|s| {
             let f = fold(s);
-            !list.iter().any(|x| x.as_str() == f)
+            list.iter().any(|x| x.as_str() == f)
         }),
-        Matcher::AbWildcard(list) => s.is_some_and(|s| !list.iter().any(|w| w.matches(s))),
+        Matcher::AbWildcard(list) => !s.is_some_and(|s| list.iter().any(|w| w.matches(s))),
     }
 }
