@@ -28,8 +28,8 @@ use tokio_util::task::TaskTracker;
 use eventgate_protocol::pattern::{Pattern, PatternLimits};
 
 use crate::auth::{Auth, ClientIdentity};
-use crate::config::Config;
-use crate::errors::UpgradeError;
+use crate::config::{Config, TestPatternAccess};
+use crate::errors::{TestPatternError, UpgradeError};
 use crate::handshake::{self, Accepted, HandshakeError, RequestHead, UpgradeRequest};
 use crate::hub::{Hub, HubSettings};
 use crate::limits::ConnectionSlot;
@@ -56,6 +56,8 @@ pub struct AppState {
     pub dev_api_key: Option<String>,
     /// Connection caps and rate limits (see `limits`).
     pub limiter: Arc<crate::limits::Limiter>,
+    /// `POST /test-pattern` requests in progress (`limits.max_concurrent_test_patterns`).
+    pub test_patterns: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why the gateway stopped with an error.
@@ -100,7 +102,7 @@ fn admit(
         .check_new_connection(client)
         .and_then(|()| state.limiter.reserve_connection(client))
         .map_err(UpgradeError::Limit)?;
-    state.auth.check_origin(request.header_str("origin"))?;
+    state.auth.check_origin(request.header_values("origin"))?;
     let identity = state
         .auth
         .check_header(header.as_deref(), request.header_str("host"))?;
@@ -251,28 +253,112 @@ struct TestPatternRequest {
     event: Value,
 }
 
-fn bad_request(message: String) -> Response {
-    (StatusCode::BAD_REQUEST, Json(json!({ "Error": message }))).into_response()
+/// `POST /test-pattern`: `{"EventPattern": .., "Event": ..}` → `{"Result": bool}`.
+///
+/// No free CPU for strangers: unless `test_pattern = "open"` the caller needs an ingest
+/// token (as `POST /events` does, so dev mode without tokens lets loopback callers in); at
+/// most `limits.max_concurrent_test_patterns` requests are in progress at once (body read
+/// and evaluation), the body is at most `limits.max_test_pattern_body_bytes` and the event at
+/// most `limits.max_event_bytes`; the evaluation runs on the blocking pool, never on the
+/// async workers, and is waited for at most `limits.test_pattern_timeout`.
+async fn test_pattern(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: axum::extract::Request,
+) -> Response {
+    match run_test_pattern(&state, peer, request).await {
+        Ok(result) => Json(json!({ "Result": result })).into_response(),
+        Err(error) => {
+            telemetry::test_pattern_error(error.code());
+            if let Some(limit) = error.limit() {
+                telemetry::limit_rejected(limit);
+            }
+            error.into_response()
+        }
+    }
 }
 
-/// `POST /test-pattern`: `{"EventPattern": .., "Event": ..}` → `{"Result": bool}`.
-async fn test_pattern(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
-    let request: TestPatternRequest = match serde_json::from_slice(&body) {
-        Ok(request) => request,
-        Err(error) => {
-            return bad_request(format!(
-                "the body must be {{\"EventPattern\": <pattern>, \"Event\": <event>}}: {error}"
-            ))
-        }
-    };
-    match evaluate_pattern(
-        &request.event_pattern,
-        &request.event,
-        &state.pattern_limits,
-    ) {
-        Ok(result) => Json(json!({ "Result": result })).into_response(),
-        Err(message) => bad_request(message),
+async fn run_test_pattern(
+    state: &AppState,
+    peer: SocketAddr,
+    request: axum::extract::Request,
+) -> Result<bool, TestPatternError> {
+    let (parts, body) = request.into_parts();
+    if state.config.test_pattern == TestPatternAccess::Token {
+        let authorization = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok());
+        state
+            .auth
+            .check_ingest(authorization, peer.ip())
+            .map_err(TestPatternError::Credential)?;
     }
+    let limits = &state.config.limits;
+    let permit = Arc::clone(&state.test_patterns)
+        .try_acquire_owned()
+        .map_err(|_| TestPatternError::Busy(limits.max_concurrent_test_patterns))?;
+    let body = crate::http_body::read(
+        body,
+        crate::http_body::BodyLimits {
+            max_bytes: limits.max_test_pattern_body_bytes,
+            max_bytes_key: "max_test_pattern_body_bytes",
+            timeout: limits.body_timeout.0,
+        },
+    )
+    .await
+    .map_err(TestPatternError::Body)?;
+    let pattern_limits = state.pattern_limits.clone();
+    let max_event_bytes = limits.max_event_bytes;
+    off_the_workers(permit, limits.test_pattern_timeout.0, move || {
+        test_pattern_body(&body, &pattern_limits, max_event_bytes)
+    })
+    .await?
+}
+
+/// Runs `work` on the blocking pool, holding `permit` until it ends (so a request answered
+/// at its timeout still counts while its evaluation runs on), and waits for it at most
+/// `timeout`.
+async fn off_the_workers<T: Send + 'static>(
+    permit: tokio::sync::OwnedSemaphorePermit,
+    timeout: std::time::Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, TestPatternError> {
+    let task = tokio::task::spawn_blocking(move || {
+        let result = work();
+        drop(permit);
+        result
+    });
+    match tokio::time::timeout(timeout, task).await {
+        Err(_) => Err(TestPatternError::Timeout(timeout)),
+        Ok(Err(_)) => Err(TestPatternError::Failed),
+        Ok(Ok(result)) => Ok(result),
+    }
+}
+
+/// Parses a `/test-pattern` body and evaluates it (on the blocking pool).
+fn test_pattern_body(
+    body: &[u8],
+    limits: &PatternLimits,
+    max_event_bytes: usize,
+) -> Result<bool, TestPatternError> {
+    let request: TestPatternRequest = serde_json::from_slice(body).map_err(|error| {
+        TestPatternError::BadRequest(format!(
+            "the body must be {{\"EventPattern\": <pattern>, \"Event\": <event>}}: {error}"
+        ))
+    })?;
+    let size = match &request.event {
+        Value::String(text) => text.len(),
+        other => other.to_string().len(),
+    };
+    if size > max_event_bytes {
+        return Err(TestPatternError::EventTooLarge {
+            size,
+            limit: max_event_bytes,
+        });
+    }
+    evaluate_pattern(&request.event_pattern, &request.event, limits)
+        .map_err(TestPatternError::BadRequest)
 }
 
 /// Shared by `POST /test-pattern` and `eventgate test-pattern`: a pattern and an event, each
@@ -395,12 +481,14 @@ async fn demo_config(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
 fn router(state: Arc<AppState>) -> Router {
     let mut router = Router::new()
         .route("/events", post(crate::ingest::post_events))
-        .route("/test-pattern", post(test_pattern))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
     for path in &state.config.ws_paths {
         router = router.route(path, axum::routing::any(upgrade));
+    }
+    if state.config.test_pattern != TestPatternAccess::Off {
+        router = router.route("/test-pattern", post(test_pattern));
     }
     if state.config.dev {
         router = router
@@ -415,6 +503,20 @@ fn router(state: Arc<AppState>) -> Router {
                 get(|path: Path<String>| demo_file(Some(path))),
             );
     }
+    // Refusals are JSON like every other error; axum adds `Allow` to the 405.
+    router = router
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                Json(json!({ "error": "no such endpoint" })),
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                Json(json!({ "error": "this endpoint does not take this method; see the Allow header" })),
+            )
+        });
     router.with_state(state)
 }
 
@@ -447,6 +549,7 @@ pub async fn run_with_reload(
             max_rules_per_connection: config.limits.max_rules_per_connection,
             max_queued_bytes: config.limits.max_queued_bytes,
             keepalive_interval: config.keepalive_interval.0,
+            max_ingest_backlog_bytes: config.limits.max_ingest_backlog_bytes,
         },
         hub_stop.clone(),
         &background,
@@ -481,6 +584,9 @@ pub async fn run_with_reload(
         dev_api_key: (config.dev && crate::config::sha256_digest(&stack_id).is_none())
             .then(|| eventgate_protocol::header::api_key(&stack_id, None)),
         limiter: Arc::new(crate::limits::Limiter::new(&config.limits)),
+        test_patterns: Arc::new(tokio::sync::Semaphore::new(
+            config.limits.max_concurrent_test_patterns,
+        )),
         config,
         auth,
         hub,
