@@ -159,7 +159,7 @@ impl Default for Limits {
             body_timeout: Seconds(Duration::from_secs(10)),
             max_test_pattern_body_bytes: 64 * 1024,
             test_pattern_timeout: Seconds(Duration::from_secs(1)),
-            max_concurrent_test_patterns: 2,
+            max_concurrent_test_patterns: 1,
             max_ingest_backlog_bytes: 32 * 1024 * 1024,
         }
     }

@@ -56,7 +56,7 @@ pub struct AppState {
     pub dev_api_key: Option<String>,
     /// Connection caps and rate limits (see `limits`).
     pub limiter: Arc<crate::limits::Limiter>,
-    /// `POST /test-pattern` requests in progress (`limits.max_concurrent_test_patterns`).
+    /// `POST /test-pattern` evaluations running (`limits.max_concurrent_test_patterns`).
     pub test_patterns: Arc<tokio::sync::Semaphore>,
 }
 
@@ -198,7 +198,16 @@ async fn upgrade(
     let (mut parts, _body) = request.into_parts();
     let admitted = match admit(&state, peer, &parts, parts.uri.query()) {
         Ok(admitted) => admitted,
-        Err(error) => return refusal(error),
+        Err(error) => {
+            // Closed after the answer, as on the listener's path: an unread body (or
+            // anything else the client sent after the head) is never taken as a request.
+            let mut response = refusal(error);
+            response.headers_mut().insert(
+                header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            return response;
+        }
     };
     let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
         return refusal(UpgradeError::Handshake(HandshakeError::NotHttp11));
@@ -256,11 +265,12 @@ struct TestPatternRequest {
 /// `POST /test-pattern`: `{"EventPattern": .., "Event": ..}` → `{"Result": bool}`.
 ///
 /// No free CPU for strangers: unless `test_pattern = "open"` the caller needs an ingest
-/// token (as `POST /events` does, so dev mode without tokens lets loopback callers in); at
-/// most `limits.max_concurrent_test_patterns` requests are in progress at once (body read
-/// and evaluation), the body is at most `limits.max_test_pattern_body_bytes` and the event at
-/// most `limits.max_event_bytes`; the evaluation runs on the blocking pool, never on the
-/// async workers, and is waited for at most `limits.test_pattern_timeout`.
+/// token (as `POST /events` does, so dev mode without tokens lets loopback callers in); the
+/// body is at most `limits.max_test_pattern_body_bytes` and must arrive within
+/// `limits.body_timeout`, the event is at most `limits.max_event_bytes`; parsing and
+/// evaluation run on the blocking pool, never on the async workers, at most
+/// `limits.max_concurrent_test_patterns` at once (more are refused with 503), and are
+/// waited for at most `limits.test_pattern_timeout`.
 async fn test_pattern(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -295,9 +305,6 @@ async fn run_test_pattern(
             .map_err(TestPatternError::Credential)?;
     }
     let limits = &state.config.limits;
-    let permit = Arc::clone(&state.test_patterns)
-        .try_acquire_owned()
-        .map_err(|_| TestPatternError::Busy(limits.max_concurrent_test_patterns))?;
     let body = crate::http_body::read(
         body,
         crate::http_body::BodyLimits {
@@ -308,6 +315,10 @@ async fn run_test_pattern(
     )
     .await
     .map_err(TestPatternError::Body)?;
+    // Taken once the body is in: a slow body holds no evaluation place.
+    let permit = Arc::clone(&state.test_patterns)
+        .try_acquire_owned()
+        .map_err(|_| TestPatternError::Busy(limits.max_concurrent_test_patterns))?;
     let pattern_limits = state.pattern_limits.clone();
     let max_event_bytes = limits.max_event_bytes;
     off_the_workers(permit, limits.test_pattern_timeout.0, move || {
@@ -654,4 +665,55 @@ pub async fn run_with_reload(
     background.close();
     background.wait().await;
     served.map_err(RunError::Serve)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An evaluation past its time budget is answered at once, but keeps its place until it
+    /// really ends, so abandoned evaluations cannot pile up on the blocking pool.
+    #[tokio::test]
+    async fn an_evaluation_over_its_budget_keeps_its_place_until_it_ends() {
+        let places = Arc::new(tokio::sync::Semaphore::new(1));
+        let permit = Arc::clone(&places).try_acquire_owned().expect("a place");
+        let (finish, finished) = std::sync::mpsc::channel::<()>();
+        let budget = std::time::Duration::from_millis(50);
+        let outcome = off_the_workers(permit, budget, move || finished.recv().is_ok()).await;
+        assert!(matches!(outcome, Err(TestPatternError::Timeout(t)) if t == budget));
+        // Still running: a second evaluation is refused.
+        assert!(Arc::clone(&places).try_acquire_owned().is_err());
+        finish.send(()).expect("the evaluation is waiting");
+        let again = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                if let Ok(permit) = Arc::clone(&places).try_acquire_owned() {
+                    return permit;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the place is freed when the evaluation ends");
+        let outcome = off_the_workers(again, budget, || 7).await;
+        assert!(matches!(outcome, Ok(7)));
+        assert_eq!(places.available_permits(), 1);
+    }
+
+    #[test]
+    fn test_pattern_bodies_are_checked_before_evaluation() {
+        let limits = PatternLimits::default();
+        let body = br#"{"EventPattern":{"source":["a"]},"Event":{"source":"a"}}"#;
+        assert!(matches!(test_pattern_body(body, &limits, 1000), Ok(true)));
+        assert!(matches!(
+            test_pattern_body(body, &limits, 10),
+            Err(TestPatternError::EventTooLarge {
+                size: 14,
+                limit: 10
+            })
+        ));
+        assert!(matches!(
+            test_pattern_body(b"{", &limits, 1000),
+            Err(TestPatternError::BadRequest(_))
+        ));
+    }
 }
