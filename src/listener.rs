@@ -7,9 +7,11 @@
 //! whose first request is a `GET` on a WebSocket path goes straight to the
 //! [`WebSocketRoute`] with its parsed head, not through hyper and the router: that is the
 //! hot path of a connect storm. Every other connection is served by hyper, which sees the
-//! bytes already read as if they were still unread. Does not own routes or the upgrade's
-//! checks (see `server` and `handshake`) nor WebSocket sessions (the server tracks and
-//! closes those).
+//! bytes already read as if they were still unread. Every HTTP/1.x request through hyper
+//! first passes the RFC 9112 `Host` check (400 and close otherwise). Does not own routes,
+//! request bodies (handlers read them within `limits.body_timeout`, see `http_body`) or the
+//! upgrade's checks (see `server` and `handshake`) nor WebSocket sessions (the server tracks
+//! and closes those).
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -204,17 +204,6 @@ fn host_line(server: &Server) -> String {
     format!("Host: {}\r\n", server.addr)
 }
 
-/// A masked client text frame (payloads under 126 bytes).
-fn client_text_frame(text: &str) -> Vec<u8> {
-    let mask = [0x12u8, 0x34, 0x56, 0x78];
-    let payload = text.as_bytes();
-    assert!(payload.len() < 126);
-    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
-}
-
 async fn post_test_pattern(
     server: &Server,
     authorization: Option<&str>,
@@ -239,20 +228,20 @@ fn pattern_request() -> String {
 
 /// `POST /events` of one small event with `authorization`; returns the status.
 async fn publish_with(server: &Server, authorization: Option<&str>) -> u16 {
-    let mut request = server
-        .http
-        .post(server.http_url("/events"))
-        .header("content-type", "application/json")
-        .body(json!({"source": "healthy", "detail-type": "t", "detail": {}}).to_string());
-    if let Some(value) = authorization {
-        request = request.header("authorization", value);
-    }
-    request
-        .send()
-        .await
-        .expect("POST /events")
-        .status()
-        .as_u16()
+    server.post_event_as(authorization, "healthy").await.0
+}
+
+/// A POST to `path` declaring a huge body and sending none gets 413 (its JSON `key` naming
+/// `limit`) and the connection closed.
+async fn expect_413_unread(server: &Server, path: &str, key: &str, limit: &str) {
+    let mut conn = Conn::open(server).await;
+    conn.send(post_head(server, path, "Content-Length: 99999999999\r\n"))
+        .await;
+    let refused = conn.final_response().await;
+    assert_eq!(refused.status, 413, "{path}: {refused:?}");
+    assert!(refused.reason(key).contains(limit), "{path}: {refused:?}");
+    assert_eq!(refused.header("connection"), Some("close"));
+    conn.expect_closed().await;
 }
 
 fn metric_with_label(metrics: &str, name: &str, label: &str) -> f64 {
@@ -346,18 +335,7 @@ async fn test_pattern_bodies_and_events_are_bounded() {
     assert_eq!(post_test_pattern(&server, None, body).await.0, 413);
 
     // A huge declared length is refused before any of the body is sent.
-    let mut conn = Conn::open(&server).await;
-    conn.send(post_head(
-        &server,
-        "/test-pattern",
-        "Content-Length: 99999999999\r\n",
-    ))
-    .await;
-    let refused = conn.final_response().await;
-    assert_eq!(refused.status, 413, "{refused:?}");
-    assert!(refused.reason("Error").contains("2048"));
-    assert_eq!(refused.header("connection"), Some("close"));
-    conn.expect_closed().await;
+    expect_413_unread(&server, "/test-pattern", "Error", "2048").await;
 
     let (status, reply) = post_test_pattern(&server, None, pattern_request()).await;
     assert_eq!((status, reply), (200, json!({"Result": true})));
@@ -402,6 +380,15 @@ async fn slow_bodies_are_cut_with_408_and_their_connections_closed() {
         assert_eq!(cut.header("connection"), Some("close"), "{path}");
         conn.expect_closed().await;
     }
+    // A slow body on a route that does not read bodies is not waited for either.
+    let mut conn = Conn::open(&server).await;
+    conn.send(format!(
+        "GET /healthz HTTP/1.1\r\n{}Content-Length: 1000\r\n\r\n{{",
+        host_line(&server)
+    ))
+    .await;
+    assert_eq!(conn.response().await.status, 200);
+    conn.expect_closed().await;
     let metrics = server.metrics().await;
     assert!(
         metric_with_label(&metrics, "eventgate_limit_rejections_total", "body_timeout") >= 20.0
@@ -422,18 +409,7 @@ async fn a_huge_declared_length_gets_413_at_once_and_a_bad_chunk_400() {
         ..dev_config()
     })
     .await;
-    let mut conn = Conn::open(&server).await;
-    conn.send(post_head(
-        &server,
-        "/events",
-        "Content-Length: 99999999999\r\n",
-    ))
-    .await;
-    let refused = conn.final_response().await;
-    assert_eq!(refused.status, 413, "{refused:?}");
-    assert!(refused.reason("error").contains("1048576"));
-    assert_eq!(refused.header("connection"), Some("close"));
-    conn.expect_closed().await;
+    expect_413_unread(&server, "/events", "error", "1048576").await;
 
     let mut conn = Conn::open(&server).await;
     conn.send(post_head(
@@ -514,6 +490,29 @@ async fn ingest_answers_503_past_the_backlog_bound() {
     let (_, event) = subscriber.next_event().await;
     assert_eq!(event["source"], "healthy");
     assert!(subscriber.try_recv(QUIET).await.is_none());
+    // Room is given back once a batch is matched: a publisher that honours 503 by retrying
+    // gets every batch through, each about half the bound.
+    for n in 0..20 {
+        let batch: Vec<Value> = (0..10)
+            .map(|i| json!({"source": "retry", "detail-type": "t", "detail": {"n": n, "i": i}}))
+            .collect();
+        let body = Value::Array(batch).to_string();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (status, reply) = server.post_events("application/json", body.clone()).await;
+            if status == 200 {
+                assert_eq!(reply["FailedEntryCount"], 0, "{reply}");
+                break;
+            }
+            assert_eq!(status, 503, "{reply}");
+            assert!(Instant::now() < deadline, "batch {n} never accepted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for _ in 0..200 {
+        let (_, event) = subscriber.next_event().await;
+        assert_eq!(event["source"], "retry");
+    }
     let metrics = server.metrics().await;
     assert!(
         metric_with_label(
