@@ -15,9 +15,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use common::*;
+use eventgate::config::Limits;
 
 const TOKEN: &str = "ingest-token-1";
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// A dev-mode server with `limits`.
+async fn dev_with(limits: Limits) -> Server {
+    Server::start(Config {
+        limits,
+        ..dev_config()
+    })
+    .await
+}
 
 /// A production-like configuration: keys need an app version, ingest needs a token.
 fn production_config() -> Config {
@@ -307,14 +317,11 @@ async fn test_pattern_can_be_turned_off_or_opened_deliberately() {
 
 #[tokio::test]
 async fn test_pattern_bodies_and_events_are_bounded() {
-    let server = Server::start(Config {
-        limits: eventgate::config::Limits {
-            max_test_pattern_body_bytes: 2048,
-            max_event_bytes: 512,
-            body_timeout: ms(60_000),
-            ..Default::default()
-        },
-        ..dev_config()
+    let server = dev_with(Limits {
+        max_test_pattern_body_bytes: 2048,
+        max_event_bytes: 512,
+        body_timeout: ms(60_000),
+        ..Default::default()
     })
     .await;
     let big = "x".repeat(3000);
@@ -343,12 +350,9 @@ async fn test_pattern_bodies_and_events_are_bounded() {
 
 #[tokio::test]
 async fn slow_bodies_are_cut_with_408_and_their_connections_closed() {
-    let server = Server::start(Config {
-        limits: eventgate::config::Limits {
-            body_timeout: ms(500),
-            ..Default::default()
-        },
-        ..dev_config()
+    let server = dev_with(Limits {
+        body_timeout: ms(500),
+        ..Default::default()
     })
     .await;
     let mut slow = Vec::new();
@@ -400,13 +404,10 @@ async fn slow_bodies_are_cut_with_408_and_their_connections_closed() {
 
 #[tokio::test]
 async fn a_huge_declared_length_gets_413_at_once_and_a_bad_chunk_400() {
-    let server = Server::start(Config {
-        limits: eventgate::config::Limits {
-            // Far longer than the test waits: the 413 cannot come from a timeout.
-            body_timeout: ms(600_000),
-            ..Default::default()
-        },
-        ..dev_config()
+    let server = dev_with(Limits {
+        // Far longer than the test waits: the 413 cannot come from a timeout.
+        body_timeout: ms(600_000),
+        ..Default::default()
     })
     .await;
     expect_413_unread(&server, "/events", "error", "1048576").await;
@@ -444,13 +445,10 @@ async fn a_huge_declared_length_gets_413_at_once_and_a_bad_chunk_400() {
 async fn ingest_answers_503_past_the_backlog_bound() {
     // Deterministic: a batch whose events alone weigh more than the bound (tiny events
     // grow when normalised: id, time, account, region are filled in).
-    let server = Server::start(Config {
-        limits: eventgate::config::Limits {
-            max_body_bytes: 4096,
-            max_ingest_backlog_bytes: 4096,
-            ..Default::default()
-        },
-        ..dev_config()
+    let server = dev_with(Limits {
+        max_body_bytes: 4096,
+        max_ingest_backlog_bytes: 4096,
+        ..Default::default()
     })
     .await;
     let mut subscriber = server.announced().await;
@@ -526,12 +524,9 @@ async fn ingest_answers_503_past_the_backlog_bound() {
 
 #[tokio::test]
 async fn a_missing_repeated_or_invalid_host_gets_400_on_every_path() {
-    let server = Server::start(Config {
-        limits: eventgate::config::Limits {
-            max_connections: 1,
-            ..Default::default()
-        },
-        ..dev_config()
+    let server = dev_with(Limits {
+        max_connections: 1,
+        ..Default::default()
     })
     .await;
     let host = host_line(&server);
