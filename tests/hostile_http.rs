@@ -5,6 +5,7 @@
 //! environment of a Kubernetes pod, through the binary.
 
 mod common;
+mod sources_common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
@@ -669,6 +670,79 @@ async fn a_405_names_the_allowed_methods() {
     }
     let (status, _) = server.get("/no-such-thing").await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_broker_source_waits_for_backlog_room_instead_of_failing() {
+    const REDIS: &str = "127.0.0.1:6379";
+    if !sources_common::broker_available("redis", REDIS).await {
+        return;
+    }
+    let id = sources_common::unique();
+    let stream = format!("hostile.backlog.{id}");
+    // Every event alone weighs more than the whole bound: each hand-off must wait until
+    // the backlog is empty, then goes alone.
+    let gateway = sources_common::Gateway::start(&format!(
+        "[limits]\nmax_body_bytes = 1024\nmax_ingest_backlog_bytes = 1024\n\
+         [[sources]]\nname = \"backlog-{id}\"\nkind = \"redis_streams\"\n\
+         url = \"redis://{REDIS}/\"\nstreams = [\"{stream}\"]\ngroup = \"g-{id}\"\n\
+         consumer = \"c-{id}\"\nstart_id = \"0\"\nblock = \"1s\"\n"
+    ))
+    .await;
+    let mut client = gateway
+        .subscriber("all", &json!({"source": [stream.as_str()]}))
+        .await;
+    let mut conn = redis::Client::open(format!("redis://{REDIS}/"))
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connects");
+    let payload = "x".repeat(2000);
+    for n in 0..300 {
+        let _: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg(&[
+                ("operation", "bulk.write"),
+                ("n", &n.to_string()),
+                ("payload", &payload),
+            ])
+            .query_async(&mut conn)
+            .await
+            .expect("XADD");
+    }
+    for n in 0..300 {
+        let event = client.next_event().await;
+        assert_eq!(event["detail"]["n"], n.to_string(), "in order, none lost");
+    }
+    // Every message was acknowledged after its hand-off; none was dead-lettered.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let pending: redis::Value = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg(format!("g-{id}"))
+            .query_async(&mut conn)
+            .await
+            .expect("XPENDING");
+        if matches!(&pending, redis::Value::Array(parts) if matches!(parts.first(), Some(redis::Value::Int(0))))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still pending: {pending:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dead: i64 = redis::cmd("XLEN")
+        .arg(format!("{stream}.dlq"))
+        .query_async(&mut conn)
+        .await
+        .expect("XLEN");
+    assert_eq!(dead, 0);
+    let _: Result<i64, _> = redis::cmd("DEL")
+        .arg(&stream)
+        .arg(format!("{stream}.dlq"))
+        .query_async(&mut conn)
+        .await;
+    gateway.shutdown().await;
 }
 
 /// Reads the child's stdout until the `listening on` line.
