@@ -112,14 +112,23 @@ impl Auth {
         }
     }
 
-    /// Checks the `Origin` header against the allowlist (empty = any origin).
-    pub fn check_origin(&self, origin: Option<&str>) -> Result<(), UpgradeError> {
+    /// Checks the `Origin` headers (all of them) against the allowlist (empty = any
+    /// origin). With an allowlist, an `Origin` that is not UTF-8 or appears twice is
+    /// refused, never taken as absent.
+    pub fn check_origin<'a>(
+        &self,
+        mut origins: impl Iterator<Item = &'a [u8]>,
+    ) -> Result<(), UpgradeError> {
         if self.allowed_origins.is_empty() {
             return Ok(());
         }
-        let Some(origin) = origin else {
+        let origin = match (origins.next(), origins.next()) {
             // Non-browser clients send no Origin; the allowlist guards browsers.
-            return Ok(());
+            (None, _) => return Ok(()),
+            (Some(origin), None) => {
+                std::str::from_utf8(origin).map_err(|_| UpgradeError::OriginNotAllowed)?
+            }
+            (Some(_), Some(_)) => return Err(UpgradeError::OriginNotAllowed),
         };
         let origin = origin.trim_end_matches('/').to_ascii_lowercase();
         if self.allowed_origins.contains(&origin) {
@@ -193,13 +202,15 @@ impl Auth {
         use crate::errors::IngestError;
         match authorization {
             Some(value) => {
+                // RFC 9110 §11.1: the scheme is case-insensitive.
                 let token = value
-                    .strip_prefix("Bearer ")
-                    .or_else(|| value.strip_prefix("bearer "))
+                    .trim()
+                    .split_once([' ', '\t'])
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                    .map(|(_, token)| token.trim())
                     .ok_or(IngestError::Unauthorized(
                         "the Authorization header must be \"Bearer <token>\"",
                     ))?;
-                let token = token.trim();
                 if any_equal(&self.ingest_tokens, token) {
                     Ok(digest(token))
                 } else {
@@ -271,9 +282,47 @@ mod tests {
         let auth = Auth::new(&config("s", false), "s");
         let peer = IpAddr::from([127, 0, 0, 1]);
         assert!(auth.check_ingest(Some("Bearer plain-token"), peer).is_ok());
+        for scheme in ["BEARER", "bearer", "bEaReR"] {
+            let value = format!("{scheme}  plain-token ");
+            assert!(auth.check_ingest(Some(&value), peer).is_ok(), "{value}");
+        }
+        for malformed in [
+            "Basic plain-token",
+            "Bearer",
+            "Bearerplain-token",
+            "plain-token",
+        ] {
+            assert!(
+                matches!(
+                    auth.check_ingest(Some(malformed), peer),
+                    Err(crate::errors::IngestError::Unauthorized(_))
+                ),
+                "{malformed}"
+            );
+        }
         assert!(auth.check_ingest(Some("Bearer hashed-token"), peer).is_ok());
         assert!(auth.check_ingest(Some("Bearer sha256:x"), peer).is_err());
         assert!(auth.check_ingest(Some("Bearer other"), peer).is_err());
+    }
+
+    #[test]
+    fn origins_outside_the_allowlist_are_refused_whatever_their_bytes() {
+        let auth = Auth::new(
+            &Config {
+                allowed_origins: vec!["https://app.example".into()],
+                ..config("s", false)
+            },
+            "s",
+        );
+        let check = |values: &[&[u8]]| auth.check_origin(values.iter().copied()).is_ok();
+        assert!(check(&[]));
+        assert!(check(&[b"https://APP.example/"]));
+        assert!(!check(&[b"https://evil.example"]));
+        assert!(!check(&[b"https://app.example\xff"]));
+        assert!(!check(&[b"\xff"]));
+        assert!(!check(&[b"https://app.example", b"https://app.example"]));
+        let open = Auth::new(&config("s", false), "s");
+        assert!(open.check_origin([&b"\xff"[..]].into_iter()).is_ok());
     }
 
     #[test]

@@ -116,6 +116,21 @@ pub struct Limits {
     /// Events per second one ingest token may publish (bursts of as many); beyond it 429
     /// with `Retry-After`.
     pub max_ingest_events_per_second_per_token: u32,
+
+    // Hostile HTTP callers (see `http_body`, `server`'s pattern tester and `ingest`).
+    /// Time a request body has to arrive in full once its head was read; a slower one is
+    /// answered 408 and its connection closed.
+    pub body_timeout: Seconds,
+    /// Largest `POST /test-pattern` body; a larger one (declared or sent) gets 413.
+    pub max_test_pattern_body_bytes: usize,
+    /// CPU time budget of one `POST /test-pattern` evaluation; past it the request gets 503.
+    pub test_pattern_timeout: Seconds,
+    /// `POST /test-pattern` requests served at once (body read and evaluation); beyond it
+    /// 503 with `Retry-After`.
+    pub max_concurrent_test_patterns: usize,
+    /// Bytes of events (their JSON) accepted but not yet matched by the dispatcher; beyond
+    /// it `POST /events` answers 503 with `Retry-After` and broker sources wait for room.
+    pub max_ingest_backlog_bytes: usize,
 }
 
 impl Default for Limits {
@@ -141,6 +156,11 @@ impl Default for Limits {
             new_connections_per_second_per_ip: 0,
             upgrade_timeout: Seconds(Duration::from_secs(10)),
             max_ingest_events_per_second_per_token: 0,
+            body_timeout: Seconds(Duration::from_secs(10)),
+            max_test_pattern_body_bytes: 64 * 1024,
+            test_pattern_timeout: Seconds(Duration::from_secs(1)),
+            max_concurrent_test_patterns: 1,
+            max_ingest_backlog_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -202,6 +222,21 @@ pub struct Config {
     pub stack_id_file: Option<PathBuf>,
     /// File holding `ingest_tokens`, one a line; excludes `ingest_tokens`.
     pub ingest_tokens_file: Option<PathBuf>,
+    /// Who may call `POST /test-pattern`.
+    pub test_pattern: TestPatternAccess,
+}
+
+/// `test_pattern`: who may call `POST /test-pattern`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TestPatternAccess {
+    /// Callers with an ingest token (in dev mode without tokens: loopback callers too).
+    #[default]
+    Token,
+    /// Anyone, without a credential.
+    Open,
+    /// The endpoint is not served (404).
+    Off,
 }
 
 /// `[tls]`: PEM files of the certificate chain and its private key.
@@ -258,6 +293,7 @@ impl Default for Config {
             tls: None,
             stack_id_file: None,
             ingest_tokens_file: None,
+            test_pattern: TestPatternAccess::Token,
         }
     }
 }
@@ -350,6 +386,28 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("TLS_RELOAD_INTERVAL", "tls.reload_interval", Kind::Text),
     ("STACK_ID_FILE", "stack_id_file", Kind::Text),
     ("INGEST_TOKENS_FILE", "ingest_tokens_file", Kind::Text),
+    ("TEST_PATTERN", "test_pattern", Kind::Text),
+    ("BODY_TIMEOUT", "limits.body_timeout", Kind::Text),
+    (
+        "MAX_TEST_PATTERN_BODY_BYTES",
+        "limits.max_test_pattern_body_bytes",
+        Kind::Integer,
+    ),
+    (
+        "TEST_PATTERN_TIMEOUT",
+        "limits.test_pattern_timeout",
+        Kind::Text,
+    ),
+    (
+        "MAX_CONCURRENT_TEST_PATTERNS",
+        "limits.max_concurrent_test_patterns",
+        Kind::Integer,
+    ),
+    (
+        "MAX_INGEST_BACKLOG_BYTES",
+        "limits.max_ingest_backlog_bytes",
+        Kind::Integer,
+    ),
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -365,6 +423,68 @@ pub fn env_names() -> impl Iterator<Item = (String, &'static str)> {
     ENV_KEYS
         .iter()
         .map(|(name, path, _)| (format!("EVENTGATE_{name}"), *path))
+}
+
+/// `EVENTGATE_*` variables read elsewhere than the configuration (`main`, logging).
+const OTHER_ENV_NAMES: &[&str] = &["CONFIG", "LOG"];
+
+/// An `EVENTGATE_*` environment variable that names no setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownVariable {
+    pub name: String,
+    /// The known variable whose name is closest.
+    pub closest: String,
+}
+
+impl std::fmt::Display for UnknownVariable {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            formatter,
+            "unknown environment variable {} ignored (the closest setting is {})",
+            self.name, self.closest
+        )?;
+        let suffix = self.name.trim_start_matches("EVENTGATE_");
+        if suffix == "PORT" || suffix.starts_with("PORT_") || suffix.starts_with("SERVICE_") {
+            formatter.write_str(
+                "; Kubernetes sets such variables for a Service named eventgate, and they are harmless",
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The `EVENTGATE_*` variables of `environment` that name no setting, each with the closest
+/// known name. They are warned about, never fatal: Kubernetes injects `EVENTGATE_PORT`,
+/// `EVENTGATE_SERVICE_HOST`, … into every pod of a namespace holding a Service named
+/// `eventgate`. (Unknown keys in a config file stay errors.)
+pub fn unknown_environment(
+    environment: impl IntoIterator<Item = (String, String)>,
+) -> Vec<UnknownVariable> {
+    let known: Vec<&str> = ENV_KEYS
+        .iter()
+        .map(|(key, _, _)| *key)
+        .chain(OTHER_ENV_NAMES.iter().copied())
+        .collect();
+    let mut unknown: Vec<UnknownVariable> = environment
+        .into_iter()
+        .filter_map(|(name, _)| {
+            let suffix = name.strip_prefix("EVENTGATE_")?;
+            if known.contains(&suffix) {
+                return None;
+            }
+            let closest = known
+                .iter()
+                .min_by_key(|key| strsim::damerau_levenshtein(suffix, key))
+                .copied()
+                .unwrap_or_default();
+            Some(UnknownVariable {
+                closest: format!("EVENTGATE_{closest}"),
+                name,
+            })
+        })
+        .collect();
+    unknown.sort_by(|a, b| a.name.cmp(&b.name));
+    unknown
 }
 
 fn set_path(table: &mut toml::Table, path: &str, value: toml::Value) {
@@ -424,20 +544,15 @@ pub fn load(
         Some(text) => toml::from_str(text).map_err(|err| ConfigError::Invalid(err.to_string()))?,
         None => toml::Table::new(),
     };
-    let environment: Vec<(String, String)> = environment.into_iter().collect();
-    for (name, raw) in &environment {
-        let Some(suffix) = name.strip_prefix("EVENTGATE_") else {
+    for (name, raw) in environment {
+        // Unknown `EVENTGATE_*` variables are not errors: see `unknown_environment`.
+        let Some((_, path, kind)) = name
+            .strip_prefix("EVENTGATE_")
+            .and_then(|suffix| ENV_KEYS.iter().find(|(key, _, _)| *key == suffix))
+        else {
             continue;
         };
-        if suffix == "CONFIG" || suffix == "LOG" {
-            continue;
-        }
-        let Some((_, path, kind)) = ENV_KEYS.iter().find(|(key, _, _)| *key == suffix) else {
-            return Err(ConfigError::Invalid(format!(
-                "unknown environment variable {name}"
-            )));
-        };
-        set_path(&mut table, path, env_value(name, raw, *kind)?);
+        set_path(&mut table, path, env_value(&name, &raw, *kind)?);
     }
     for (path, value) in overrides {
         set_path(&mut table, path, value);
@@ -505,10 +620,46 @@ impl Config {
         if self.limits.upgrade_timeout.0.is_zero() {
             return fail("limits.upgrade_timeout must be greater than zero".into());
         }
+        self.validate_http_limits()?;
         if let Some(tls) = &self.tls {
             if tls.reload_interval.0.is_zero() {
                 return fail("tls.reload_interval must be greater than zero".into());
             }
+        }
+        Ok(())
+    }
+
+    /// The limits on hostile HTTP callers.
+    fn validate_http_limits(&self) -> Result<(), ConfigError> {
+        let fail = |message: String| Err(ConfigError::Invalid(message));
+        let limits = &self.limits;
+        for (name, value) in [
+            ("limits.body_timeout", limits.body_timeout.0),
+            ("limits.test_pattern_timeout", limits.test_pattern_timeout.0),
+        ] {
+            if value.is_zero() {
+                return fail(format!("{name} must be greater than zero"));
+            }
+        }
+        for (name, value) in [
+            (
+                "limits.max_test_pattern_body_bytes",
+                limits.max_test_pattern_body_bytes,
+            ),
+            (
+                "limits.max_concurrent_test_patterns (use test_pattern = \"off\" to turn the endpoint off)",
+                limits.max_concurrent_test_patterns,
+            ),
+        ] {
+            if value == 0 {
+                return fail(format!("{name} must be greater than zero"));
+            }
+        }
+        if limits.max_ingest_backlog_bytes < limits.max_body_bytes {
+            return fail(format!(
+                "limits.max_ingest_backlog_bytes ({}) must be at least limits.max_body_bytes ({}): a request that alone exceeds it could never be accepted",
+                limits.max_ingest_backlog_bytes, limits.max_body_bytes
+            ));
         }
         Ok(())
     }
@@ -600,7 +751,6 @@ mod tests {
             ("dev = true\nbogus = 1", vec![]),
             ("dev = true\n[limits]\nbogus = 1", vec![]),
             ("dev = true\nhello_timeout = \"ten\"", vec![]),
-            ("", vec![("EVENTGATE_BOGUS", "1")]),
             ("", vec![("EVENTGATE_DEV", "maybe")]),
             ("", vec![]),
             ("stack_id = \"s\"", vec![]),
@@ -644,6 +794,64 @@ mod tests {
         let digest = format!("sha256:{}", "ab".repeat(32));
         assert_eq!(sha256_digest(&digest), Some([0xab; 32]));
         assert_eq!(sha256_digest("ab"), None);
+    }
+
+    #[test]
+    fn unknown_environment_variables_warn_with_the_closest_name() {
+        let vars = env(&[
+            ("EVENTGATE_PORT", "tcp://10.96.0.12:8080"),
+            ("EVENTGATE_SERVICE_HOST", "10.96.0.12"),
+            ("EVENTGATE_STACKID", "s"),
+            ("EVENTGATE_DEV", "1"),
+            ("EVENTGATE_LOG", "warn"),
+            ("PATH", "/bin"),
+        ]);
+        let config = load(None, vars.clone(), vec![]).expect("unknown variables are not fatal");
+        assert!(config.dev);
+        let unknown = unknown_environment(vars);
+        let names: Vec<(&str, &str)> = unknown
+            .iter()
+            .map(|u| (u.name.as_str(), u.closest.as_str()))
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(names.contains(&("EVENTGATE_STACKID", "EVENTGATE_STACK_ID")));
+        let port = unknown
+            .iter()
+            .find(|u| u.name == "EVENTGATE_PORT")
+            .expect("EVENTGATE_PORT");
+        assert!(port.to_string().contains("Kubernetes"), "{port}");
+        let stack = unknown
+            .iter()
+            .find(|u| u.name == "EVENTGATE_STACKID")
+            .expect("EVENTGATE_STACKID");
+        assert!(!stack.to_string().contains("Kubernetes"), "{stack}");
+    }
+
+    #[test]
+    fn http_limits_are_validated() {
+        let config = load(
+            Some("dev = true\ntest_pattern = \"off\"\n[limits]\nbody_timeout = \"2s\"\nmax_ingest_backlog_bytes = 2097152\n"),
+            env(&[("EVENTGATE_MAX_CONCURRENT_TEST_PATTERNS", "4")]),
+            vec![],
+        )
+        .expect("valid");
+        assert_eq!(config.test_pattern, TestPatternAccess::Off);
+        assert_eq!(config.limits.body_timeout, Seconds(Duration::from_secs(2)));
+        assert_eq!(config.limits.max_concurrent_test_patterns, 4);
+        for file in [
+            "dev = true\ntest_pattern = \"maybe\"",
+            "dev = true\n[limits]\nbody_timeout = \"0s\"",
+            "dev = true\n[limits]\ntest_pattern_timeout = 0",
+            "dev = true\n[limits]\nmax_concurrent_test_patterns = 0",
+            "dev = true\n[limits]\nmax_test_pattern_body_bytes = 0",
+            "dev = true\n[limits]\nmax_ingest_backlog_bytes = 1000",
+        ] {
+            let error = load(Some(file), env(&[]), vec![]).expect_err(file);
+            assert!(
+                error.to_string().contains("test_pattern") || error.to_string().contains("limits."),
+                "{file}: {error}"
+            );
+        }
     }
 
     #[test]

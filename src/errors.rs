@@ -16,7 +16,9 @@ use crate::limits::LimitError;
 /// Status of a limit refusal: 503 when the whole server is full, 429 otherwise.
 fn limit_status(error: &LimitError) -> StatusCode {
     match error {
-        LimitError::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+        LimitError::TooManyConnections | LimitError::IngestBacklogFull { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         LimitError::TooManyConnectionsFromIp
         | LimitError::NewConnectionRate { .. }
         | LimitError::IngestRate { .. }
@@ -107,6 +109,13 @@ impl IntoResponse for UpgradeError {
         let mut response = json_error(self.status(), self.to_string(), limit);
         let headers = response.headers_mut();
         match &self {
+            // RFC 9110 §15.5.6: a 405 says which methods the resource takes.
+            UpgradeError::Handshake(HandshakeError::MethodNotGet) => {
+                headers.insert(
+                    axum::http::header::ALLOW,
+                    axum::http::HeaderValue::from_static("GET"),
+                );
+            }
             UpgradeError::Handshake(HandshakeError::NotWebSocket) => {
                 headers.insert(
                     axum::http::header::UPGRADE,
@@ -140,8 +149,8 @@ pub enum IngestError {
     MalformedJson(String),
     #[error("{0}")]
     BadRequest(String),
-    #[error("the body is larger than {0} bytes")]
-    TooLarge(usize),
+    #[error("{0}")]
+    Body(BodyError),
     #[error("unsupported content type {0:?}; use application/json, application/cloudevents+json, application/cloudevents-batch+json or CloudEvents binary mode")]
     UnsupportedMediaType(String),
     #[error("the server is shutting down")]
@@ -156,7 +165,7 @@ impl IngestError {
             IngestError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             IngestError::Forbidden(_) => StatusCode::FORBIDDEN,
             IngestError::MalformedJson(_) | IngestError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            IngestError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::Body(error) => error.status(),
             IngestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             IngestError::Limit(limit) => limit_status(limit),
@@ -170,8 +179,140 @@ impl IntoResponse for IngestError {
             IngestError::Limit(limit) => Some(limit),
             _ => None,
         };
-        json_error(self.status(), self.to_string(), limit)
+        let mut response = json_error(self.status(), self.to_string(), limit);
+        if matches!(self, IngestError::Body(_)) {
+            close_after(&mut response);
+        }
+        response
     }
+}
+
+/// Why a request body was not read (see `http_body`). The rest of such a body is never
+/// read, so the connection is closed after the answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("the body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("the body did not arrive within limits.body_timeout ({0:?})")]
+    Timeout(std::time::Duration),
+    #[error("malformed request body: {0}")]
+    Malformed(String),
+}
+
+impl BodyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            BodyError::Malformed(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The `code` label of the endpoint's error counter.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BodyError::TooLarge { .. } => "too_large",
+            BodyError::Timeout(_) => "body_timeout",
+            BodyError::Malformed(_) => "malformed_body",
+        }
+    }
+}
+
+/// `Connection: close`: hyper closes the connection once the response is written.
+fn close_after(response: &mut Response) {
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+}
+
+/// Why `POST /test-pattern` did not answer with a result. Rendered as `{"Error": message}`,
+/// the endpoint's documented error shape.
+#[derive(Debug, thiserror::Error)]
+pub enum TestPatternError {
+    /// No or a wrong ingest token (the endpoint's credential).
+    #[error("{0}")]
+    Credential(IngestError),
+    #[error("too many pattern tests in progress (limits.max_concurrent_test_patterns = {0}); retry later")]
+    Busy(usize),
+    #[error("{0}")]
+    Body(BodyError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the event is {size} bytes, the limit is {limit} (limits.max_event_bytes)")]
+    EventTooLarge { size: usize, limit: usize },
+    #[error("the evaluation did not finish within limits.test_pattern_timeout ({0:?})")]
+    Timeout(std::time::Duration),
+    #[error("the evaluation failed")]
+    Failed,
+}
+
+impl TestPatternError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            TestPatternError::Credential(error) => error.status(),
+            TestPatternError::Busy(_) | TestPatternError::Timeout(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            TestPatternError::Body(error) => error.status(),
+            TestPatternError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            TestPatternError::EventTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            TestPatternError::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `code` label of `eventgate_test_pattern_errors_total`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TestPatternError::Credential(IngestError::Forbidden(_)) => "forbidden",
+            TestPatternError::Credential(_) => "unauthorized",
+            TestPatternError::Busy(_) => "busy",
+            TestPatternError::Body(error) => error.code(),
+            TestPatternError::BadRequest(_) => "bad_request",
+            TestPatternError::EventTooLarge { .. } => "event_too_large",
+            TestPatternError::Timeout(_) => "timeout",
+            TestPatternError::Failed => "failed",
+        }
+    }
+
+    /// The config key of the limit that refused the request, if one did (body limits are
+    /// counted where the body is read).
+    pub fn limit(&self) -> Option<&'static str> {
+        match self {
+            TestPatternError::Busy(_) => Some("max_concurrent_test_patterns"),
+            TestPatternError::Timeout(_) => Some("test_pattern_timeout"),
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for TestPatternError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status(),
+            Json(serde_json::json!({ "Error": self.to_string() })),
+        )
+            .into_response();
+        match &self {
+            TestPatternError::Busy(_) => {
+                response.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from(1),
+                );
+            }
+            TestPatternError::Body(_) => close_after(&mut response),
+            _ => {}
+        }
+        response
+    }
+}
+
+/// A request refused before any route saw it (a missing, repeated or invalid `Host`):
+/// 400 with `{"error": message}`, and the connection closed.
+pub fn bad_request(message: String) -> Response {
+    let mut response = json_error(StatusCode::BAD_REQUEST, message, None);
+    close_after(&mut response);
+    response
 }
 
 /// Why the server closes a WebSocket, with its close code.

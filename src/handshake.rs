@@ -1,6 +1,8 @@
 //! The WebSocket opening handshake of RFC 6455 §4.2 over HTTP/1.1: parsing a request head,
 //! deciding whether it is a valid upgrade (with a specific error when it is not) and the
 //! `Sec-WebSocket-Accept` answer, and reading one parameter of the request's query string.
+//! Also the RFC 9112 §3.2 `Host` check every HTTP/1.1 request passes ([`check_host`]), and
+//! the refusal of an upgrade request that carries a body.
 //!
 //! Pure: no sockets and no runtime, so both ways an upgrade arrives share it (the
 //! listener's own read of a connection's first request, and a request that hyper parsed).
@@ -29,6 +31,140 @@ pub enum HandshakeError {
     UnsupportedVersion,
     #[error("the Sec-WebSocket-Key header is missing or not 16 bytes in base64")]
     BadKey,
+    #[error("{0}")]
+    Host(HostError),
+    #[error(
+        "a WebSocket upgrade request must not have a body (Content-Length or Transfer-Encoding)"
+    )]
+    BodyNotAllowed,
+}
+
+/// Why an HTTP/1.1 request's `Host` header is not acceptable (RFC 9112 §3.2: answered 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("an HTTP/1.1 request needs a Host header")]
+    Missing,
+    #[error("the Host header appears more than once")]
+    Repeated,
+    #[error("the Host header is not a valid host[:port]")]
+    Invalid,
+}
+
+impl HostError {
+    /// The `reason` label of `eventgate_bad_requests_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            HostError::Missing => "missing_host",
+            HostError::Repeated => "repeated_host",
+            HostError::Invalid => "invalid_host",
+        }
+    }
+}
+
+/// RFC 9112 §3.2: exactly one `Host` header, whose value is `uri-host [ ":" port ]`
+/// (RFC 3986: an IP literal in brackets, or a reg-name of unreserved characters,
+/// percent-encodings and sub-delims; the port all digits). An empty value is valid syntax.
+pub fn check_host<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> Result<(), HostError> {
+    match (values.next(), values.next()) {
+        (None, _) => Err(HostError::Missing),
+        (Some(_), Some(_)) => Err(HostError::Repeated),
+        (Some(value), None) if is_valid_host(value) => Ok(()),
+        (Some(_), None) => Err(HostError::Invalid),
+    }
+}
+
+fn is_valid_host(value: &[u8]) -> bool {
+    let (host, port) = match value.strip_prefix(b"[") {
+        Some(literal) => {
+            let Some(end) = literal.iter().position(|&byte| byte == b']') else {
+                return false;
+            };
+            let (address, rest) = literal.split_at(end);
+            let valid_literal = !address.is_empty()
+                && address
+                    .iter()
+                    .all(|&byte| byte.is_ascii_hexdigit() || matches!(byte, b':' | b'.'))
+                || is_ip_future(address);
+            if !valid_literal {
+                return false;
+            }
+            (&b""[..], &rest[1..])
+        }
+        None => match value.iter().position(|&byte| byte == b':') {
+            Some(colon) => (&value[..colon], &value[colon..]),
+            None => (value, &b""[..]),
+        },
+    };
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    port_ok && is_reg_name(host)
+}
+
+/// `IPvFuture = "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )`.
+fn is_ip_future(address: &[u8]) -> bool {
+    let Some(rest) = address
+        .strip_prefix(b"v")
+        .or_else(|| address.strip_prefix(b"V"))
+    else {
+        return false;
+    };
+    let Some(dot) = rest.iter().position(|&byte| byte == b'.') else {
+        return false;
+    };
+    let (version, tail) = rest.split_at(dot);
+    let tail = &tail[1..];
+    !version.is_empty()
+        && version.iter().all(u8::is_ascii_hexdigit)
+        && !tail.is_empty()
+        && tail
+            .iter()
+            .all(|&byte| is_unreserved_or_sub_delim(byte) || byte == b':')
+}
+
+fn is_unreserved_or_sub_delim(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric()
+        || matches!(
+            byte,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+        )
+}
+
+/// `reg-name = *( unreserved / pct-encoded / sub-delims )` (IPv4 addresses are reg-names
+/// too, syntactically).
+fn is_reg_name(host: &[u8]) -> bool {
+    let mut rest = host;
+    while let Some((&byte, tail)) = rest.split_first() {
+        if byte == b'%' {
+            match tail {
+                [high, low, after @ ..] if high.is_ascii_hexdigit() && low.is_ascii_hexdigit() => {
+                    rest = after;
+                    continue;
+                }
+                _ => return false,
+            }
+        }
+        if !is_unreserved_or_sub_delim(byte) {
+            return false;
+        }
+        rest = tail;
+    }
+    true
 }
 
 /// A query string that names the same parameter twice (which value counts would be a guess).
@@ -150,6 +286,15 @@ pub fn check(request: &impl UpgradeRequest) -> Result<Accepted, HandshakeError> 
     }
     if !request.is_http11() {
         return Err(HandshakeError::NotHttp11);
+    }
+    check_host(request.header_values("host")).map_err(HandshakeError::Host)?;
+    // A body would be read as WebSocket frames after the 101 (request smuggling).
+    let has_body = request.header_values("transfer-encoding").next().is_some()
+        || request
+            .header_values("content-length")
+            .any(|value| value.trim_ascii() != b"0");
+    if has_body {
+        return Err(HandshakeError::BodyNotAllowed);
     }
     let has_token = |name: &str, token: &str| {
         request.header_values(name).any(|value| {
@@ -393,6 +538,62 @@ mod tests {
             check(&head(&upgrade(&two_keys))),
             Err(HandshakeError::BadKey)
         );
+    }
+
+    #[test]
+    fn the_host_header_must_be_one_valid_host() {
+        for valid in [
+            "h",
+            "example.com:443",
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "[2001:db8::1]",
+            "[v1.fe80::a+en1]",
+            "xn--bcher-kva.example",
+            "a%20b",
+            "",
+        ] {
+            let head = head(&format!("GET / HTTP/1.1\r\nHost: {valid}\r\n{VALID}\r\n"));
+            assert_eq!(check_host(head.header_values("host")), Ok(()), "{valid:?}");
+            assert!(check(&head).is_ok(), "{valid:?}");
+        }
+        for invalid in [
+            "a b", "a:b", "h:80:80", "[::1", "[zz]", "[]", "a%2", "h/path", "user@h", "a\tb",
+        ] {
+            let head = head(&format!("GET / HTTP/1.1\r\nHost: {invalid}\r\n{VALID}\r\n"));
+            assert_eq!(
+                check(&head),
+                Err(HandshakeError::Host(HostError::Invalid)),
+                "{invalid:?}"
+            );
+        }
+        assert!(!is_valid_host(b"caf\xc3\xa9"));
+        let missing = head(&format!("GET / HTTP/1.1\r\n{VALID}\r\n"));
+        assert_eq!(
+            check(&missing),
+            Err(HandshakeError::Host(HostError::Missing))
+        );
+        let twice = head(&format!(
+            "GET / HTTP/1.1\r\nHost: h\r\nHost: h\r\n{VALID}\r\n"
+        ));
+        assert_eq!(
+            check(&twice),
+            Err(HandshakeError::Host(HostError::Repeated))
+        );
+    }
+
+    #[test]
+    fn an_upgrade_with_a_body_is_refused() {
+        for framing in ["Content-Length: 7", "Transfer-Encoding: chunked"] {
+            let head = head(&upgrade(&format!("{VALID}{framing}\r\n")));
+            assert_eq!(
+                check(&head),
+                Err(HandshakeError::BodyNotAllowed),
+                "{framing}"
+            );
+        }
+        let empty = head(&upgrade(&format!("{VALID}Content-Length: 0\r\n")));
+        assert!(check(&empty).is_ok());
     }
 
     #[test]

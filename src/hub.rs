@@ -6,7 +6,9 @@
 //! always applied before that event is matched), fan-out, keep-alives and the backpressure
 //! policy: every connection has a bounded outbound queue (`outbound`); a delivery
 //! that does not fit closes that connection with 1013 and drops its rules. The dispatcher
-//! never waits on a connection. Does not own sockets (see `session`) or ingest parsing.
+//! never waits on a connection. Each published batch holds its room in the ingest backlog
+//! (`limits::Backlog`) until it has been matched: ingest is refused and sources wait while
+//! the backlog is full. Does not own sockets (see `session`) or ingest parsing.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use eventgate_protocol::envelope::Event;
 use eventgate_protocol::pattern::{Pattern, RuleIndex};
 use eventgate_protocol::wire;
 
+use crate::limits::{Backlog, BacklogHeld, LimitError};
 use crate::outbound::{Offer, Outbox};
 use crate::stop::StopReason;
 use crate::telemetry;
@@ -67,6 +70,8 @@ enum Command {
     },
     Publish {
         events: Vec<Arc<Event>>,
+        /// The batch's room in the ingest backlog, freed once it has been matched.
+        held: BacklogHeld,
     },
 }
 
@@ -76,6 +81,17 @@ pub struct Hub {
     commands: mpsc::Sender<Command>,
     /// Set on a cluster node: published events also go to the other nodes.
     forwarder: Option<crate::cluster::Forwarder>,
+    /// Events handed over and not yet matched (`limits.max_ingest_backlog_bytes`).
+    backlog: Arc<Backlog>,
+}
+
+/// Why [`Hub::try_publish`] did not take a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("{0}")]
+    Busy(LimitError),
+    #[error(transparent)]
+    Stopped(#[from] HubStopped),
 }
 
 impl std::fmt::Debug for Command {
@@ -90,6 +106,8 @@ pub struct HubSettings {
     pub max_rules_per_connection: usize,
     pub max_queued_bytes: usize,
     pub keepalive_interval: Duration,
+    /// `limits.max_ingest_backlog_bytes`.
+    pub max_ingest_backlog_bytes: usize,
 }
 
 impl Hub {
@@ -100,6 +118,7 @@ impl Hub {
         tracker: &tokio_util::task::TaskTracker,
     ) -> Hub {
         let (commands, receiver) = mpsc::channel(8192);
+        let backlog = Backlog::new(settings.max_ingest_backlog_bytes);
         let dispatcher = Dispatcher {
             settings,
             index: RuleIndex::new(),
@@ -113,6 +132,7 @@ impl Hub {
         Hub {
             commands,
             forwarder: None,
+            backlog,
         }
     }
 
@@ -177,25 +197,60 @@ impl Hub {
         answer.await.map_err(|_| HubStopped)
     }
 
-    /// Hands events to the dispatcher. Returns once they are queued, in order after every
+    /// Hands events to the dispatcher, first waiting for room in the ingest backlog (broker
+    /// sources slow down this way). Returns once they are queued, in order after every
     /// subscription acknowledged before this call.
     /// On a cluster node the events are also queued for the other nodes (without waiting).
     pub async fn publish(&self, events: Vec<Arc<Event>>) -> Result<(), HubStopped> {
+        self.publish_waiting(events, self.forwarder.as_ref()).await
+    }
+
+    /// [`Hub::publish`] to this node's dispatcher only (events heard from other nodes, or
+    /// read by every node itself).
+    pub async fn publish_local(&self, events: Vec<Arc<Event>>) -> Result<(), HubStopped> {
+        self.publish_waiting(events, None).await
+    }
+
+    async fn publish_waiting(
+        &self,
+        events: Vec<Arc<Event>>,
+        forwarder: Option<&crate::cluster::Forwarder>,
+    ) -> Result<(), HubStopped> {
         if events.is_empty() {
             return Ok(());
         }
+        let held = self.backlog.hold(Backlog::weight(&events)).await;
+        let permit = self.commands.reserve().await.map_err(|_| HubStopped)?;
+        if let Some(forwarder) = forwarder {
+            forwarder.forward(&events);
+        }
+        permit.send(Command::Publish { events, held });
+        Ok(())
+    }
+
+    /// [`Hub::publish`] without waiting (ingest): refused when the ingest backlog has no
+    /// room for the batch or the dispatcher's queue is full.
+    pub fn try_publish(&self, events: Vec<Arc<Event>>) -> Result<(), PublishError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let held = self
+            .backlog
+            .try_hold(Backlog::weight(&events))
+            .map_err(PublishError::Busy)?;
+        let permit = self.commands.try_reserve().map_err(|error| match error {
+            mpsc::error::TrySendError::Full(()) => {
+                PublishError::Busy(LimitError::IngestBacklogFull {
+                    limit: self.backlog.limit(),
+                })
+            }
+            mpsc::error::TrySendError::Closed(()) => PublishError::Stopped(HubStopped),
+        })?;
         if let Some(forwarder) = &self.forwarder {
             forwarder.forward(&events);
         }
-        self.send(Command::Publish { events }).await
-    }
-
-    /// Hands events to this node's dispatcher only (events heard from other nodes).
-    pub async fn publish_local(&self, events: Vec<Arc<Event>>) -> Result<(), HubStopped> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        self.send(Command::Publish { events }).await
+        permit.send(Command::Publish { events, held });
+        Ok(())
     }
 }
 
@@ -350,10 +405,11 @@ impl Dispatcher {
                 }
                 let _ = reply.send(());
             }
-            Command::Publish { events } => {
+            Command::Publish { events, held } => {
                 for event in events {
                     self.dispatch(&event);
                 }
+                drop(held);
             }
         }
     }

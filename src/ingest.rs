@@ -3,7 +3,9 @@
 //!
 //! Accepted shapes: one EventBridge event object, a JSON array of them, the PutEvents shape
 //! `{"Entries":[...]}`, and CloudEvents 1.0 in structured, batch and binary mode. Owns the
-//! PutEvents-style response. Does not own auth (auth does) or the envelope rules (the
+//! PutEvents-style response, and the ingest side of backpressure: a request whose events do
+//! not fit in the ingest backlog (`limits.max_ingest_backlog_bytes`) is refused with 503 and
+//! `Retry-After` as a whole, never queued without bound. Does not own auth (auth does) or the envelope rules (the
 //! protocol crate does).
 
 use std::collections::BTreeMap;
@@ -21,6 +23,8 @@ use serde_json::{json, Value};
 use eventgate_protocol::envelope::{self, EntryError, Event, Fill};
 
 use crate::errors::IngestError;
+use crate::http_body::BodyLimits;
+use crate::hub::PublishError;
 use crate::server::AppState;
 use crate::telemetry;
 
@@ -161,13 +165,14 @@ pub async fn post_events(
     match ingest(&state, peer, request).await {
         Ok(response) => response,
         Err(error) => {
-            telemetry::ingest_error(match error.status().as_u16() {
-                401 => "unauthorized",
-                403 => "forbidden",
-                413 => "too_large",
-                415 => "unsupported_media_type",
-                429 => "rate_limited",
-                503 => "unavailable",
+            telemetry::ingest_error(match (&error, error.status().as_u16()) {
+                (IngestError::Body(body), _) => body.code(),
+                (_, 401) => "unauthorized",
+                (_, 403) => "forbidden",
+                (_, 415) => "unsupported_media_type",
+                (_, 429) => "rate_limited",
+                (IngestError::Limit(_), 503) => "backlog_full",
+                (_, 503) => "unavailable",
                 _ => "bad_request",
             });
             error.into_response()
@@ -194,10 +199,14 @@ async fn ingest(
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
     let token = state.auth.check_ingest(authorization, peer.ip())?;
-    let limit = state.config.limits.max_body_bytes;
-    let body = axum::body::to_bytes(body, limit)
+    let limits = BodyLimits {
+        max_bytes: state.config.limits.max_body_bytes,
+        max_bytes_key: "max_body_bytes",
+        timeout: state.config.limits.body_timeout.0,
+    };
+    let body = crate::http_body::read(body, limits)
         .await
-        .map_err(|_| IngestError::TooLarge(limit))?;
+        .map_err(IngestError::Body)?;
     let media = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -248,9 +257,14 @@ async fn ingest(
     let count = accepted.len() as u64;
     state
         .hub
-        .publish(accepted)
-        .await
-        .map_err(|_| IngestError::Unavailable)?;
+        .try_publish(accepted)
+        .map_err(|error| match error {
+            PublishError::Busy(limit) => {
+                telemetry::limit_rejected(limit.label());
+                IngestError::Limit(limit)
+            }
+            PublishError::Stopped(_) => IngestError::Unavailable,
+        })?;
     telemetry::events_ingested(count);
     let body: Value = json!({ "FailedEntryCount": failed, "Entries": entries });
     Ok(Json(body).into_response())

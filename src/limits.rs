@@ -3,6 +3,10 @@
 //! in all and per client address, how fast one address opens new ones, and how many events
 //! per second one ingest token may publish.
 //!
+//! Also the ingest backlog: the bytes of events accepted (by `POST /events` or a broker
+//! source) that the dispatcher has not matched yet, bounded by
+//! `limits.max_ingest_backlog_bytes` ([`Backlog`]).
+//!
 //! Owns the counters and token buckets. Does not own how a refusal is rendered (see
 //! `errors`) nor the per-connection limits of a session (frame size, actions per second,
 //! rules: `session` and `hub` own those).
@@ -10,6 +14,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -32,6 +37,8 @@ pub enum LimitError {
     IngestRate { retry_after: Duration },
     #[error("the request holds more events than this ingest token may publish per second")]
     IngestBatchTooLarge,
+    #[error("the gateway is behind: events accepted but not yet matched exceed limits.max_ingest_backlog_bytes ({limit}); retry later")]
+    IngestBacklogFull { limit: usize },
 }
 
 impl LimitError {
@@ -44,6 +51,7 @@ impl LimitError {
             LimitError::IngestRate { .. } | LimitError::IngestBatchTooLarge => {
                 "max_ingest_events_per_second_per_token"
             }
+            LimitError::IngestBacklogFull { .. } => "max_ingest_backlog_bytes",
         }
     }
 
@@ -54,7 +62,7 @@ impl LimitError {
             | LimitError::IngestRate { retry_after } => {
                 Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
             }
-            LimitError::IngestBatchTooLarge => Some(1),
+            LimitError::IngestBatchTooLarge | LimitError::IngestBacklogFull { .. } => Some(1),
             _ => None,
         }
     }
@@ -239,6 +247,117 @@ impl Limiter {
     }
 }
 
+/// The ingest backlog: bytes of event JSON handed to the dispatcher and not yet matched.
+/// Ingest takes room with [`Backlog::try_hold`] and is refused when there is none; broker
+/// sources wait for room with [`Backlog::hold`] (they acknowledge only after the hand-off,
+/// so waiting slows their consumption instead of losing messages). The dispatcher drops the
+/// [`BacklogHeld`] of a batch once it has matched the batch, which frees the room.
+#[derive(Debug)]
+pub struct Backlog {
+    bytes: AtomicUsize,
+    limit: usize,
+    room: tokio::sync::Notify,
+}
+
+/// Room taken in the [`Backlog`]; freed on drop.
+#[derive(Debug)]
+pub struct BacklogHeld {
+    backlog: Arc<Backlog>,
+    bytes: usize,
+}
+
+impl Drop for BacklogHeld {
+    fn drop(&mut self) {
+        if self.bytes == 0 {
+            return;
+        }
+        let left = self.backlog.bytes.fetch_sub(self.bytes, Ordering::AcqRel) - self.bytes;
+        crate::telemetry::ingest_backlog(left);
+        self.backlog.room.notify_waiters();
+    }
+}
+
+impl Backlog {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            bytes: AtomicUsize::new(0),
+            limit,
+            room: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// What a batch of events weighs in the backlog: the bytes of their JSON.
+    pub fn weight(events: &[Arc<eventgate_protocol::envelope::Event>]) -> usize {
+        events.iter().map(|event| event.json.len()).sum()
+    }
+
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    /// `limits.max_ingest_backlog_bytes`.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Adds `bytes` when they fit under the limit, or (`alone`) when nothing is held, so a
+    /// waiting batch larger than the limit still goes through on its own.
+    fn try_add(self: &Arc<Self>, bytes: usize, alone: bool) -> Option<BacklogHeld> {
+        let mut current = self.bytes.load(Ordering::Acquire);
+        loop {
+            let fits = current
+                .checked_add(bytes)
+                .is_some_and(|total| total <= self.limit)
+                || (alone && current == 0);
+            if !fits {
+                return None;
+            }
+            match self.bytes.compare_exchange_weak(
+                current,
+                current + bytes,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    crate::telemetry::ingest_backlog(current + bytes);
+                    return Some(BacklogHeld {
+                        backlog: Arc::clone(self),
+                        bytes,
+                    });
+                }
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    /// Takes room for `bytes`, or refuses at once when the backlog has none.
+    pub fn try_hold(self: &Arc<Self>, bytes: usize) -> Result<BacklogHeld, LimitError> {
+        self.try_add(bytes, false)
+            .ok_or(LimitError::IngestBacklogFull { limit: self.limit })
+    }
+
+    /// Takes room for `bytes`, waiting until the dispatcher has freed enough.
+    pub async fn hold(self: &Arc<Self>, bytes: usize) -> BacklogHeld {
+        let mut waited = false;
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            // Registered before the check, so a release between the check and the wait
+            // is not missed.
+            room.as_mut().enable();
+            if let Some(held) = self.try_add(bytes, true) {
+                return held;
+            }
+            if !waited {
+                waited = true;
+                crate::telemetry::ingest_backlog_waited();
+            }
+            room.await;
+        }
+    }
+}
+
 /// One `X-Forwarded-For` entry: an address, maybe with a port (`1.2.3.4:5`, `[::1]:5`).
 fn parse_hop(hop: &str) -> Option<IpAddr> {
     let hop = hop.trim();
@@ -315,6 +434,52 @@ mod tests {
         );
         drop(first);
         assert!(limiter.reserve_connection(a).is_ok());
+    }
+
+    fn held_bytes(held: &[BacklogHeld]) -> usize {
+        held.iter().map(|h| h.bytes).sum()
+    }
+
+    #[test]
+    fn the_backlog_refuses_past_its_limit_and_frees_on_drop() {
+        let backlog = Backlog::new(100);
+        let first = backlog.try_hold(60).expect("fits");
+        assert_eq!(
+            backlog.try_hold(41).err(),
+            Some(LimitError::IngestBacklogFull { limit: 100 })
+        );
+        let second = backlog.try_hold(40).expect("fits exactly");
+        assert_eq!(backlog.bytes(), 100);
+        assert_eq!(held_bytes(&[first, second]), 100);
+        // Both dropped above.
+        assert_eq!(backlog.bytes(), 0);
+        // More than the whole limit never fits a refusing caller...
+        assert!(backlog.try_hold(101).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_hold_goes_through_once_room_is_freed() {
+        let backlog = Backlog::new(100);
+        let held = backlog.try_hold(90).expect("fits");
+        let waiter = tokio::spawn({
+            let backlog = Arc::clone(&backlog);
+            async move { backlog.hold(50).await.bytes }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        assert_eq!(backlog.bytes(), 90);
+        drop(held);
+        let bytes = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken when room was freed")
+            .expect("no panic");
+        assert_eq!(bytes, 50);
+        assert_eq!(backlog.bytes(), 0);
+        // ...but a waiting one goes alone when nothing else is held.
+        let alone = backlog.hold(500).await;
+        assert_eq!(backlog.bytes(), 500);
+        drop(alone);
+        assert_eq!(backlog.bytes(), 0);
     }
 
     #[test]

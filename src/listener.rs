@@ -7,9 +7,11 @@
 //! whose first request is a `GET` on a WebSocket path goes straight to the
 //! [`WebSocketRoute`] with its parsed head, not through hyper and the router: that is the
 //! hot path of a connect storm. Every other connection is served by hyper, which sees the
-//! bytes already read as if they were still unread. Does not own routes or the upgrade's
-//! checks (see `server` and `handshake`) nor WebSocket sessions (the server tracks and
-//! closes those).
+//! bytes already read as if they were still unread. Every HTTP/1.x request through hyper
+//! first passes the RFC 9112 `Host` check (400 and close otherwise). Does not own routes,
+//! request bodies (handlers read them within `limits.body_timeout`, see `http_body`) or the
+//! upgrade's checks (see `server` and `handshake`) nor WebSocket sessions (the server tracks
+//! and closes those).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -35,7 +37,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
-use crate::handshake::{Parsed, RequestHead};
+use crate::handshake::{HostError, Parsed, RequestHead};
 use crate::telemetry;
 use crate::tls::Tls;
 
@@ -412,12 +414,16 @@ async fn serve_http(
         // HTTP/2 multiplexes requests on one connection: once it has sent a request, it is
         // not timed out here.
         let http1 = request.version() < hyper::Version::HTTP_2;
+        let bad_host = if http1 { host_refusal(&request) } else { None };
         request.extensions_mut().insert(ConnectInfo(peer));
         let mut app = service_shared.app.clone();
         let deadline = Arc::clone(&deadline);
         let shared = Arc::clone(&service_shared);
         async move {
-            let response = app.call(request.map(axum::body::Body::new)).await;
+            let response = match bad_host {
+                Some(refusal) => Ok(refusal),
+                None => app.call(request.map(axum::body::Body::new)).await,
+            };
             if http1 {
                 deadline
                     .at_ms
@@ -444,6 +450,20 @@ async fn serve_http(
             tracing::debug!(%peer, "no complete request head in time; disconnected");
         }
     }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.x request with a repeated or invalid `Host`, or an HTTP/1.1
+/// one without `Host`, is answered 400 (and the connection closed) before any route sees
+/// it. (The first request of a connection, when it is a WebSocket upgrade, is checked by
+/// `handshake::check` instead.)
+fn host_refusal(request: &Request<Incoming>) -> Option<axum::response::Response> {
+    let hosts = request.headers().get_all(hyper::header::HOST);
+    let error = crate::handshake::check_host(hosts.iter().map(|value| value.as_bytes())).err()?;
+    if error == HostError::Missing && request.version() < hyper::Version::HTTP_11 {
+        return None;
+    }
+    telemetry::bad_request(error.label());
+    Some(crate::errors::bad_request(error.to_string()))
 }
 
 /// Notifications are small writes that must leave at once: no Nagle delay (which, against a

@@ -124,6 +124,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     init_logging(config.dev);
+    for unknown in config::unknown_environment(std::env::vars()) {
+        tracing::warn!("{unknown}");
+    }
     raise_open_file_limit();
     let listener = match eventgate::listener::bind(config.listen) {
         Ok(listener) => listener,

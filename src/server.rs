@@ -28,8 +28,8 @@ use tokio_util::task::TaskTracker;
 use eventgate_protocol::pattern::{Pattern, PatternLimits};
 
 use crate::auth::{Auth, ClientIdentity};
-use crate::config::Config;
-use crate::errors::UpgradeError;
+use crate::config::{Config, TestPatternAccess};
+use crate::errors::{TestPatternError, UpgradeError};
 use crate::handshake::{self, Accepted, HandshakeError, RequestHead, UpgradeRequest};
 use crate::hub::{Hub, HubSettings};
 use crate::limits::ConnectionSlot;
@@ -56,6 +56,8 @@ pub struct AppState {
     pub dev_api_key: Option<String>,
     /// Connection caps and rate limits (see `limits`).
     pub limiter: Arc<crate::limits::Limiter>,
+    /// `POST /test-pattern` evaluations running (`limits.max_concurrent_test_patterns`).
+    pub test_patterns: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why the gateway stopped with an error.
@@ -100,7 +102,7 @@ fn admit(
         .check_new_connection(client)
         .and_then(|()| state.limiter.reserve_connection(client))
         .map_err(UpgradeError::Limit)?;
-    state.auth.check_origin(request.header_str("origin"))?;
+    state.auth.check_origin(request.header_values("origin"))?;
     let identity = state
         .auth
         .check_header(header.as_deref(), request.header_str("host"))?;
@@ -196,7 +198,16 @@ async fn upgrade(
     let (mut parts, _body) = request.into_parts();
     let admitted = match admit(&state, peer, &parts, parts.uri.query()) {
         Ok(admitted) => admitted,
-        Err(error) => return refusal(error),
+        Err(error) => {
+            // Closed after the answer, as on the listener's path: an unread body (or
+            // anything else the client sent after the head) is never taken as a request.
+            let mut response = refusal(error);
+            response.headers_mut().insert(
+                header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            return response;
+        }
     };
     let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
         return refusal(UpgradeError::Handshake(HandshakeError::NotHttp11));
@@ -251,28 +262,114 @@ struct TestPatternRequest {
     event: Value,
 }
 
-fn bad_request(message: String) -> Response {
-    (StatusCode::BAD_REQUEST, Json(json!({ "Error": message }))).into_response()
+/// `POST /test-pattern`: `{"EventPattern": .., "Event": ..}` → `{"Result": bool}`.
+///
+/// No free CPU for strangers: unless `test_pattern = "open"` the caller needs an ingest
+/// token (as `POST /events` does, so dev mode without tokens lets loopback callers in); the
+/// body is at most `limits.max_test_pattern_body_bytes` and must arrive within
+/// `limits.body_timeout`, the event is at most `limits.max_event_bytes`; parsing and
+/// evaluation run on the blocking pool, never on the async workers, at most
+/// `limits.max_concurrent_test_patterns` at once (more are refused with 503), and are
+/// waited for at most `limits.test_pattern_timeout`.
+async fn test_pattern(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: axum::extract::Request,
+) -> Response {
+    match run_test_pattern(&state, peer, request).await {
+        Ok(result) => Json(json!({ "Result": result })).into_response(),
+        Err(error) => {
+            telemetry::test_pattern_error(error.code());
+            if let Some(limit) = error.limit() {
+                telemetry::limit_rejected(limit);
+            }
+            error.into_response()
+        }
+    }
 }
 
-/// `POST /test-pattern`: `{"EventPattern": .., "Event": ..}` → `{"Result": bool}`.
-async fn test_pattern(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
-    let request: TestPatternRequest = match serde_json::from_slice(&body) {
-        Ok(request) => request,
-        Err(error) => {
-            return bad_request(format!(
-                "the body must be {{\"EventPattern\": <pattern>, \"Event\": <event>}}: {error}"
-            ))
-        }
-    };
-    match evaluate_pattern(
-        &request.event_pattern,
-        &request.event,
-        &state.pattern_limits,
-    ) {
-        Ok(result) => Json(json!({ "Result": result })).into_response(),
-        Err(message) => bad_request(message),
+async fn run_test_pattern(
+    state: &AppState,
+    peer: SocketAddr,
+    request: axum::extract::Request,
+) -> Result<bool, TestPatternError> {
+    let (parts, body) = request.into_parts();
+    if state.config.test_pattern == TestPatternAccess::Token {
+        let authorization = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok());
+        state
+            .auth
+            .check_ingest(authorization, peer.ip())
+            .map_err(TestPatternError::Credential)?;
     }
+    let limits = &state.config.limits;
+    let body = crate::http_body::read(
+        body,
+        crate::http_body::BodyLimits {
+            max_bytes: limits.max_test_pattern_body_bytes,
+            max_bytes_key: "max_test_pattern_body_bytes",
+            timeout: limits.body_timeout.0,
+        },
+    )
+    .await
+    .map_err(TestPatternError::Body)?;
+    // Taken once the body is in: a slow body holds no evaluation place.
+    let permit = Arc::clone(&state.test_patterns)
+        .try_acquire_owned()
+        .map_err(|_| TestPatternError::Busy(limits.max_concurrent_test_patterns))?;
+    let pattern_limits = state.pattern_limits.clone();
+    let max_event_bytes = limits.max_event_bytes;
+    off_the_workers(permit, limits.test_pattern_timeout.0, move || {
+        test_pattern_body(&body, &pattern_limits, max_event_bytes)
+    })
+    .await?
+}
+
+/// Runs `work` on the blocking pool, holding `permit` until it ends (so a request answered
+/// at its timeout still counts while its evaluation runs on), and waits for it at most
+/// `timeout`.
+async fn off_the_workers<T: Send + 'static>(
+    permit: tokio::sync::OwnedSemaphorePermit,
+    timeout: std::time::Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, TestPatternError> {
+    let task = tokio::task::spawn_blocking(move || {
+        let result = work();
+        drop(permit);
+        result
+    });
+    match tokio::time::timeout(timeout, task).await {
+        Err(_) => Err(TestPatternError::Timeout(timeout)),
+        Ok(Err(_)) => Err(TestPatternError::Failed),
+        Ok(Ok(result)) => Ok(result),
+    }
+}
+
+/// Parses a `/test-pattern` body and evaluates it (on the blocking pool).
+fn test_pattern_body(
+    body: &[u8],
+    limits: &PatternLimits,
+    max_event_bytes: usize,
+) -> Result<bool, TestPatternError> {
+    let request: TestPatternRequest = serde_json::from_slice(body).map_err(|error| {
+        TestPatternError::BadRequest(format!(
+            "the body must be {{\"EventPattern\": <pattern>, \"Event\": <event>}}: {error}"
+        ))
+    })?;
+    let size = match &request.event {
+        Value::String(text) => text.len(),
+        other => other.to_string().len(),
+    };
+    if size > max_event_bytes {
+        return Err(TestPatternError::EventTooLarge {
+            size,
+            limit: max_event_bytes,
+        });
+    }
+    evaluate_pattern(&request.event_pattern, &request.event, limits)
+        .map_err(TestPatternError::BadRequest)
 }
 
 /// Shared by `POST /test-pattern` and `eventgate test-pattern`: a pattern and an event, each
@@ -395,12 +492,14 @@ async fn demo_config(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
 fn router(state: Arc<AppState>) -> Router {
     let mut router = Router::new()
         .route("/events", post(crate::ingest::post_events))
-        .route("/test-pattern", post(test_pattern))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
     for path in &state.config.ws_paths {
         router = router.route(path, axum::routing::any(upgrade));
+    }
+    if state.config.test_pattern != TestPatternAccess::Off {
+        router = router.route("/test-pattern", post(test_pattern));
     }
     if state.config.dev {
         router = router
@@ -415,6 +514,20 @@ fn router(state: Arc<AppState>) -> Router {
                 get(|path: Path<String>| demo_file(Some(path))),
             );
     }
+    // Refusals are JSON like every other error; axum adds `Allow` to the 405.
+    router = router
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                Json(json!({ "error": "no such endpoint" })),
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                Json(json!({ "error": "this endpoint does not take this method; see the Allow header" })),
+            )
+        });
     router.with_state(state)
 }
 
@@ -447,6 +560,7 @@ pub async fn run_with_reload(
             max_rules_per_connection: config.limits.max_rules_per_connection,
             max_queued_bytes: config.limits.max_queued_bytes,
             keepalive_interval: config.keepalive_interval.0,
+            max_ingest_backlog_bytes: config.limits.max_ingest_backlog_bytes,
         },
         hub_stop.clone(),
         &background,
@@ -481,6 +595,9 @@ pub async fn run_with_reload(
         dev_api_key: (config.dev && crate::config::sha256_digest(&stack_id).is_none())
             .then(|| eventgate_protocol::header::api_key(&stack_id, None)),
         limiter: Arc::new(crate::limits::Limiter::new(&config.limits)),
+        test_patterns: Arc::new(tokio::sync::Semaphore::new(
+            config.limits.max_concurrent_test_patterns,
+        )),
         config,
         auth,
         hub,
@@ -548,4 +665,55 @@ pub async fn run_with_reload(
     background.close();
     background.wait().await;
     served.map_err(RunError::Serve)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An evaluation past its time budget is answered at once, but keeps its place until it
+    /// really ends, so abandoned evaluations cannot pile up on the blocking pool.
+    #[tokio::test]
+    async fn an_evaluation_over_its_budget_keeps_its_place_until_it_ends() {
+        let places = Arc::new(tokio::sync::Semaphore::new(1));
+        let permit = Arc::clone(&places).try_acquire_owned().expect("a place");
+        let (finish, finished) = std::sync::mpsc::channel::<()>();
+        let budget = std::time::Duration::from_millis(50);
+        let outcome = off_the_workers(permit, budget, move || finished.recv().is_ok()).await;
+        assert!(matches!(outcome, Err(TestPatternError::Timeout(t)) if t == budget));
+        // Still running: a second evaluation is refused.
+        assert!(Arc::clone(&places).try_acquire_owned().is_err());
+        finish.send(()).expect("the evaluation is waiting");
+        let again = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                if let Ok(permit) = Arc::clone(&places).try_acquire_owned() {
+                    return permit;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the place is freed when the evaluation ends");
+        let outcome = off_the_workers(again, budget, || 7).await;
+        assert!(matches!(outcome, Ok(7)));
+        assert_eq!(places.available_permits(), 1);
+    }
+
+    #[test]
+    fn test_pattern_bodies_are_checked_before_evaluation() {
+        let limits = PatternLimits::default();
+        let body = br#"{"EventPattern":{"source":["a"]},"Event":{"source":"a"}}"#;
+        assert!(matches!(test_pattern_body(body, &limits, 1000), Ok(true)));
+        assert!(matches!(
+            test_pattern_body(body, &limits, 10),
+            Err(TestPatternError::EventTooLarge {
+                size: 14,
+                limit: 10
+            })
+        ));
+        assert!(matches!(
+            test_pattern_body(b"{", &limits, 1000),
+            Err(TestPatternError::BadRequest(_))
+        ));
+    }
 }

@@ -168,3 +168,33 @@ pub fn limit_rejected(limit: &'static str) {
 pub fn tls_reloaded(ok: bool) {
     counter!(TLS_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
 }
+
+// Hostile HTTP callers: the pattern tester, request bodies, malformed requests, the ingest
+// backlog.
+pub const TEST_PATTERN_ERRORS: &str = "eventgate_test_pattern_errors_total";
+pub const BAD_REQUESTS: &str = "eventgate_bad_requests_total";
+pub const INGEST_BACKLOG_BYTES: &str = "eventgate_ingest_backlog_bytes";
+pub const INGEST_BACKLOG_WAITS: &str = "eventgate_ingest_backlog_waits_total";
+
+/// A `POST /test-pattern` request refused or failed (`code` says why).
+pub fn test_pattern_error(code: &'static str) {
+    counter!(TEST_PATTERN_ERRORS, "code" => code).increment(1);
+    tracing::debug!(code, "test-pattern request refused");
+}
+
+/// A request refused before any route saw it (a missing, repeated or invalid `Host`).
+pub fn bad_request(reason: &'static str) {
+    counter!(BAD_REQUESTS, "reason" => reason).increment(1);
+    tracing::debug!(reason, "malformed request refused");
+}
+
+/// Bytes of events accepted but not yet matched by the dispatcher.
+pub fn ingest_backlog(bytes: usize) {
+    gauge!(INGEST_BACKLOG_BYTES).set(bytes as f64);
+}
+
+/// A broker source waited for room in the ingest backlog before its hand-off.
+pub fn ingest_backlog_waited() {
+    counter!(INGEST_BACKLOG_WAITS).increment(1);
+    tracing::debug!("source waits for room in the ingest backlog");
+}

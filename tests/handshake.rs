@@ -26,22 +26,6 @@ fn upgrade_request(server: &Server, extra: &str) -> String {
     )
 }
 
-/// A masked client text frame (payloads under 126 bytes).
-fn client_text_frame(text: &str) -> Vec<u8> {
-    let mask = [0x12u8, 0x34, 0x56, 0x78];
-    let payload = text.as_bytes();
-    assert!(payload.len() < 126);
-    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(
-        payload
-            .iter()
-            .enumerate()
-            .map(|(i, byte)| byte ^ mask[i % 4]),
-    );
-    frame
-}
-
 /// Reads bytes until `buffer` holds a whole HTTP response head; returns the head and keeps
 /// what follows it in `buffer`.
 async fn read_response_head(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> String {

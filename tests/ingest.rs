@@ -365,17 +365,7 @@ async fn oversized_entries_fail_alone() {
 }
 
 async fn post_with_auth(server: &Server, authorization: Option<&str>) -> (u16, Value) {
-    let mut request = server
-        .http
-        .post(server.http_url("/events"))
-        .header("content-type", "application/json")
-        .body(json!({"source": "tok", "detail-type": "t"}).to_string());
-    if let Some(value) = authorization {
-        request = request.header("authorization", value);
-    }
-    let response = request.send().await.expect("POST");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("JSON body"))
+    server.post_event_as(authorization, "tok").await
 }
 
 #[tokio::test]

@@ -25,20 +25,7 @@ fn temp_file(name: &str, text: &str) -> PathBuf {
 }
 
 async fn post_with(server: &Server, authorization: Option<&str>) -> u16 {
-    let mut request = server
-        .http
-        .post(server.http_url("/events"))
-        .header("content-type", "application/json")
-        .body(json!({"source": "s", "detail-type": "t", "detail": {}}).to_string());
-    if let Some(value) = authorization {
-        request = request.header("authorization", value);
-    }
-    request
-        .send()
-        .await
-        .expect("POST /events")
-        .status()
-        .as_u16()
+    server.post_event_as(authorization, "s").await.0
 }
 
 #[tokio::test]

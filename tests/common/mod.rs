@@ -134,6 +134,22 @@ impl Server {
         (status, value)
     }
 
+    /// `POST /events` of one small event from `source`, with `authorization` when given;
+    /// returns status and body.
+    pub async fn post_event_as(&self, authorization: Option<&str>, source: &str) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(self.http_url("/events"))
+            .header("content-type", "application/json")
+            .body(json!({"source": source, "detail-type": "t", "detail": {}}).to_string());
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let response = request.send().await.expect("POST /events");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("a JSON body"))
+    }
+
     /// Publishes and asserts that every entry was accepted.
     pub async fn publish(&self, body: &Value) -> Value {
         let (status, reply) = self.post_events("application/json", body.to_string()).await;
@@ -185,6 +201,17 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.token.cancel();
     }
+}
+
+/// A masked client text frame (payloads under 126 bytes).
+pub fn client_text_frame(text: &str) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let payload = text.as_bytes();
+    assert!(payload.len() < 126);
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
 }
 
 /// Base64 of a JSON document (standard alphabet, padded).
