@@ -116,6 +116,14 @@ pub struct Limits {
     /// Events per second one ingest token may publish (bursts of as many); beyond it 429
     /// with `Retry-After`.
     pub max_ingest_events_per_second_per_token: u32,
+
+    // Peers that do not read (see `session` and `docs/operations.md`, "Peers that do not read").
+    /// Longest a write to a WebSocket may stay pending; a peer that reads nothing for this
+    /// long is closed (1013 when the close frame still fits, else dropped).
+    pub write_timeout: Seconds,
+    /// `SO_SNDBUF` of accepted sockets (the kernel doubles it); 0 keeps the kernel's
+    /// autotuning, which lets one socket hold up to `net.ipv4.tcp_wmem`'s maximum.
+    pub send_buffer_bytes: usize,
 }
 
 impl Default for Limits {
@@ -141,6 +149,8 @@ impl Default for Limits {
             new_connections_per_second_per_ip: 0,
             upgrade_timeout: Seconds(Duration::from_secs(10)),
             max_ingest_events_per_second_per_token: 0,
+            write_timeout: Seconds(Duration::from_secs(10)),
+            send_buffer_bytes: 64 * 1024,
         }
     }
 }
@@ -202,6 +212,9 @@ pub struct Config {
     pub stack_id_file: Option<PathBuf>,
     /// File holding `ingest_tokens`, one a line; excludes `ingest_tokens`.
     pub ingest_tokens_file: Option<PathBuf>,
+    /// Test only, and only with `dev`: every WebSocket echoes its text and binary messages
+    /// instead of speaking the protocol, for the Autobahn|Testsuite (`scripts/autobahn.sh`).
+    pub dev_websocket_echo: bool,
 }
 
 /// `[tls]`: PEM files of the certificate chain and its private key.
@@ -258,6 +271,7 @@ impl Default for Config {
             tls: None,
             stack_id_file: None,
             ingest_tokens_file: None,
+            dev_websocket_echo: false,
         }
     }
 }
@@ -343,6 +357,12 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     (
         "MAX_INGEST_EVENTS_PER_SECOND_PER_TOKEN",
         "limits.max_ingest_events_per_second_per_token",
+        Kind::Integer,
+    ),
+    ("WRITE_TIMEOUT", "limits.write_timeout", Kind::Text),
+    (
+        "SEND_BUFFER_BYTES",
+        "limits.send_buffer_bytes",
         Kind::Integer,
     ),
     ("TLS_CERT", "tls.cert", Kind::Text),
@@ -504,6 +524,12 @@ impl Config {
         }
         if self.limits.upgrade_timeout.0.is_zero() {
             return fail("limits.upgrade_timeout must be greater than zero".into());
+        }
+        if self.limits.write_timeout.0.is_zero() {
+            return fail("limits.write_timeout must be greater than zero".into());
+        }
+        if self.dev_websocket_echo && !self.dev {
+            return fail("dev_websocket_echo is a test mode: it needs dev = true".into());
         }
         if let Some(tls) = &self.tls {
             if tls.reload_interval.0.is_zero() {
