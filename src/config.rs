@@ -673,6 +673,39 @@ mod tests {
     }
 
     #[test]
+    fn write_timeout_send_buffer_and_echo_mode() {
+        let config = load(
+            Some("dev = true\ndev_websocket_echo = true"),
+            env(&[
+                ("EVENTGATE_WRITE_TIMEOUT", "2500ms"),
+                ("EVENTGATE_SEND_BUFFER_BYTES", "0"),
+            ]),
+            vec![],
+        )
+        .expect("valid");
+        assert_eq!(
+            config.limits.write_timeout,
+            Seconds(Duration::from_millis(2500))
+        );
+        assert_eq!(config.limits.send_buffer_bytes, 0);
+        assert!(config.dev_websocket_echo);
+        let defaults = Limits::default();
+        assert_eq!(defaults.write_timeout, Seconds(Duration::from_secs(10)));
+        assert_eq!(defaults.send_buffer_bytes, 64 * 1024);
+        for file in [
+            "dev = true\n[limits]\nwrite_timeout = \"0s\"",
+            "stack_id = \"s\"\napp_version_ids = [\"v\"]\ndev_websocket_echo = true",
+        ] {
+            let error = load(Some(file), env(&[]), vec![]).expect_err(file);
+            assert!(
+                error.to_string().contains("write_timeout")
+                    || error.to_string().contains("dev_websocket_echo"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
