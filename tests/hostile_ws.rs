@@ -14,26 +14,11 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// The gauges are shared by every server in this process: one test at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
 const EVENT_PAD: usize = 10 * 1024;
-
-/// A client whose socket has a small receive buffer, so that its kernel stops taking bytes
-/// soon after the client stops reading.
-async fn small_buffer_client(server: &Server) -> Client {
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    let stream = socket.connect(server.addr).await.expect("connect");
-    let request = server.ws_url().into_client_request().expect("request");
-    let (ws, _) =
-        tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream))
-            .await
-            .expect("upgrade");
-    Client { ws }
-}
 
 /// The sum of a metric's series whose labels contain `label` (`reason="write_timeout"`).
 fn labelled(metrics: &str, name: &str, label: &str) -> f64 {
@@ -69,8 +54,8 @@ async fn until_metrics(
     }
 }
 
-/// Publishes `count` padded events and a final marker; the healthy client must get them all,
-/// in order. Returns once it has.
+/// Publishes `count` padded events; the healthy client must get each one, in order, before
+/// the next is published.
 async fn publish_and_check_healthy(server: &Server, healthy: &mut Client, count: u64) {
     let pad = "x".repeat(EVENT_PAD);
     for n in 0..count {
@@ -99,41 +84,51 @@ async fn drain(client: &mut Client) -> Option<(u16, String)> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_that_stops_reading_is_closed_by_write_timeout_and_freed() {
-    let _serial = SERIAL.lock().await;
-    let server = Server::start(Config {
+/// A server with a small send buffer on which only `write_timeout` or a stop can end a
+/// stalled session within a test: the idle timeout, keepalive and shutdown grace are long.
+async fn stalling_server(write_timeout: Seconds, max_queued_messages: usize) -> Server {
+    Server::start(Config {
         idle_timeout: ms(120_000),
         keepalive_interval: ms(60_000),
+        shutdown_grace: ms(60_000),
         limits: eventgate::config::Limits {
-            write_timeout: ms(1000),
+            write_timeout,
             send_buffer_bytes: 8 * 1024,
+            max_queued_messages,
             ..Default::default()
         },
         ..dev_config()
     })
-    .await;
+    .await
+}
+
+/// A subscriber that stops reading after its Acks and a healthy one on the same pattern,
+/// then 40 events of 10 KiB (far more than the stalled client's kernel buffer and the
+/// server's send buffer hold), all of which the healthy client gets.
+async fn stalled_beside_healthy(server: &Server) -> (Client, Client) {
+    let pattern = json!({"source": ["load"]});
+    let mut stalled = server.small_buffer_client().await;
+    stalled.hello().await;
+    stalled.subscribe("stalled", &pattern).await;
+    let mut healthy = server.announced().await;
+    healthy.subscribe("healthy", &pattern).await;
+    publish_and_check_healthy(server, &mut healthy, 40).await;
+    (stalled, healthy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_is_closed_by_write_timeout_and_freed() {
+    let _serial = SERIAL.lock().await;
+    // The default queue (1,024 messages, 4 MiB) holds the 40 events: it is the pending
+    // write, not the queue, that must end the stalled session.
+    let server = stalling_server(ms(1000), 1024).await;
     let before = server.metrics().await;
     let (connections, rules) = (
         gauge(&before, "eventgate_connections"),
         gauge(&before, "eventgate_rules"),
     );
     let timeouts = gauge(&before, "eventgate_write_timeout_closes_total");
-
-    let pattern = json!({"source": ["load"]});
-    let mut stalled = small_buffer_client(&server).await;
-    stalled.hello().await;
-    stalled.subscribe("stalled", &pattern).await;
-    let mut healthy = server.announced().await;
-    healthy.subscribe("healthy", &pattern).await;
-    let open = server.metrics().await;
-    assert_eq!(gauge(&open, "eventgate_connections"), connections + 2.0);
-    assert_eq!(gauge(&open, "eventgate_rules"), rules + 2.0);
-
-    // 40 events of 10 KiB: far more than the stalled client's kernel buffers and the
-    // server's send buffer hold, far less than its queue (1,024 messages, 4 MiB), so it is
-    // the pending write, not the queue, that must end it.
-    publish_and_check_healthy(&server, &mut healthy, 40).await;
+    let (mut stalled, mut healthy) = stalled_beside_healthy(&server).await;
     until_metrics(
         &server,
         Duration::from_secs(20),
@@ -152,14 +147,12 @@ async fn a_peer_that_stops_reading_is_closed_by_write_timeout_and_freed() {
     )
     .await;
     let after = server.metrics().await;
-    assert!(
-        labelled(
-            &after,
-            "eventgate_connections_closed_total",
-            "reason=\"write_timeout\""
-        ) >= 1.0,
-        "{after}"
+    let closes = labelled(
+        &after,
+        "eventgate_connections_closed_total",
+        "reason=\"write_timeout\"",
     );
+    assert!(closes >= 1.0, "{after}");
 
     // The healthy client goes on receiving.
     publish_and_check_healthy(&server, &mut healthy, 5).await;
@@ -175,19 +168,9 @@ async fn a_peer_that_stops_reading_is_closed_by_write_timeout_and_freed() {
 async fn a_slow_consumer_stuck_in_a_write_is_stopped_and_freed() {
     let _serial = SERIAL.lock().await;
     // Neither the write timeout nor the idle timeout can end it within the test: only the
-    // slow-consumer stop, which the session must see while its write is pending.
-    let server = Server::start(Config {
-        idle_timeout: ms(120_000),
-        keepalive_interval: ms(60_000),
-        limits: eventgate::config::Limits {
-            write_timeout: ms(120_000),
-            send_buffer_bytes: 8 * 1024,
-            max_queued_messages: 8,
-            ..Default::default()
-        },
-        ..dev_config()
-    })
-    .await;
+    // slow-consumer stop (a queue of 8), which the session must see while its write is
+    // pending.
+    let server = stalling_server(ms(120_000), 8).await;
     let before = server.metrics().await;
     let connections = gauge(&before, "eventgate_connections");
     let slow_closes = labelled(
@@ -195,14 +178,7 @@ async fn a_slow_consumer_stuck_in_a_write_is_stopped_and_freed() {
         "eventgate_connections_closed_total",
         "reason=\"slow_consumer\"",
     );
-    let pattern = json!({"source": ["load"]});
-    let mut stalled = small_buffer_client(&server).await;
-    stalled.hello().await;
-    stalled.subscribe("stalled", &pattern).await;
-    let mut healthy = server.announced().await;
-    healthy.subscribe("healthy", &pattern).await;
-
-    publish_and_check_healthy(&server, &mut healthy, 40).await;
+    let (mut stalled, mut healthy) = stalled_beside_healthy(&server).await;
     until_metrics(
         &server,
         Duration::from_secs(20),
@@ -226,28 +202,11 @@ async fn a_slow_consumer_stuck_in_a_write_is_stopped_and_freed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_reaches_a_session_stuck_in_a_write() {
     let _serial = SERIAL.lock().await;
-    let server = Server::start(Config {
-        idle_timeout: ms(120_000),
-        keepalive_interval: ms(60_000),
-        // Longer than the test waits: only the stop signal can end the session.
-        shutdown_grace: ms(60_000),
-        limits: eventgate::config::Limits {
-            write_timeout: ms(120_000),
-            send_buffer_bytes: 8 * 1024,
-            ..Default::default()
-        },
-        ..dev_config()
-    })
-    .await;
-    let pattern = json!({"source": ["load"]});
-    let mut stalled = small_buffer_client(&server).await;
-    stalled.hello().await;
-    stalled.subscribe("stalled", &pattern).await;
-    let mut healthy = server.announced().await;
-    healthy.subscribe("healthy", &pattern).await;
-    publish_and_check_healthy(&server, &mut healthy, 40).await;
+    let server = stalling_server(ms(120_000), 1024).await;
+    let (stalled, _healthy) = stalled_beside_healthy(&server).await;
     // `shutdown` waits at most 10 s for `run` to return, which it does only once every
-    // session has ended: the stalled one must see the stop while its write is pending.
+    // session has ended (the grace period is a minute): the stalled one must see the stop
+    // while its write is pending.
     server.shutdown().await.expect("clean shutdown");
     drop(stalled);
 }
