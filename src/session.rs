@@ -2,8 +2,12 @@
 //! Ack, writes queued notifications, pings the peer and closes with a specific code.
 //!
 //! Owns the connection's protocol state (announced or not), the Hello deadline, the
-//! per-connection action rate limit and liveness. Does not own matching or fan-out (the
-//! hub does) nor the upgrade checks (auth does).
+//! per-connection action rate limit, liveness, the deadline of every write
+//! (`limits.write_timeout`: a peer that stops reading is closed, and the stop signal and the
+//! idle timeout are seen while a write is pending), the mapping of RFC 6455 violations to
+//! close codes (1002 / 1007 / 1009) and the close handshake. Also the test-only echo mode
+//! (`dev_websocket_echo`) that the Autobahn|Testsuite runs against. Does not own matching or
+//! fan-out (the hub does) nor the upgrade checks (auth does).
 
 use std::future::Future;
 use std::pin::{pin, Pin};
@@ -166,7 +170,11 @@ async fn bounded(
         if let Some(reason) = signal.reason() {
             return Poll::Ready(Written::Stopped(reason));
         }
-        let due = *write_deadline.get_or_insert_with(|| Instant::now() + write_timeout);
+        let due = *write_deadline.get_or_insert_with(|| {
+            Instant::now()
+                .checked_add(write_timeout)
+                .unwrap_or(idle_deadline)
+        });
         let deadline = due.min(idle_deadline);
         if timer.deadline() != deadline {
             timer.as_mut().reset(deadline);
