@@ -131,6 +131,13 @@ pub struct Limits {
     /// Bytes of events (their JSON) accepted but not yet matched by the dispatcher; beyond
     /// it `POST /events` answers 503 with `Retry-After` and broker sources wait for room.
     pub max_ingest_backlog_bytes: usize,
+    // Peers that do not read (see `session` and `docs/operations.md`, "Peers that do not read").
+    /// Longest a write to a WebSocket may stay pending; a peer that reads nothing for this
+    /// long is closed (1013 when the close frame still fits, else dropped).
+    pub write_timeout: Seconds,
+    /// `SO_SNDBUF` of accepted sockets (the kernel doubles it); 0 keeps the kernel's
+    /// autotuning, which lets one socket hold up to `net.ipv4.tcp_wmem`'s maximum.
+    pub send_buffer_bytes: usize,
 }
 
 impl Default for Limits {
@@ -161,6 +168,8 @@ impl Default for Limits {
             test_pattern_timeout: Seconds(Duration::from_secs(1)),
             max_concurrent_test_patterns: 1,
             max_ingest_backlog_bytes: 32 * 1024 * 1024,
+            write_timeout: Seconds(Duration::from_secs(10)),
+            send_buffer_bytes: 64 * 1024,
         }
     }
 }
@@ -224,6 +233,9 @@ pub struct Config {
     pub ingest_tokens_file: Option<PathBuf>,
     /// Who may call `POST /test-pattern`.
     pub test_pattern: TestPatternAccess,
+    /// Test only, and only with `dev`: every WebSocket echoes its text and binary messages
+    /// instead of speaking the protocol, for the Autobahn|Testsuite (`scripts/autobahn.sh`).
+    pub dev_websocket_echo: bool,
 }
 
 /// `test_pattern`: who may call `POST /test-pattern`.
@@ -294,6 +306,7 @@ impl Default for Config {
             stack_id_file: None,
             ingest_tokens_file: None,
             test_pattern: TestPatternAccess::Token,
+            dev_websocket_echo: false,
         }
     }
 }
@@ -379,6 +392,12 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     (
         "MAX_INGEST_EVENTS_PER_SECOND_PER_TOKEN",
         "limits.max_ingest_events_per_second_per_token",
+        Kind::Integer,
+    ),
+    ("WRITE_TIMEOUT", "limits.write_timeout", Kind::Text),
+    (
+        "SEND_BUFFER_BYTES",
+        "limits.send_buffer_bytes",
         Kind::Integer,
     ),
     ("TLS_CERT", "tls.cert", Kind::Text),
@@ -621,6 +640,12 @@ impl Config {
             return fail("limits.upgrade_timeout must be greater than zero".into());
         }
         self.validate_http_limits()?;
+        if self.limits.write_timeout.0.is_zero() {
+            return fail("limits.write_timeout must be greater than zero".into());
+        }
+        if self.dev_websocket_echo && !self.dev {
+            return fail("dev_websocket_echo is a test mode: it needs dev = true".into());
+        }
         if let Some(tls) = &self.tls {
             if tls.reload_interval.0.is_zero() {
                 return fail("tls.reload_interval must be greater than zero".into());
@@ -850,6 +875,39 @@ mod tests {
             assert!(
                 error.to_string().contains("test_pattern") || error.to_string().contains("limits."),
                 "{file}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn write_timeout_send_buffer_and_echo_mode() {
+        let config = load(
+            Some("dev = true\ndev_websocket_echo = true"),
+            env(&[
+                ("EVENTGATE_WRITE_TIMEOUT", "2500ms"),
+                ("EVENTGATE_SEND_BUFFER_BYTES", "0"),
+            ]),
+            vec![],
+        )
+        .expect("valid");
+        assert_eq!(
+            config.limits.write_timeout,
+            Seconds(Duration::from_millis(2500))
+        );
+        assert_eq!(config.limits.send_buffer_bytes, 0);
+        assert!(config.dev_websocket_echo);
+        let defaults = Limits::default();
+        assert_eq!(defaults.write_timeout, Seconds(Duration::from_secs(10)));
+        assert_eq!(defaults.send_buffer_bytes, 64 * 1024);
+        for file in [
+            "dev = true\n[limits]\nwrite_timeout = \"0s\"",
+            "stack_id = \"s\"\napp_version_ids = [\"v\"]\ndev_websocket_echo = true",
+        ] {
+            let error = load(Some(file), env(&[]), vec![]).expect_err(file);
+            assert!(
+                error.to_string().contains("write_timeout")
+                    || error.to_string().contains("dev_websocket_echo"),
+                "{error}"
             );
         }
     }

@@ -332,6 +332,12 @@ pub enum CloseReason {
     SlowConsumer,
     /// 1001: nothing heard from the peer within `idle_timeout`.
     Idle,
+    /// 1013: a write stayed pending for `limits.write_timeout` (the peer does not read).
+    WriteTimeout,
+    /// 1002: the peer broke RFC 6455 framing; the text says how.
+    Protocol(&'static str),
+    /// 1007: a text message or a close reason that is not UTF-8.
+    InvalidUtf8,
 }
 
 impl CloseReason {
@@ -341,7 +347,9 @@ impl CloseReason {
             CloseReason::HelloTimeout | CloseReason::RateLimited => 1008,
             CloseReason::BinaryFrame => 1003,
             CloseReason::FrameTooLarge => 1009,
-            CloseReason::SlowConsumer => 1013,
+            CloseReason::SlowConsumer | CloseReason::WriteTimeout => 1013,
+            CloseReason::Protocol(_) => 1002,
+            CloseReason::InvalidUtf8 => 1007,
         }
     }
 
@@ -354,6 +362,9 @@ impl CloseReason {
             CloseReason::RateLimited => "too many actions per second",
             CloseReason::SlowConsumer => "client too slow: outbound queue full",
             CloseReason::Idle => "connection idle: no pong received",
+            CloseReason::WriteTimeout => "client too slow: a write did not complete in time",
+            CloseReason::Protocol(text) => text,
+            CloseReason::InvalidUtf8 => "invalid UTF-8 in a text message or close reason",
         }
     }
 
@@ -367,6 +378,9 @@ impl CloseReason {
             CloseReason::RateLimited => "rate_limited",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::Idle => "idle",
+            CloseReason::WriteTimeout => "write_timeout",
+            CloseReason::Protocol(_) => "protocol_error",
+            CloseReason::InvalidUtf8 => "invalid_payload",
         }
     }
 }

@@ -71,6 +71,8 @@ pub struct Serving {
     pub grace: Duration,
     /// Where first requests for a WebSocket path go.
     pub websocket: WebSocketRoute,
+    /// `SO_SNDBUF` of accepted sockets (`limits.send_buffer_bytes`); 0 = the kernel's.
+    pub send_buffer_bytes: usize,
 }
 
 /// Takes a connection whose first request is a `GET` on one of `paths`, with the parsed head
@@ -478,6 +480,20 @@ fn set_nodelay_for_accepted(listener: &TcpListener) -> bool {
             .is_ok()
 }
 
+/// Bounds the kernel's send queue of each accepted socket to `bytes` (`SO_SNDBUF`, which
+/// Linux doubles for its bookkeeping and which turns off send-buffer autotuning, otherwise
+/// up to `net.ipv4.tcp_wmem`'s maximum, 4 MiB, per socket whose peer does not read).
+/// Linux copies it from the listening socket to each accepted one, like TCP_NODELAY; returns
+/// whether that was done, else each accepted socket is set on its own. 0 leaves the kernel's
+/// default.
+fn set_send_buffer_for_accepted(listener: &TcpListener, bytes: usize) -> bool {
+    bytes == 0
+        || (cfg!(target_os = "linux")
+            && socket2::SockRef::from(listener)
+                .set_send_buffer_size(bytes)
+                .is_ok())
+}
+
 /// Serves `app` on `listener` until `signal` completes, then stops accepting and waits (at
 /// most `grace`) for open HTTP connections to finish.
 pub async fn serve(
@@ -514,6 +530,7 @@ pub async fn serve(
         }
     });
     let nodelay_inherited = set_nodelay_for_accepted(&listener);
+    let send_buffer_inherited = set_send_buffer_for_accepted(&listener, serving.send_buffer_bytes);
     tokio::pin!(signal);
     loop {
         let (stream, peer) = tokio::select! {
@@ -533,6 +550,12 @@ pub async fn serve(
         if !nodelay_inherited {
             if let Err(error) = stream.set_nodelay(true) {
                 tracing::debug!(%error, "TCP_NODELAY not set");
+            }
+        }
+        if !send_buffer_inherited {
+            let socket = socket2::SockRef::from(&stream);
+            if let Err(error) = socket.set_send_buffer_size(serving.send_buffer_bytes) {
+                tracing::debug!(%error, "SO_SNDBUF not set");
             }
         }
         let shared = Arc::clone(&shared);
@@ -587,6 +610,23 @@ mod tests {
         let (accepted, _) = listener.accept().await?;
         if inherited {
             assert!(accepted.nodelay()?, "TCP_NODELAY was not inherited");
+        }
+        Ok(())
+    }
+
+    /// What `serve` relies on when it skips the per-connection `SO_SNDBUF`.
+    #[tokio::test]
+    async fn accepted_sockets_take_the_send_buffer_from_the_listener() -> std::io::Result<()> {
+        let listener = bind("127.0.0.1:0".parse().map_err(std::io::Error::other)?)?;
+        let bytes = 32 * 1024;
+        let inherited = set_send_buffer_for_accepted(&listener, bytes);
+        assert_eq!(inherited, cfg!(target_os = "linux"));
+        let _client = TcpStream::connect(listener.local_addr()?).await?;
+        let (accepted, _) = listener.accept().await?;
+        if inherited {
+            // Linux reports twice the value set (its bookkeeping share).
+            let size = socket2::SockRef::from(&accepted).send_buffer_size()?;
+            assert_eq!(size, 2 * bytes, "SO_SNDBUF was not inherited");
         }
         Ok(())
     }

@@ -631,6 +631,7 @@ pub async fn run_with_reload(
         tls,
         upgrade_timeout: state.config.limits.upgrade_timeout.0,
         grace: state.config.shutdown_grace.0,
+        send_buffer_bytes: state.config.limits.send_buffer_bytes,
     };
     let serve = crate::listener::serve(listener, app, serving, async move {
         shutdown.cancelled().await;

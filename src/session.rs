@@ -2,17 +2,23 @@
 //! Ack, writes queued notifications, pings the peer and closes with a specific code.
 //!
 //! Owns the connection's protocol state (announced or not), the Hello deadline, the
-//! per-connection action rate limit and liveness. Does not own matching or fan-out (the
-//! hub does) nor the upgrade checks (auth does).
+//! per-connection action rate limit, liveness, the deadline of every write
+//! (`limits.write_timeout`: a peer that stops reading is closed, and the stop signal and the
+//! idle timeout are seen while a write is pending), the mapping of RFC 6455 violations to
+//! close codes (1002 / 1007 / 1009) and the close handshake. Also the test-only echo mode
+//! (`dev_websocket_echo`) that the Autobahn|Testsuite runs against. Does not own matching or
+//! fan-out (the hub does) nor the upgrade checks (auth does).
 
 use std::future::Future;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{Instant, Sleep};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
@@ -23,9 +29,9 @@ use eventgate_protocol::wire::{self, ack_text, ClientAction, DecodeLimits, Patte
 use crate::errors::CloseReason;
 use crate::hub::{ConnectionId, SubscribeError};
 use crate::listener::Transport;
-use crate::outbound::outbound_queue;
+use crate::outbound::{outbound_queue, Offer};
 use crate::server::AppState;
-use crate::stop::StopReason;
+use crate::stop::{StopReason, StopSignal};
 use crate::telemetry;
 
 /// Most queued notifications written before one flush.
@@ -69,14 +75,6 @@ impl RateLimit {
     }
 }
 
-enum Step {
-    Continue,
-    Close(CloseReason),
-    /// The peer sent Close: answer it, then end.
-    PeerClosed,
-    Gone,
-}
-
 /// What woke a turn of the session loop.
 enum Turn {
     Stop(StopReason),
@@ -102,9 +100,100 @@ struct Session {
     state: Arc<AppState>,
     connection: ConnectionId,
     announced: bool,
+    /// Test-only echo mode (`dev_websocket_echo`): messages are echoed, not read as actions.
+    echo: bool,
     outbox: Option<crate::outbound::Outbox>,
     decode_limits: DecodeLimits,
     rate: RateLimit,
+}
+
+/// How a bounded write ended.
+enum Written {
+    Done,
+    Failed,
+    Stopped(StopReason),
+    /// Pending for `write_timeout`: the peer does not read.
+    TimedOut,
+    /// Pending until nothing had been heard from the peer for `idle_timeout`.
+    Idle,
+}
+
+impl Written {
+    /// `None` when the session goes on.
+    fn outcome(self) -> Option<Outcome> {
+        match self {
+            Written::Done => None,
+            Written::Failed => Some(Outcome::Gone),
+            Written::Stopped(reason) => Some(Outcome::Close(stop_close(reason))),
+            Written::TimedOut => {
+                telemetry::write_timed_out();
+                Some(Outcome::Close(CloseReason::WriteTimeout))
+            }
+            Written::Idle => Some(Outcome::Close(CloseReason::Idle)),
+        }
+    }
+}
+
+fn stop_close(reason: StopReason) -> CloseReason {
+    match reason {
+        StopReason::ShuttingDown => CloseReason::ShuttingDown,
+        StopReason::SlowConsumer => CloseReason::SlowConsumer,
+    }
+}
+
+/// Runs one write to the socket (`feed`, `flush` or `send`) until it completes, the peer
+/// has read nothing for `write_timeout`, nothing has been heard from the peer since
+/// `idle_deadline`, or the session is told to stop: a peer that stops reading must not hold
+/// its task in a write where neither the stop signal nor the timers are seen.
+///
+/// A write that completes at once (the common case: the socket has room) costs one poll;
+/// only a pending write takes the clock and arms `timer`, the session's one timer, which the
+/// main loop re-arms afterwards (the signal is marked so that it does).
+async fn bounded(
+    write: impl Future<Output = Result<(), WsError>>,
+    signal: &StopSignal,
+    mut timer: Pin<&mut Sleep>,
+    write_timeout: Duration,
+    idle_deadline: Instant,
+) -> Written {
+    let mut write = pin!(write);
+    let mut write_deadline: Option<Instant> = None;
+    let written = std::future::poll_fn(|context| {
+        if let Poll::Ready(result) = write.as_mut().poll(context) {
+            return Poll::Ready(if result.is_ok() {
+                Written::Done
+            } else {
+                Written::Failed
+            });
+        }
+        signal.register(context.waker());
+        if let Some(reason) = signal.reason() {
+            return Poll::Ready(Written::Stopped(reason));
+        }
+        let due = *write_deadline.get_or_insert_with(|| {
+            Instant::now()
+                .checked_add(write_timeout)
+                .unwrap_or(idle_deadline)
+        });
+        let deadline = due.min(idle_deadline);
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        if timer.as_mut().poll(context).is_ready() {
+            return Poll::Ready(if due <= idle_deadline {
+                Written::TimedOut
+            } else {
+                Written::Idle
+            });
+        }
+        Poll::Pending
+    })
+    .await;
+    if write_deadline.is_some() {
+        // The timer and the signal were registered with this task, not the side waker.
+        signal.mark();
+    }
+    written
 }
 
 /// Runs a connection to its end.
@@ -125,6 +214,7 @@ pub async fn run(
             max_rule_name_bytes: state.config.limits.max_rule_name_bytes,
         },
         rate: RateLimit::new(state.config.limits.max_actions_per_second),
+        echo: state.config.dev && state.config.dev_websocket_echo,
         state,
         connection,
         announced: false,
@@ -132,6 +222,8 @@ pub async fn run(
     };
     let keepalive = session.state.config.keepalive_interval.0;
     let idle_timeout = session.state.config.idle_timeout.0;
+    let write_timeout = session.state.config.limits.write_timeout.0;
+    let max_queued_bytes = session.state.config.limits.max_queued_bytes;
     let hello_deadline = Instant::now() + session.state.config.hello_timeout.0;
     let mut last_heard = Instant::now();
     let mut next_ping = Instant::now() + keepalive;
@@ -148,8 +240,10 @@ pub async fn run(
     // its rules after Hello) gets their Acks in one write, not one system call each.
     let mut acks_unsent = false;
 
-    let outcome: Outcome = loop {
-        let next_timer = if session.announced {
+    let outcome: Outcome = 'session: loop {
+        // An echo session has no Hello: it is served like an announced one.
+        let serving = session.announced || session.echo;
+        let next_timer = if serving {
             next_ping.min(last_heard + idle_timeout)
         } else {
             hello_deadline.min(next_ping)
@@ -163,7 +257,7 @@ pub async fn run(
             if let Some(reason) = signal.reason() {
                 return Poll::Ready(Turn::Stop(reason));
             }
-            if session.announced {
+            if serving {
                 if let Poll::Ready(message) = inbox.poll_recv(context) {
                     return Poll::Ready(Turn::Queued(message));
                 }
@@ -192,78 +286,79 @@ pub async fn run(
             Poll::Pending
         })
         .await;
+        // Every write below goes through `bounded`.
+        macro_rules! bounded_write {
+            ($label:lifetime, $write:expr) => {
+                if let Some(outcome) = bounded(
+                    $write,
+                    &signal,
+                    timer.as_mut(),
+                    write_timeout,
+                    last_heard + idle_timeout,
+                )
+                .await
+                .outcome()
+                {
+                    break $label outcome;
+                }
+            };
+        }
         match turn {
-            Turn::Stop(reason) => {
-                break Outcome::Close(match reason {
-                    StopReason::ShuttingDown => CloseReason::ShuttingDown,
-                    StopReason::SlowConsumer => CloseReason::SlowConsumer,
-                })
-            }
+            Turn::Stop(reason) => break Outcome::Close(stop_close(reason)),
             Turn::Queued(message) => {
                 let Some(message) = message else {
                     break Outcome::Gone;
                 };
                 // Write what is already queued in one go, then flush once.
-                let mut written = socket.feed(Message::Text(message)).await;
-                let mut batch = 1;
-                while written.is_ok() && batch < WRITE_BATCH {
+                bounded_write!('session, socket.feed(Message::Text(message)));
+                for _ in 1..WRITE_BATCH {
                     let Some(next) = inbox.try_recv() else { break };
-                    written = socket.feed(Message::Text(next)).await;
-                    batch += 1;
+                    bounded_write!('session, socket.feed(Message::Text(next)));
                 }
-                if written.is_err() || socket.flush().await.is_err() {
-                    break Outcome::Gone;
-                }
+                bounded_write!('session, socket.flush());
                 acks_unsent = false;
             }
             Turn::Frame(frame) => {
                 last_heard = Instant::now();
-                let step = match frame {
-                    None => Step::Gone,
+                let reply = match frame {
+                    None => break Outcome::Gone,
                     Some(Err(error)) => match error_close(&error) {
-                        Some(reason) => Step::Close(reason),
-                        None => Step::Gone,
+                        Some(reason) => break Outcome::Close(reason),
+                        None => break Outcome::Gone,
                     },
-                    Some(Ok(Message::Text(text))) => {
-                        if session.rate.allow() {
-                            let reply = session.handle_text(&text).await;
-                            if socket
-                                .feed(Message::Text(Utf8Bytes::from(reply)))
-                                .await
-                                .is_err()
-                            {
-                                Step::Gone
-                            } else {
-                                acks_unsent = true;
-                                Step::Continue
-                            }
-                        } else {
-                            telemetry::limit_rejected("max_actions_per_second");
-                            Step::Close(CloseReason::RateLimited)
+                    Some(Ok(Message::Close(_))) => break Outcome::PeerClosed,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                    Some(Ok(Message::Binary(data))) if session.echo => Message::Binary(data),
+                    Some(Ok(Message::Binary(_))) => break Outcome::Close(CloseReason::BinaryFrame),
+                    Some(Ok(Message::Text(text))) if session.echo => {
+                        match session.echo_text(text, max_queued_bytes) {
+                            Some(reason) => break Outcome::Close(reason),
+                            None => continue,
                         }
                     }
-                    Some(Ok(Message::Binary(_))) => Step::Close(CloseReason::BinaryFrame),
-                    Some(Ok(Message::Close(_))) => Step::PeerClosed,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
-                        Step::Continue
+                    Some(Ok(Message::Text(text))) => {
+                        if !session.rate.allow() {
+                            telemetry::limit_rejected("max_actions_per_second");
+                            break Outcome::Close(CloseReason::RateLimited);
+                        }
+                        Message::Text(Utf8Bytes::from(session.handle_text(&text).await))
                     }
                 };
-                match step {
-                    Step::Continue => {}
-                    Step::Close(reason) => break Outcome::Close(reason),
-                    Step::PeerClosed => break Outcome::PeerClosed,
-                    Step::Gone => break Outcome::Gone,
+                let is_ack = reply.is_text();
+                bounded_write!('session, socket.feed(reply));
+                if is_ack {
+                    acks_unsent = true;
+                } else {
+                    bounded_write!('session, socket.flush());
                 }
             }
             Turn::Flush => {
                 acks_unsent = false;
-                if socket.flush().await.is_err() {
-                    break Outcome::Gone;
-                }
+                bounded_write!('session, socket.flush());
             }
             Turn::Timer => {
                 let now = Instant::now();
-                if !session.announced && now >= hello_deadline {
+                if !serving && now >= hello_deadline {
                     break Outcome::Close(CloseReason::HelloTimeout);
                 }
                 if now >= last_heard + idle_timeout {
@@ -271,13 +366,7 @@ pub async fn run(
                 }
                 if now >= next_ping {
                     next_ping = now + keepalive;
-                    if socket
-                        .send(Message::Ping(Default::default()))
-                        .await
-                        .is_err()
-                    {
-                        break Outcome::Gone;
-                    }
+                    bounded_write!('session, socket.send(Message::Ping(Default::default())));
                 }
             }
         }
@@ -285,21 +374,7 @@ pub async fn run(
 
     let closed_by_server = match outcome {
         Outcome::Close(reason) => {
-            let frame = CloseFrame {
-                code: reason.code().into(),
-                reason: Utf8Bytes::from_static(reason.text()),
-            };
-            let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
-                if socket.send(Message::Close(Some(frame))).await.is_ok() {
-                    // Read on until the peer's Close (or the end of the stream).
-                    while let Some(Ok(frame)) = socket.next().await {
-                        if matches!(frame, Message::Close(_)) {
-                            break;
-                        }
-                    }
-                }
-            })
-            .await;
+            close(&mut socket, reason).await;
             Some(reason)
         }
         Outcome::PeerClosed => {
@@ -318,19 +393,107 @@ pub async fn run(
     telemetry::connection_closed(label, session.announced);
 }
 
-/// The close reason for a read error that the server answers (a message over the limit);
-/// `None` when the transport is simply gone.
+/// The server's side of the close handshake, all within [`CLOSE_HANDSHAKE_TIMEOUT`]: sends
+/// the Close frame, reads on until the peer's Close (RFC 6455 §7.1.1: the side that closes
+/// first reads on, so that TCP ends with FIN, not a reset that would destroy the close frame
+/// in flight). When the stream ended without one (a protocol error ends it), the write side
+/// is shut down and the rest of the peer's bytes are read and dropped until it closes, for
+/// the same reason. A Close frame that cannot be sent in time (the peer does not read) is
+/// given up: the socket is reset, so the kernel frees its send queue at once instead of
+/// keeping an orphaned socket with unsent data.
+async fn close(socket: &mut WebSocketStream<Transport>, reason: CloseReason) {
+    let frame = CloseFrame {
+        code: reason.code().into(),
+        reason: Utf8Bytes::from_static(reason.text()),
+    };
+    let mut sent = false;
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+        if socket.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        sent = true;
+        while let Some(frame) = socket.next().await {
+            match frame {
+                Ok(Message::Close(_)) => return,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        let transport = socket.get_mut();
+        if transport.shutdown().await.is_ok() {
+            let mut rest = [0u8; 1024];
+            while matches!(transport.read(&mut rest).await, Ok(read) if read > 0) {}
+        }
+    })
+    .await;
+    if !sent {
+        reset(socket.get_ref());
+    }
+}
+
+/// Makes the coming close of `transport` a reset (`SO_LINGER` 0), discarding its unsent
+/// bytes. A connection upgraded through hyper does not expose its socket and is closed as
+/// usual.
+fn reset(transport: &Transport) {
+    let stream = match transport {
+        Transport::Plain(stream) => stream,
+        Transport::Tls(stream) => stream.get_ref().0,
+        Transport::Upgraded(_) => return,
+    };
+    if let Err(error) = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO)) {
+        tracing::debug!(%error, "SO_LINGER not set");
+    }
+}
+
+/// The close reason for a read error that the server answers (a message over the limit, a
+/// protocol violation, invalid UTF-8); `None` when the transport is simply gone.
 fn error_close(error: &WsError) -> Option<CloseReason> {
     match error {
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
             telemetry::limit_rejected("max_frame_bytes");
             Some(CloseReason::FrameTooLarge)
         }
+        WsError::Utf8(_) => Some(CloseReason::InvalidUtf8),
+        WsError::Protocol(violation) => protocol_violation(violation).map(CloseReason::Protocol),
         _ => None,
     }
 }
 
+/// The close reason text for a framing error of the peer (RFC 6455 §5, answered with 1002);
+/// `None` for errors that mean the connection is gone or that cannot happen after the
+/// handshake.
+fn protocol_violation(error: &ProtocolError) -> Option<&'static str> {
+    Some(match error {
+        ProtocolError::NonZeroReservedBits => {
+            "protocol error: RSV bits set without a negotiated extension"
+        }
+        ProtocolError::UnmaskedFrameFromClient => "protocol error: client frames must be masked",
+        ProtocolError::FragmentedControlFrame => "protocol error: fragmented control frame",
+        ProtocolError::ControlFrameTooBig => "protocol error: control frame over 125 bytes",
+        ProtocolError::UnknownControlFrameType(_)
+        | ProtocolError::UnknownDataFrameType(_)
+        | ProtocolError::InvalidOpcode(_) => "protocol error: reserved opcode",
+        ProtocolError::UnexpectedContinueFrame => {
+            "protocol error: continuation frame without a message to continue"
+        }
+        ProtocolError::ExpectedFragment(_) => {
+            "protocol error: new message before the fragmented one ended"
+        }
+        ProtocolError::InvalidCloseSequence => "protocol error: close frame with a 1-byte payload",
+        _ => return None,
+    })
+}
+
 impl Session {
+    /// Echo mode: queues `text` on the connection's own outbound queue, to be written like a
+    /// notification. `Some` closes the session.
+    fn echo_text(&self, text: Utf8Bytes, max_queued_bytes: usize) -> Option<CloseReason> {
+        match self.outbox.as_ref()?.offer(text, max_queued_bytes) {
+            Offer::Queued => None,
+            Offer::Refused { .. } => Some(CloseReason::SlowConsumer),
+        }
+    }
+
     /// Handles one text frame and returns the Ack to send.
     async fn handle_text(&mut self, text: &str) -> String {
         let decoded = wire::decode_action(text, &self.decode_limits);

@@ -165,6 +165,14 @@ pub fn limit_rejected(limit: &'static str) {
     tracing::debug!(limit, "refused by a limit");
 }
 
+pub const WRITE_TIMEOUT_CLOSES: &str = "eventgate_write_timeout_closes_total";
+
+/// A connection closed because a write to it stayed pending for `limits.write_timeout`.
+pub fn write_timed_out() {
+    counter!(WRITE_TIMEOUT_CLOSES).increment(1);
+    tracing::info!("peer did not read within write_timeout; closed");
+}
+
 pub fn tls_reloaded(ok: bool) {
     counter!(TLS_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
 }

@@ -10,24 +10,9 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const EVENT_PAD: usize = 10 * 1024;
 const MAX_EVENTS: usize = 3000;
-
-/// A client whose socket has a small receive buffer, so that it stalls quickly once it
-/// stops reading.
-async fn small_buffer_client(server: &Server) -> Client {
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    let stream = socket.connect(server.addr).await.expect("connect");
-    let request = server.ws_url().into_client_request().expect("request");
-    let (ws, _) =
-        tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream))
-            .await
-            .expect("upgrade");
-    Client { ws }
-}
 
 async fn slow_closes(server: &Server) -> f64 {
     metric_value(
@@ -48,7 +33,7 @@ async fn slow_consumer_is_closed_fast_one_gets_everything() {
     })
     .await;
     let pattern = json!({"source": ["load"]});
-    let mut slow = small_buffer_client(&server).await;
+    let mut slow = server.small_buffer_client().await;
     slow.hello().await;
     slow.subscribe("s", &pattern).await;
     let mut fast = server.announced().await;

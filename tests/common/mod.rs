@@ -110,6 +110,19 @@ impl Server {
         Client::connect(&self.ws_url()).await
     }
 
+    /// Opens a dev-mode connection whose socket has a 4 KiB receive buffer, so that the
+    /// server's writes stall soon after the client stops reading (not yet announced).
+    pub async fn small_buffer_client(&self) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let stream = socket.connect(self.addr).await.expect("connect");
+        let request = self.ws_url().into_client_request().expect("request");
+        let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
+            .await
+            .expect("upgrade");
+        Client { ws }
+    }
+
     /// Opens a connection and sends Hello.
     pub async fn announced(&self) -> Client {
         let mut client = self.connect().await;
