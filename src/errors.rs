@@ -191,13 +191,17 @@ pub enum CloseReason {
     SlowConsumer,
     /// 1001: nothing heard from the peer within `idle_timeout`.
     Idle,
+    /// 1008 unless the operator chose another code: closed through the admin API.
+    Disconnected,
 }
 
 impl CloseReason {
     pub fn code(self) -> u16 {
         match self {
             CloseReason::ShuttingDown | CloseReason::Idle => 1001,
-            CloseReason::HelloTimeout | CloseReason::RateLimited => 1008,
+            CloseReason::HelloTimeout | CloseReason::RateLimited | CloseReason::Disconnected => {
+                1008
+            }
             CloseReason::BinaryFrame => 1003,
             CloseReason::FrameTooLarge => 1009,
             CloseReason::SlowConsumer => 1013,
@@ -213,6 +217,7 @@ impl CloseReason {
             CloseReason::RateLimited => "too many actions per second",
             CloseReason::SlowConsumer => "client too slow: outbound queue full",
             CloseReason::Idle => "connection idle: no pong received",
+            CloseReason::Disconnected => "disconnected by the operator",
         }
     }
 
@@ -226,6 +231,7 @@ impl CloseReason {
             CloseReason::RateLimited => "rate_limited",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::Idle => "idle",
+            CloseReason::Disconnected => "disconnected",
         }
     }
 }

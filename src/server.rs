@@ -56,6 +56,8 @@ pub struct AppState {
     pub dev_api_key: Option<String>,
     /// Connection caps and rate limits (see `limits`).
     pub limiter: Arc<crate::limits::Limiter>,
+    /// The operator's console under `/admin/` (see `admin`).
+    pub admin: crate::admin::Console,
 }
 
 /// Why the gateway stopped with an error.
@@ -74,6 +76,8 @@ struct Admitted {
     accepted: Accepted,
     identity: ClientIdentity,
     slot: ConnectionSlot,
+    /// Who it is, for the admin console's connection table.
+    listing: crate::admin::registry::Entry,
 }
 
 /// Every check of a WebSocket upgrade, in order: the handshake itself, draining, the abuse
@@ -108,6 +112,11 @@ fn admit(
         accepted,
         identity,
         slot,
+        listing: crate::admin::registry::Entry {
+            client,
+            peer,
+            since: std::time::SystemTime::now(),
+        },
     })
 }
 
@@ -238,7 +247,9 @@ async fn run_session(state: Arc<AppState>, io: Transport, rest: Vec<u8>, admitte
         .max_message_size(Some(limits.max_frame_bytes))
         .max_frame_size(Some(limits.max_frame_bytes));
     let socket = WebSocketStream::from_partially_read(io, rest, Role::Server, Some(config)).await;
+    let listed = state.admin.list(connection, admitted.listing);
     session::run(socket, state, connection).await;
+    drop(listed);
     drop(admitted.slot);
 }
 
@@ -402,6 +413,9 @@ fn router(state: Arc<AppState>) -> Router {
     for path in &state.config.ws_paths {
         router = router.route(path, axum::routing::any(upgrade));
     }
+    if state.admin.enabled() {
+        router = router.merge(crate::admin::routes());
+    }
     if state.config.dev {
         router = router
             .route(
@@ -481,6 +495,7 @@ pub async fn run_with_reload(
         dev_api_key: (config.dev && crate::config::sha256_digest(&stack_id).is_none())
             .then(|| eventgate_protocol::header::api_key(&stack_id, None)),
         limiter: Arc::new(crate::limits::Limiter::new(&config.limits)),
+        admin: crate::admin::Console::new(&config),
         config,
         auth,
         hub,
@@ -491,6 +506,7 @@ pub async fn run_with_reload(
         next_connection: AtomicU64::new(1),
         metrics: telemetry::prometheus(),
     });
+    crate::admin::spawn_sampler(&state, hub_stop.child_token(), &background);
     let app = router(state.clone());
     let drain_state = state.clone();
     let drain_sources = sources_stop.clone();

@@ -114,7 +114,7 @@ pub async fn run(
     connection: ConnectionId,
 ) {
     telemetry::connection_opened();
-    let registration = state.session_stops.register();
+    let registration = state.session_stops.register_connection(connection);
     let (outbox, mut inbox) = outbound_queue(
         state.config.limits.max_queued_messages,
         Arc::clone(&registration.signal),
@@ -197,6 +197,7 @@ pub async fn run(
                 break Outcome::Close(match reason {
                     StopReason::ShuttingDown => CloseReason::ShuttingDown,
                     StopReason::SlowConsumer => CloseReason::SlowConsumer,
+                    StopReason::Disconnected => CloseReason::Disconnected,
                 })
             }
             Turn::Queued(message) => {
@@ -285,9 +286,15 @@ pub async fn run(
 
     let closed_by_server = match outcome {
         Outcome::Close(reason) => {
-            let frame = CloseFrame {
-                code: reason.code().into(),
-                reason: Utf8Bytes::from_static(reason.text()),
+            let frame = match (reason, registration.operator_close()) {
+                (CloseReason::Disconnected, Some(close)) => CloseFrame {
+                    code: close.code.into(),
+                    reason: Utf8Bytes::from(close.reason),
+                },
+                _ => CloseFrame {
+                    code: reason.code().into(),
+                    reason: Utf8Bytes::from_static(reason.text()),
+                },
             };
             let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
                 if socket.send(Message::Close(Some(frame))).await.is_ok() {
