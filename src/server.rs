@@ -467,6 +467,7 @@ pub async fn run_with_reload(
     );
     let readiness = Readiness::default();
     let cluster_stop = hub_stop.child_token();
+    let mut cluster_peers = None;
     let hub = match &config.cluster {
         Some(cluster) => {
             let forwarder = crate::cluster::start(
@@ -476,6 +477,7 @@ pub async fn run_with_reload(
                 cluster_stop.clone(),
                 &background,
             );
+            cluster_peers = Some(Arc::clone(&forwarder.peers));
             hub.with_forwarder(forwarder)
         }
         None => hub,
@@ -495,7 +497,7 @@ pub async fn run_with_reload(
         dev_api_key: (config.dev && crate::config::sha256_digest(&stack_id).is_none())
             .then(|| eventgate_protocol::header::api_key(&stack_id, None)),
         limiter: Arc::new(crate::limits::Limiter::new(&config.limits)),
-        admin: crate::admin::Console::new(&config),
+        admin: crate::admin::Console::new(&config, cluster_peers),
         config,
         auth,
         hub,

@@ -212,7 +212,7 @@ function renderCluster(cluster) {
   const sum = (counts) => Object.values(counts).reduce((a, b) => a + b, 0);
   const rows = [
     ['backend', `${cluster.backend} · ${cluster.channel}`],
-    ['node id', cluster.node_id ?? 'generated at start (see the log)'],
+    ['this node', cluster.node_id],
   ];
   for (const [name, status] of Object.entries(cluster.backplane)) {
     rows.push([name, status.state, status.ready ? 'ok' : 'bad']);
@@ -221,6 +221,10 @@ function renderCluster(cluster) {
   rows.push(['not forwarded', fmt(sum(cluster.not_forwarded)), sum(cluster.not_forwarded) ? 'bad' : undefined]);
   rows.push(['received from peers', fmt(cluster.received)]);
   rows.push(['errors · reconnects', `${fmt(sum(cluster.errors))} · ${fmt(cluster.reconnects)}`]);
+  for (const peer of cluster.peers) {
+    rows.push([`peer ${peer.node_id}`, `heard ${ago(peer.seconds_ago)} ago · ${fmt(peer.events)} events`]);
+  }
+  if (!cluster.peers.length) rows.push(['peers', 'none heard yet (a node is heard when it forwards events)']);
   renderCounts('cluster', rows);
 }
 

@@ -357,6 +357,20 @@ async fn cluster(_: Authorized, State(state): State<Arc<AppState>>) -> Response 
         .map(|(name, status)| (name.clone(), status.clone()))
         .collect();
     let metrics = Metrics::parse(&state.metrics.render());
+    let peers = state.admin.cluster_peers.as_deref();
+    let heard: Vec<Value> = peers
+        .map(crate::cluster::Peers::list)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(node, heard)| {
+            json!({
+                "node_id": node,
+                "last_heard": rfc3339(heard.last),
+                "seconds_ago": heard.last.elapsed().map_or(0, |elapsed| elapsed.as_secs()),
+                "events": heard.events,
+            })
+        })
+        .collect();
     Json(json!({
         "enabled": true,
         "backend": match config.backend {
@@ -364,7 +378,8 @@ async fn cluster(_: Authorized, State(state): State<Arc<AppState>>) -> Response 
             crate::cluster::Backend::Nats => "nats",
         },
         "channel": config.channel,
-        "node_id": config.node_id,
+        "node_id": peers.map(|peers| &*peers.node_id),
+        "peers": heard,
         "forward_queue": config.forward_queue,
         "backplane": backplane,
         "forwarded": metrics.total(telemetry::CLUSTER_FORWARDED),

@@ -45,6 +45,8 @@ pub struct Console {
     pub access: Access,
     pub connections: Arc<registry::Registry>,
     pub history: stats::History,
+    /// This node's id and the nodes heard on the backplane, on a cluster node.
+    pub cluster_peers: Option<Arc<crate::cluster::Peers>>,
 }
 
 /// Why an admin request was refused or failed.
@@ -99,7 +101,7 @@ impl From<crate::hub::HubStopped> for AdminError {
 }
 
 impl Console {
-    pub fn new(config: &Config) -> Console {
+    pub fn new(config: &Config, cluster_peers: Option<Arc<crate::cluster::Peers>>) -> Console {
         let access = if config.admin_token.is_some() {
             Access::Token
         } else if config.dev {
@@ -111,6 +113,7 @@ impl Console {
             access,
             connections: Arc::default(),
             history: stats::History::default(),
+            cluster_peers,
         }
     }
 
