@@ -449,7 +449,11 @@ impl Dispatcher {
                 inspection.matched = found.len();
                 found.retain(|(id, _)| *id > after);
                 found.sort_unstable();
-                found.into_iter().take(limit).map(|(_, slot)| slot).collect()
+                found
+                    .into_iter()
+                    .take(limit)
+                    .map(|(_, slot)| slot)
+                    .collect()
             }
         };
         inspection.connections = slots

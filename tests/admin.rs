@@ -111,7 +111,10 @@ async fn the_token_is_required_and_a_wrong_one_is_refused() {
     assert!(page.contains("admin.js"));
     let metrics = server.metrics().await;
     assert!(metrics.contains("eventgate_admin_refusals_total{reason=\"wrong_token\"}"));
-    assert!(!metrics.contains("admin-token-0"), "the token is never shown");
+    assert!(
+        !metrics.contains("admin-token-0"),
+        "the token is never shown"
+    );
 }
 
 #[tokio::test]
@@ -153,7 +156,9 @@ async fn connections_are_listed_with_their_rules_and_queues() {
             &json!({"source": ["shop"], "detail-type": ["order placed"]}),
         )
         .await;
-    announced.subscribe("all-users", &json!({"source": ["users"]})).await;
+    announced
+        .subscribe("all-users", &json!({"source": ["users"]}))
+        .await;
     let _unannounced = server.connect().await;
     server
         .publish_event("shop", "order placed", json!({"n": 1}))
@@ -195,7 +200,14 @@ async fn connections_are_listed_with_their_rules_and_queues() {
     )
     .await;
     assert_eq!(status, 404, "{body}");
-    let (status, _) = call(&server, "GET", "/admin/api/connections/x", Some(TOKEN), None).await;
+    let (status, _) = call(
+        &server,
+        "GET",
+        "/admin/api/connections/x",
+        Some(TOKEN),
+        None,
+    )
+    .await;
     assert_eq!(status, 400);
 
     // Search by rule name or pattern text, ASCII case ignored.
@@ -244,7 +256,13 @@ async fn connections_are_paged_in_id_order() {
     }
     assert_eq!(seen.len(), 5, "{seen:?}");
     assert!(seen.windows(2).all(|pair| pair[0] < pair[1]), "{seen:?}");
-    for bad in ["limit=0", "limit=501", "after=-1", "limit=x", "after=1&after=2"] {
+    for bad in [
+        "limit=0",
+        "limit=501",
+        "after=-1",
+        "limit=x",
+        "after=1&after=2",
+    ] {
         let (status, body) = call(
             &server,
             "GET",
@@ -366,7 +384,9 @@ async fn a_disconnected_client_gets_the_operators_close_code_and_reason() {
 
 /// True when Redis answers; in CI (`CI=true`) it must.
 async fn redis_available() -> bool {
-    let reachable = tokio::net::TcpStream::connect("127.0.0.1:6379").await.is_ok();
+    let reachable = tokio::net::TcpStream::connect("127.0.0.1:6379")
+        .await
+        .is_ok();
     if !reachable && std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
         panic!("Redis not reachable at 127.0.0.1:6379, and brokers are mandatory in CI");
     }
@@ -403,13 +423,19 @@ async fn sources_and_cluster_peers_on_a_real_redis() {
     loop {
         first.publish_event("shop", "tick", json!({})).await;
         let cluster = admin_get(&second, "/admin/api/cluster").await;
-        if cluster["peers"].as_array().is_some_and(|peers| !peers.is_empty()) {
+        if cluster["peers"]
+            .as_array()
+            .is_some_and(|peers| !peers.is_empty())
+        {
             assert_eq!(cluster["enabled"], true);
             assert_eq!(cluster["backend"], "redis");
             assert_eq!(cluster["node_id"], "node-b");
             assert_eq!(cluster["peers"][0]["node_id"], "node-a", "{cluster}");
             assert!(cluster["peers"][0]["events"].as_u64().unwrap() >= 1);
-            assert!(cluster["backplane"]["cluster:subscribe"]["ready"] == true, "{cluster}");
+            assert!(
+                cluster["backplane"]["cluster:subscribe"]["ready"] == true,
+                "{cluster}"
+            );
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "{cluster}");

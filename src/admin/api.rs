@@ -255,7 +255,11 @@ async fn disconnect(
 }
 
 fn counts(map: std::collections::BTreeMap<String, f64>) -> Value {
-    Value::Object(map.into_iter().map(|(key, value)| (key, json!(value))).collect())
+    Value::Object(
+        map.into_iter()
+            .map(|(key, value)| (key, json!(value)))
+            .collect(),
+    )
 }
 
 /// `GET /admin/api/totals`: this node's live numbers and the graph's history.

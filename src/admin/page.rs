@@ -61,10 +61,7 @@ pub(super) async fn index(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    serve(
-        "index.html",
-        super::may_see_page(&state, peer, &headers),
-    )
+    serve("index.html", super::may_see_page(&state, peer, &headers))
 }
 
 pub(super) async fn file(

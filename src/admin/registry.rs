@@ -91,7 +91,9 @@ mod tests {
             since: SystemTime::now(),
         };
         let listed: Vec<Listed> = [5, 2, 9, 7].map(|id| registry.list(id, entry)).into();
-        let ids = |page: Vec<(ConnectionId, Entry)>| page.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+        let ids = |page: Vec<(ConnectionId, Entry)>| {
+            page.into_iter().map(|(id, _)| id).collect::<Vec<_>>()
+        };
         assert_eq!(ids(registry.page(0, 3)), vec![2, 5, 7]);
         assert_eq!(ids(registry.page(7, 3)), vec![9]);
         assert_eq!(registry.len(), 4);

@@ -203,11 +203,11 @@ pub fn decode(own_node: &str, payload: &[u8]) -> Result<Option<Vec<Arc<Event>>>,
     Ok(decode_from(own_node, payload)?.map(|(_, events)| events))
 }
 
+/// The id of the node that sent a backplane message, and its events.
+type FromNode = (String, Vec<Arc<Event>>);
+
 /// [`decode`], with the id of the node that sent the message.
-fn decode_from(
-    own_node: &str,
-    payload: &[u8],
-) -> Result<Option<(String, Vec<Arc<Event>>)>, DecodeError> {
+fn decode_from(own_node: &str, payload: &[u8]) -> Result<Option<FromNode>, DecodeError> {
     let message: Message<'_> = serde_json::from_slice(payload)
         .map_err(|error| DecodeError::Malformed(error.to_string()))?;
     if message.node == own_node {
