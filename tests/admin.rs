@@ -54,6 +54,12 @@ async fn call(
     )
 }
 
+/// `POST /admin/api/connections/{id}/disconnect` with the right token.
+async fn disconnect(server: &Server, id: u64, body: Option<Value>) -> (u16, Value) {
+    let path = format!("/admin/api/connections/{id}/disconnect");
+    call(server, "POST", &path, Some(TOKEN), body).await
+}
+
 async fn admin_get(server: &Server, path: &str) -> Value {
     let (status, body) = call(server, "GET", path, Some(TOKEN), None).await;
     assert_eq!(status, 200, "{path}: {body}");
@@ -291,25 +297,16 @@ async fn a_disconnected_client_gets_the_operators_close_code_and_reason() {
         .collect();
     assert_eq!(ids.len(), 3);
 
-    let (status, body) = call(
-        &server,
-        "POST",
-        &format!("/admin/api/connections/{}/disconnect", ids[0]),
-        Some(TOKEN),
-        None,
-    )
-    .await;
+    let (status, body) = disconnect(&server, ids[0], None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         default_close.expect_close().await,
         Some((1008, "disconnected by the operator".to_owned()))
     );
 
-    let (status, body) = call(
+    let (status, body) = disconnect(
         &server,
-        "POST",
-        &format!("/admin/api/connections/{}/disconnect", ids[1]),
-        Some(TOKEN),
+        ids[1],
         Some(json!({"code": 4001, "reason": "too many subscriptions, bye"})),
     )
     .await;
@@ -324,14 +321,7 @@ async fn a_disconnected_client_gets_the_operators_close_code_and_reason() {
     );
 
     // Not yet announced: closed all the same.
-    let (status, _) = call(
-        &server,
-        "POST",
-        &format!("/admin/api/connections/{}/disconnect", ids[2]),
-        Some(TOKEN),
-        Some(json!({"code": 1000})),
-    )
-    .await;
+    let (status, _) = disconnect(&server, ids[2], Some(json!({"code": 1000}))).await;
     assert_eq!(status, 200);
     assert_eq!(
         unannounced.expect_close().await.map(|(code, _)| code),
@@ -347,25 +337,11 @@ async fn a_disconnected_client_gets_the_operators_close_code_and_reason() {
         let survivor = server.announced().await;
         let list = admin_get(&server, "/admin/api/connections").await;
         let id = list["connections"][0]["id"].as_u64().unwrap();
-        let (status, answer) = call(
-            &server,
-            "POST",
-            &format!("/admin/api/connections/{id}/disconnect"),
-            Some(TOKEN),
-            Some(body),
-        )
-        .await;
+        let (status, answer) = disconnect(&server, id, Some(body)).await;
         assert_eq!(status, 400, "{what}: {answer}");
         drop(survivor);
     }
-    let (status, _) = call(
-        &server,
-        "POST",
-        "/admin/api/connections/424242/disconnect",
-        Some(TOKEN),
-        None,
-    )
-    .await;
+    let (status, _) = disconnect(&server, 424242, None).await;
     assert_eq!(status, 404);
 
     // The sessions ended and left the table.
