@@ -104,9 +104,9 @@ function renderGraph(history) {
       out: Math.max(points[i].notifications_out - points[i - 1].notifications_out, 0) / seconds,
     });
   }
-  const minutes = Math.round((points.length * history.interval_seconds) / 60);
+  const span = (points.length - 1) * history.interval_seconds;
   $('graph-note').textContent = rates.length
-    ? `${minutes} min, every ${history.interval_seconds} s, peak ${fmt(Math.max(...rates.map((r) => Math.max(r.in, r.out))), 1)}/s`
+    ? `last ${ago(span)}, every ${history.interval_seconds} s, peak ${fmt(Math.max(...rates.map((r) => Math.max(r.in, r.out))), 1)}/s`
     : 'collecting…';
   svg.replaceChildren();
   const width = 600;
