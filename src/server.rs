@@ -76,8 +76,9 @@ struct Admitted {
     accepted: Accepted,
     identity: ClientIdentity,
     slot: ConnectionSlot,
-    /// Who it is, for the admin console's connection table.
-    listing: crate::admin::registry::Entry,
+    /// Who it is, for the admin console's connection table (boxed, and only while the
+    /// console is on: the session's future holds this struct for its whole life).
+    listing: Option<Box<crate::admin::registry::Entry>>,
 }
 
 /// Every check of a WebSocket upgrade, in order: the handshake itself, draining, the abuse
@@ -112,11 +113,13 @@ fn admit(
         accepted,
         identity,
         slot,
-        listing: crate::admin::registry::Entry {
-            client,
-            peer,
-            since: std::time::SystemTime::now(),
-        },
+        listing: state.admin.enabled().then(|| {
+            Box::new(crate::admin::registry::Entry {
+                client,
+                peer,
+                since: std::time::SystemTime::now(),
+            })
+        }),
     })
 }
 
@@ -236,7 +239,7 @@ async fn upgrade(
 const SESSION_READ_BUFFER_BYTES: usize = 1024;
 
 /// Runs an admitted connection's session; its slot is freed when the session ends.
-async fn run_session(state: Arc<AppState>, io: Transport, rest: Vec<u8>, admitted: Admitted) {
+async fn run_session(state: Arc<AppState>, io: Transport, rest: Vec<u8>, mut admitted: Admitted) {
     let connection = state.next_connection.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(connection, client = %admitted.identity.app_instance_id, "websocket accepted");
     let limits = &state.config.limits;
@@ -247,7 +250,10 @@ async fn run_session(state: Arc<AppState>, io: Transport, rest: Vec<u8>, admitte
         .max_message_size(Some(limits.max_frame_bytes))
         .max_frame_size(Some(limits.max_frame_bytes));
     let socket = WebSocketStream::from_partially_read(io, rest, Role::Server, Some(config)).await;
-    let listed = state.admin.list(connection, admitted.listing);
+    let listed = admitted
+        .listing
+        .take()
+        .map(|entry| state.admin.connections.list(connection, *entry));
     session::run(socket, state, connection).await;
     drop(listed);
     drop(admitted.slot);

@@ -262,7 +262,9 @@ async fn connections_are_paged_in_id_order() {
     }
     assert_eq!(seen.len(), 5, "{seen:?}");
     assert!(seen.windows(2).all(|pair| pair[0] < pair[1]), "{seen:?}");
+    let long_search = format!("q={}", "x".repeat(257));
     for bad in [
+        &long_search,
         "limit=0",
         "limit=501",
         "after=-1",

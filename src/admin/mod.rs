@@ -120,16 +120,6 @@ impl Console {
     pub fn enabled(&self) -> bool {
         self.access != Access::Off
     }
-
-    /// Lists a connection for its life (nothing when the console is off).
-    pub fn list(
-        &self,
-        connection: crate::hub::ConnectionId,
-        entry: registry::Entry,
-    ) -> Option<registry::Listed> {
-        self.enabled()
-            .then(|| self.connections.list(connection, entry))
-    }
 }
 
 /// A request from a loopback address that no proxy relayed.
