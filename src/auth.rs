@@ -115,18 +115,6 @@ impl Auth {
         }
     }
 
-    /// True when an admin token is configured.
-    pub fn admin_token_configured(&self) -> bool {
-        self.admin_token.is_some()
-    }
-
-    /// Compares `token` with the admin token in constant time (false when none is set).
-    pub fn admin_token_matches(&self, token: &str) -> bool {
-        self.admin_token
-            .as_ref()
-            .is_some_and(|known| any_equal(std::slice::from_ref(known), token))
-    }
-
     /// Checks the `Origin` header against the allowlist (empty = any origin).
     pub fn check_origin(&self, origin: Option<&str>) -> Result<(), UpgradeError> {
         if self.allowed_origins.is_empty() {
@@ -226,6 +214,13 @@ impl Auth {
                 "an Authorization: Bearer <token> header is required",
             )),
         }
+    }
+
+    /// Compares `token` with the admin token in constant time (false when none is set).
+    pub fn admin_token_matches(&self, token: &str) -> bool {
+        self.admin_token
+            .as_ref()
+            .is_some_and(|known| any_equal(std::slice::from_ref(known), token))
     }
 }
 

@@ -198,16 +198,16 @@ pub struct Config {
     pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Serve `https`/`wss` on the listener (`[tls]`); absent = plain HTTP.
     pub tls: Option<TlsConfig>,
-    /// File holding `stack_id` (Docker/Kubernetes secrets); excludes `stack_id`.
-    pub stack_id_file: Option<PathBuf>,
-    /// File holding `ingest_tokens`, one a line; excludes `ingest_tokens`.
-    pub ingest_tokens_file: Option<PathBuf>,
     /// Bearer token of the admin console and API under `/admin/` (plain, at least
     /// `MIN_ADMIN_TOKEN_BYTES` long, or `sha256:<hex>`); absent = no console (404), except
     /// in dev mode, where it is open to loopback clients.
     pub admin_token: Option<String>,
     /// File holding `admin_token`; excludes `admin_token`.
     pub admin_token_file: Option<PathBuf>,
+    /// File holding `stack_id` (Docker/Kubernetes secrets); excludes `stack_id`.
+    pub stack_id_file: Option<PathBuf>,
+    /// File holding `ingest_tokens`, one a line; excludes `ingest_tokens`.
+    pub ingest_tokens_file: Option<PathBuf>,
 }
 
 /// Shortest plain `admin_token` accepted: it guards disconnecting anyone.
@@ -265,10 +265,10 @@ impl Default for Config {
             sources: Vec::new(),
             cluster: None,
             tls: None,
-            stack_id_file: None,
-            ingest_tokens_file: None,
             admin_token: None,
             admin_token_file: None,
+            stack_id_file: None,
+            ingest_tokens_file: None,
         }
     }
 }
@@ -283,6 +283,8 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("ALLOWED_ORIGINS", "allowed_origins", Kind::List),
     ("WS_PATHS", "ws_paths", Kind::List),
     ("INGEST_TOKENS", "ingest_tokens", Kind::List),
+    ("ADMIN_TOKEN", "admin_token", Kind::Text),
+    ("ADMIN_TOKEN_FILE", "admin_token_file", Kind::Text),
     ("ACCOUNT", "account", Kind::Text),
     ("REGION", "region", Kind::Text),
     ("HELLO_TIMEOUT", "hello_timeout", Kind::Text),
@@ -361,8 +363,6 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("TLS_RELOAD_INTERVAL", "tls.reload_interval", Kind::Text),
     ("STACK_ID_FILE", "stack_id_file", Kind::Text),
     ("INGEST_TOKENS_FILE", "ingest_tokens_file", Kind::Text),
-    ("ADMIN_TOKEN", "admin_token", Kind::Text),
-    ("ADMIN_TOKEN_FILE", "admin_token_file", Kind::Text),
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -609,6 +609,39 @@ mod tests {
     }
 
     #[test]
+    fn admin_token_forms() {
+        let digest = format!("sha256:{}", "cd".repeat(32));
+        for (file, ok) in [
+            ("dev = true\nadmin_token = \"0123456789abcdef\"", true),
+            (&*format!("dev = true\nadmin_token = \"{digest}\""), true),
+            ("dev = true\nadmin_token = \"short\"", false),
+            ("dev = true\nadmin_token = \"sha256:00\"", false),
+        ] {
+            assert_eq!(load(Some(file), env(&[]), vec![]).is_ok(), ok, "{file}");
+        }
+        let dir = std::env::temp_dir().join(format!("eventgate-admin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("admin_token");
+        std::fs::write(&path, "  0123456789abcdef-from-file\n").expect("write");
+        let config = load(
+            Some("dev = true"),
+            env(&[("EVENTGATE_ADMIN_TOKEN_FILE", &path.display().to_string())]),
+            vec![],
+        )
+        .expect("valid");
+        assert_eq!(
+            config.admin_token.as_deref(),
+            Some("0123456789abcdef-from-file")
+        );
+        let both = format!(
+            "dev = true\nadmin_token = \"0123456789abcdef\"\nadmin_token_file = {:?}",
+            path.display().to_string()
+        );
+        assert!(load(Some(&both), env(&[]), vec![]).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn precedence_is_flags_then_env_then_file() {
         let file = "dev = true\nregion = \"file\"\naccount = \"file\"\nhello_timeout = \"3s\"\n[limits]\nmax_entries = 7\n";
         let config = load(
@@ -677,39 +710,6 @@ mod tests {
         let digest = format!("sha256:{}", "ab".repeat(32));
         assert_eq!(sha256_digest(&digest), Some([0xab; 32]));
         assert_eq!(sha256_digest("ab"), None);
-    }
-
-    #[test]
-    fn admin_token_forms() {
-        let digest = format!("sha256:{}", "cd".repeat(32));
-        for (file, ok) in [
-            ("dev = true\nadmin_token = \"0123456789abcdef\"", true),
-            (&*format!("dev = true\nadmin_token = \"{digest}\""), true),
-            ("dev = true\nadmin_token = \"short\"", false),
-            ("dev = true\nadmin_token = \"sha256:00\"", false),
-        ] {
-            assert_eq!(load(Some(file), env(&[]), vec![]).is_ok(), ok, "{file}");
-        }
-        let dir = std::env::temp_dir().join(format!("eventgate-admin-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join("admin_token");
-        std::fs::write(&path, "  0123456789abcdef-from-file\n").expect("write");
-        let config = load(
-            Some("dev = true"),
-            env(&[("EVENTGATE_ADMIN_TOKEN_FILE", &path.display().to_string())]),
-            vec![],
-        )
-        .expect("valid");
-        assert_eq!(
-            config.admin_token.as_deref(),
-            Some("0123456789abcdef-from-file")
-        );
-        let both = format!(
-            "dev = true\nadmin_token = \"0123456789abcdef\"\nadmin_token_file = {:?}",
-            path.display().to_string()
-        );
-        assert!(load(Some(&both), env(&[]), vec![]).is_err());
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

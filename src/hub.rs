@@ -189,6 +189,13 @@ impl Hub {
         let _ = self.send(Command::Deregister { connection }).await;
     }
 
+    /// Answers an admin console's question about announced connections.
+    pub async fn inspect(&self, query: Inspect) -> Result<Inspection, HubStopped> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Inspect { query, reply }).await?;
+        answer.await.map_err(|_| HubStopped)
+    }
+
     /// Creates or replaces a rule; returns once the index holds it.
     pub async fn subscribe(
         &self,
@@ -235,13 +242,6 @@ impl Hub {
             forwarder.forward(&events);
         }
         self.send(Command::Publish { events }).await
-    }
-
-    /// Answers an admin console's question about announced connections.
-    pub async fn inspect(&self, query: Inspect) -> Result<Inspection, HubStopped> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Inspect { query, reply }).await?;
-        answer.await.map_err(|_| HubStopped)
     }
 
     /// Hands events to this node's dispatcher only (events heard from other nodes).

@@ -52,12 +52,12 @@ pub struct AppState {
     pub readiness: Readiness,
     pub next_connection: AtomicU64,
     pub metrics: PrometheusHandle,
+    /// The operator's console under `/admin/` (see `admin`).
+    pub admin: crate::admin::Console,
     /// What the dev-mode demo page is pre-filled with.
     pub dev_api_key: Option<String>,
     /// Connection caps and rate limits (see `limits`).
     pub limiter: Arc<crate::limits::Limiter>,
-    /// The operator's console under `/admin/` (see `admin`).
-    pub admin: crate::admin::Console,
 }
 
 /// Why the gateway stopped with an error.
@@ -416,11 +416,11 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
-    for path in &state.config.ws_paths {
-        router = router.route(path, axum::routing::any(upgrade));
-    }
     if state.admin.enabled() {
         router = router.merge(crate::admin::routes());
+    }
+    for path in &state.config.ws_paths {
+        router = router.route(path, axum::routing::any(upgrade));
     }
     if state.config.dev {
         router = router
@@ -499,11 +499,11 @@ pub async fn run_with_reload(
         &background,
     );
     let state = Arc::new(AppState {
+        admin: crate::admin::Console::new(&config, cluster_peers),
         pattern_limits: config.limits.pattern_limits(),
         dev_api_key: (config.dev && crate::config::sha256_digest(&stack_id).is_none())
             .then(|| eventgate_protocol::header::api_key(&stack_id, None)),
         limiter: Arc::new(crate::limits::Limiter::new(&config.limits)),
-        admin: crate::admin::Console::new(&config, cluster_peers),
         config,
         auth,
         hub,
