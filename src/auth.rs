@@ -54,6 +54,8 @@ pub struct Auth {
     public_hosts: Vec<String>,
     allowed_origins: Vec<String>,
     open_loopback_ingest: bool,
+    /// Digest of `admin_token`, when one is configured.
+    admin_token: Option<Sha>,
 }
 
 /// The outcome of a successful upgrade check.
@@ -109,6 +111,7 @@ impl Auth {
                 .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
                 .collect(),
             open_loopback_ingest: config.dev && config.ingest_tokens.is_empty(),
+            admin_token: config.admin_token.as_deref().map(configured_digest),
         }
     }
 
@@ -222,6 +225,13 @@ impl Auth {
                 "an Authorization: Bearer <token> header is required",
             )),
         }
+    }
+
+    /// Compares `token` with the admin token in constant time (false when none is set).
+    pub fn admin_token_matches(&self, token: &str) -> bool {
+        self.admin_token
+            .as_ref()
+            .is_some_and(|known| any_equal(std::slice::from_ref(known), token))
     }
 }
 

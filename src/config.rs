@@ -227,6 +227,12 @@ pub struct Config {
     pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Serve `https`/`wss` on the listener (`[tls]`); absent = plain HTTP.
     pub tls: Option<TlsConfig>,
+    /// Bearer token of the admin console and API under `/admin/` (plain, at least
+    /// `MIN_ADMIN_TOKEN_BYTES` long, or `sha256:<hex>`); absent = no console (404), except
+    /// in dev mode, where it is open to loopback clients.
+    pub admin_token: Option<String>,
+    /// File holding `admin_token`; excludes `admin_token`.
+    pub admin_token_file: Option<PathBuf>,
     /// File holding `stack_id` (Docker/Kubernetes secrets); excludes `stack_id`.
     pub stack_id_file: Option<PathBuf>,
     /// File holding `ingest_tokens`, one a line; excludes `ingest_tokens`.
@@ -250,6 +256,9 @@ pub enum TestPatternAccess {
     /// The endpoint is not served (404).
     Off,
 }
+
+/// Shortest plain `admin_token` accepted: it guards disconnecting anyone.
+pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
 
 /// `[tls]`: PEM files of the certificate chain and its private key.
 #[derive(Debug, Clone, Deserialize)]
@@ -303,6 +312,8 @@ impl Default for Config {
             sources: Vec::new(),
             cluster: None,
             tls: None,
+            admin_token: None,
+            admin_token_file: None,
             stack_id_file: None,
             ingest_tokens_file: None,
             test_pattern: TestPatternAccess::Token,
@@ -321,6 +332,8 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("ALLOWED_ORIGINS", "allowed_origins", Kind::List),
     ("WS_PATHS", "ws_paths", Kind::List),
     ("INGEST_TOKENS", "ingest_tokens", Kind::List),
+    ("ADMIN_TOKEN", "admin_token", Kind::Text),
+    ("ADMIN_TOKEN_FILE", "admin_token_file", Kind::Text),
     ("ACCOUNT", "account", Kind::Text),
     ("REGION", "region", Kind::Text),
     ("HELLO_TIMEOUT", "hello_timeout", Kind::Text),
@@ -617,12 +630,32 @@ impl Config {
                 .map(str::to_owned)
                 .collect();
         }
+        if let Some(path) = &self.admin_token_file {
+            if self.admin_token.is_some() {
+                return Err(ConfigError::Invalid(
+                    "admin_token and admin_token_file are both set; use one".into(),
+                ));
+            }
+            self.admin_token = Some(read_secret_file(path)?.trim().to_owned());
+        }
         Ok(())
     }
 
     fn validate_serving(&self) -> Result<(), ConfigError> {
         let fail = |message: String| Err(ConfigError::Invalid(message));
-        for value in self.ingest_tokens.iter().chain(&self.stack_id) {
+        if let Some(token) = &self.admin_token {
+            if !token.starts_with(SHA256_PREFIX) && token.len() < MIN_ADMIN_TOKEN_BYTES {
+                return fail(format!(
+                    "admin_token must be at least {MIN_ADMIN_TOKEN_BYTES} characters (or sha256:<hex>)"
+                ));
+            }
+        }
+        for value in self
+            .ingest_tokens
+            .iter()
+            .chain(&self.stack_id)
+            .chain(&self.admin_token)
+        {
             if value.starts_with(SHA256_PREFIX) && sha256_digest(value).is_none() {
                 return fail(format!(
                     "a secret starting with {SHA256_PREFIX:?} must be followed by 64 hex digits"
@@ -749,6 +782,39 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn admin_token_forms() {
+        let digest = format!("sha256:{}", "cd".repeat(32));
+        for (file, ok) in [
+            ("dev = true\nadmin_token = \"0123456789abcdef\"", true),
+            (&*format!("dev = true\nadmin_token = \"{digest}\""), true),
+            ("dev = true\nadmin_token = \"short\"", false),
+            ("dev = true\nadmin_token = \"sha256:00\"", false),
+        ] {
+            assert_eq!(load(Some(file), env(&[]), vec![]).is_ok(), ok, "{file}");
+        }
+        let dir = std::env::temp_dir().join(format!("eventgate-admin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("admin_token");
+        std::fs::write(&path, "  0123456789abcdef-from-file\n").expect("write");
+        let config = load(
+            Some("dev = true"),
+            env(&[("EVENTGATE_ADMIN_TOKEN_FILE", &path.display().to_string())]),
+            vec![],
+        )
+        .expect("valid");
+        assert_eq!(
+            config.admin_token.as_deref(),
+            Some("0123456789abcdef-from-file")
+        );
+        let both = format!(
+            "dev = true\nadmin_token = \"0123456789abcdef\"\nadmin_token_file = {:?}",
+            path.display().to_string()
+        );
+        assert!(load(Some(&both), env(&[]), vec![]).is_err());
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -338,13 +338,17 @@ pub enum CloseReason {
     Protocol(&'static str),
     /// 1007: a text message or a close reason that is not UTF-8.
     InvalidUtf8,
+    /// 1008 unless the operator chose another code: closed through the admin API.
+    Disconnected,
 }
 
 impl CloseReason {
     pub fn code(self) -> u16 {
         match self {
             CloseReason::ShuttingDown | CloseReason::Idle => 1001,
-            CloseReason::HelloTimeout | CloseReason::RateLimited => 1008,
+            CloseReason::HelloTimeout | CloseReason::RateLimited | CloseReason::Disconnected => {
+                1008
+            }
             CloseReason::BinaryFrame => 1003,
             CloseReason::FrameTooLarge => 1009,
             CloseReason::SlowConsumer | CloseReason::WriteTimeout => 1013,
@@ -365,6 +369,7 @@ impl CloseReason {
             CloseReason::WriteTimeout => "client too slow: a write did not complete in time",
             CloseReason::Protocol(text) => text,
             CloseReason::InvalidUtf8 => "invalid UTF-8 in a text message or close reason",
+            CloseReason::Disconnected => "disconnected by the operator",
         }
     }
 
@@ -381,6 +386,7 @@ impl CloseReason {
             CloseReason::WriteTimeout => "write_timeout",
             CloseReason::Protocol(_) => "protocol_error",
             CloseReason::InvalidUtf8 => "invalid_payload",
+            CloseReason::Disconnected => "disconnected",
         }
     }
 }

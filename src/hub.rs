@@ -73,6 +73,53 @@ enum Command {
         /// The batch's room in the ingest backlog, freed once it has been matched.
         held: BacklogHeld,
     },
+    Inspect {
+        query: Inspect,
+        reply: oneshot::Sender<Inspection>,
+    },
+}
+
+/// What the admin console asks the dispatcher about announced connections (see `admin`).
+#[derive(Debug, Clone)]
+pub enum Inspect {
+    /// These connections, those of them that are announced, in the order given.
+    Connections(Vec<ConnectionId>),
+    /// Connections with a rule whose name or pattern text contains `text` (ASCII case
+    /// ignored), by id, after `after`, at most `limit`. A scan of every connection.
+    Search {
+        text: String,
+        after: ConnectionId,
+        limit: usize,
+    },
+}
+
+/// An announced connection as the dispatcher sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConnectionView {
+    pub id: ConnectionId,
+    pub rules: Vec<RuleView>,
+    pub queued_messages: usize,
+    pub queued_bytes: usize,
+    /// Event notifications queued for it since it announced (keep-alives not counted).
+    pub notifications: u64,
+}
+
+/// One rule of a connection: its name and its pattern as compact JSON.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RuleView {
+    pub name: String,
+    pub pattern: String,
+}
+
+/// The answer to an [`Inspect`].
+#[derive(Debug, Clone, Default)]
+pub struct Inspection {
+    pub connections: Vec<ConnectionView>,
+    /// For a search: every matching connection, not only those returned.
+    pub matched: usize,
+    /// Announced connections and rules on this node.
+    pub announced: usize,
+    pub rules: usize,
 }
 
 /// A cheap handle to the dispatcher.
@@ -160,6 +207,13 @@ impl Hub {
     /// Forgets a connection and all its rules.
     pub async fn deregister(&self, connection: ConnectionId) {
         let _ = self.send(Command::Deregister { connection }).await;
+    }
+
+    /// Answers an admin console's question about announced connections.
+    pub async fn inspect(&self, query: Inspect) -> Result<Inspection, HubStopped> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Inspect { query, reply }).await?;
+        answer.await.map_err(|_| HubStopped)
     }
 
     /// Creates or replaces a rule; returns once the index holds it.
@@ -260,6 +314,8 @@ struct ConnectionEntry {
     outbox: Outbox,
     /// Rule name → rule id.
     rules: HashMap<Arc<str>, u32>,
+    /// Event notifications queued for it (for the admin console).
+    notifications: u64,
 }
 
 /// Who holds a rule: the slot of its connection, and its name.
@@ -377,6 +433,7 @@ impl Dispatcher {
                     id: connection,
                     outbox,
                     rules: HashMap::new(),
+                    notifications: 0,
                 };
                 let slot = self.slots.insert(entry);
                 self.slot_of.insert(connection, slot);
@@ -411,7 +468,78 @@ impl Dispatcher {
                 }
                 drop(held);
             }
+            Command::Inspect { query, reply } => {
+                let _ = reply.send(self.inspect(query));
+            }
         }
+    }
+
+    fn inspect(&self, query: Inspect) -> Inspection {
+        let mut inspection = Inspection {
+            announced: self.slots.len(),
+            rules: self.rules.len(),
+            ..Inspection::default()
+        };
+        let slots: Vec<u32> = match query {
+            Inspect::Connections(ids) => ids
+                .iter()
+                .filter_map(|id| self.slot_of.get(id).copied())
+                .collect(),
+            Inspect::Search { text, after, limit } => {
+                let text = text.to_ascii_lowercase();
+                let contains = |haystack: &str| haystack.to_ascii_lowercase().contains(&text);
+                let mut found: Vec<(ConnectionId, u32)> = self
+                    .slots
+                    .iter()
+                    .filter(|(_, entry)| {
+                        entry.rules.iter().any(|(name, id)| {
+                            contains(name)
+                                || self
+                                    .index
+                                    .pattern(*id)
+                                    .is_some_and(|pattern| contains(pattern.source()))
+                        })
+                    })
+                    .map(|(slot, entry)| (entry.id, slot))
+                    .collect();
+                inspection.matched = found.len();
+                found.retain(|(id, _)| *id > after);
+                found.sort_unstable();
+                found
+                    .into_iter()
+                    .take(limit)
+                    .map(|(_, slot)| slot)
+                    .collect()
+            }
+        };
+        inspection.connections = slots
+            .into_iter()
+            .filter_map(|slot| self.slots.get(slot))
+            .map(|entry| {
+                let (queued_messages, queued_bytes) = entry.outbox.queued();
+                let mut rules: Vec<RuleView> = entry
+                    .rules
+                    .iter()
+                    .map(|(name, id)| RuleView {
+                        name: name.to_string(),
+                        pattern: self
+                            .index
+                            .pattern(*id)
+                            .map(|pattern| pattern.source().to_owned())
+                            .unwrap_or_default(),
+                    })
+                    .collect();
+                rules.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+                ConnectionView {
+                    id: entry.id,
+                    rules,
+                    queued_messages,
+                    queued_bytes,
+                    notifications: entry.notifications,
+                }
+            })
+            .collect();
+        inspection
     }
 
     fn entry_mut(&mut self, connection: ConnectionId) -> Option<&mut ConnectionEntry> {
@@ -522,11 +650,14 @@ impl Dispatcher {
                 }
             };
             let slot = group[0].0;
-            let Some(entry) = self.slots.get(slot) else {
+            let Some(entry) = self.slots.get_mut(slot) else {
                 continue;
             };
             match entry.outbox.offer(frame, self.settings.max_queued_bytes) {
-                Offer::Queued => sent += 1,
+                Offer::Queued => {
+                    sent += 1;
+                    entry.notifications += 1;
+                }
                 Offer::Refused { too_slow } => refused.push((slot, too_slow)),
             }
         }

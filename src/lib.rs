@@ -5,6 +5,7 @@
 //! with [`run`] on `127.0.0.1:0`.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod cluster;
 pub mod config;

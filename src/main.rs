@@ -159,6 +159,12 @@ async fn serve(args: ServeArgs) -> ExitCode {
         println!("websocket url: ws://{address}/");
         println!("api key: {key}");
         println!("demo: http://{address}/demo/");
+        let admin_access = if config.admin_token.is_some() {
+            "admin_token required"
+        } else {
+            "open to loopback clients in dev mode"
+        };
+        println!("admin: http://{address}/admin/ ({admin_access})");
         println!(
             "publish: curl -s -X POST http://{address}/events -H 'content-type: application/json' -d '{{\"source\":\"demo\",\"detail-type\":\"hello\",\"detail\":{{\"n\":1}}}}'"
         );

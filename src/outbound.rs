@@ -91,6 +91,12 @@ impl Outbox {
         self.stop.stop(reason);
     }
 
+    /// Messages and bytes queued and not yet taken by the session (for the admin console).
+    pub fn queued(&self) -> (usize, usize) {
+        let state = self.queue.lock();
+        (state.messages.len(), state.bytes)
+    }
+
     /// Queues `frame` without waiting when the queue has room in messages and in bytes (an
     /// empty queue always takes one frame, however large).
     pub fn offer(&self, frame: Utf8Bytes, max_queued_bytes: usize) -> Offer {

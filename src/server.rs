@@ -52,6 +52,8 @@ pub struct AppState {
     pub readiness: Readiness,
     pub next_connection: AtomicU64,
     pub metrics: PrometheusHandle,
+    /// The operator's console under `/admin/` (see `admin`).
+    pub admin: crate::admin::Console,
     /// What the dev-mode demo page is pre-filled with.
     pub dev_api_key: Option<String>,
     /// Connection caps and rate limits (see `limits`).
@@ -76,6 +78,9 @@ struct Admitted {
     accepted: Accepted,
     identity: ClientIdentity,
     slot: ConnectionSlot,
+    /// Who it is, for the admin console's connection table (boxed, and only while the
+    /// console is on: the session's future holds this struct for its whole life).
+    listing: Option<Box<crate::admin::registry::Entry>>,
 }
 
 /// Every check of a WebSocket upgrade, in order: the handshake itself, draining, the abuse
@@ -110,6 +115,13 @@ fn admit(
         accepted,
         identity,
         slot,
+        listing: state.admin.enabled().then(|| {
+            Box::new(crate::admin::registry::Entry {
+                client,
+                peer,
+                since: std::time::SystemTime::now(),
+            })
+        }),
     })
 }
 
@@ -238,7 +250,7 @@ async fn upgrade(
 const SESSION_READ_BUFFER_BYTES: usize = 1024;
 
 /// Runs an admitted connection's session; its slot is freed when the session ends.
-async fn run_session(state: Arc<AppState>, io: Transport, rest: Vec<u8>, admitted: Admitted) {
+async fn run_session(state: Arc<AppState>, io: Transport, rest: Vec<u8>, mut admitted: Admitted) {
     let connection = state.next_connection.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(connection, client = %admitted.identity.app_instance_id, "websocket accepted");
     let limits = &state.config.limits;
@@ -249,7 +261,12 @@ async fn run_session(state: Arc<AppState>, io: Transport, rest: Vec<u8>, admitte
         .max_message_size(Some(limits.max_frame_bytes))
         .max_frame_size(Some(limits.max_frame_bytes));
     let socket = WebSocketStream::from_partially_read(io, rest, Role::Server, Some(config)).await;
+    let listed = admitted
+        .listing
+        .take()
+        .map(|entry| state.admin.connections.list(connection, *entry));
     session::run(socket, state, connection).await;
+    drop(listed);
     drop(admitted.slot);
 }
 
@@ -495,6 +512,9 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
+    if state.admin.enabled() {
+        router = router.merge(crate::admin::routes());
+    }
     for path in &state.config.ws_paths {
         router = router.route(path, axum::routing::any(upgrade));
     }
@@ -567,6 +587,7 @@ pub async fn run_with_reload(
     );
     let readiness = Readiness::default();
     let cluster_stop = hub_stop.child_token();
+    let mut cluster_peers = None;
     let hub = match &config.cluster {
         Some(cluster) => {
             let forwarder = crate::cluster::start(
@@ -576,6 +597,7 @@ pub async fn run_with_reload(
                 cluster_stop.clone(),
                 &background,
             );
+            cluster_peers = Some(Arc::clone(&forwarder.peers));
             hub.with_forwarder(forwarder)
         }
         None => hub,
@@ -591,6 +613,7 @@ pub async fn run_with_reload(
         &background,
     );
     let state = Arc::new(AppState {
+        admin: crate::admin::Console::new(&config, cluster_peers),
         pattern_limits: config.limits.pattern_limits(),
         dev_api_key: (config.dev && crate::config::sha256_digest(&stack_id).is_none())
             .then(|| eventgate_protocol::header::api_key(&stack_id, None)),
@@ -608,6 +631,7 @@ pub async fn run_with_reload(
         next_connection: AtomicU64::new(1),
         metrics: telemetry::prometheus(),
     });
+    crate::admin::spawn_sampler(&state, hub_stop.child_token(), &background);
     let app = router(state.clone());
     let drain_state = state.clone();
     let drain_sources = sources_stop.clone();

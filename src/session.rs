@@ -138,6 +138,7 @@ fn stop_close(reason: StopReason) -> CloseReason {
     match reason {
         StopReason::ShuttingDown => CloseReason::ShuttingDown,
         StopReason::SlowConsumer => CloseReason::SlowConsumer,
+        StopReason::Disconnected => CloseReason::Disconnected,
     }
 }
 
@@ -203,7 +204,7 @@ pub async fn run(
     connection: ConnectionId,
 ) {
     telemetry::connection_opened();
-    let registration = state.session_stops.register();
+    let registration = state.session_stops.register_connection(connection);
     let (outbox, mut inbox) = outbound_queue(
         state.config.limits.max_queued_messages,
         Arc::clone(&registration.signal),
@@ -374,7 +375,17 @@ pub async fn run(
 
     let closed_by_server = match outcome {
         Outcome::Close(reason) => {
-            close(&mut socket, reason).await;
+            let frame = match (reason, registration.operator_close()) {
+                (CloseReason::Disconnected, Some(close)) => CloseFrame {
+                    code: close.code.into(),
+                    reason: Utf8Bytes::from(close.reason),
+                },
+                _ => CloseFrame {
+                    code: reason.code().into(),
+                    reason: Utf8Bytes::from_static(reason.text()),
+                },
+            };
+            close(&mut socket, frame).await;
             Some(reason)
         }
         Outcome::PeerClosed => {
@@ -401,11 +412,7 @@ pub async fn run(
 /// the same reason. A Close frame that cannot be sent in time (the peer does not read) is
 /// given up: the socket is reset, so the kernel frees its send queue at once instead of
 /// keeping an orphaned socket with unsent data.
-async fn close(socket: &mut WebSocketStream<Transport>, reason: CloseReason) {
-    let frame = CloseFrame {
-        code: reason.code().into(),
-        reason: Utf8Bytes::from_static(reason.text()),
-    };
+async fn close(socket: &mut WebSocketStream<Transport>, frame: CloseFrame) {
     let mut sent = false;
     let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
         if socket.send(Message::Close(Some(frame))).await.is_err() {

@@ -22,11 +22,22 @@ pub enum StopReason {
     SlowConsumer,
     /// The server is draining (1001).
     ShuttingDown,
+    /// An operator closed it through the admin API, with the code and reason recorded by
+    /// [`SessionStops::disconnect`].
+    Disconnected,
+}
+
+/// The close frame an operator chose for one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorClose {
+    pub code: u16,
+    pub reason: String,
 }
 
 const RUNNING: u8 = 0;
 const SLOW_CONSUMER: u8 = 1;
 const SHUTTING_DOWN: u8 = 2;
+const DISCONNECTED: u8 = 3;
 
 /// One connection's stop flag, and the waker its session hands to its socket and timer.
 ///
@@ -59,6 +70,7 @@ impl StopSignal {
         let code = match reason {
             StopReason::SlowConsumer => SLOW_CONSUMER,
             StopReason::ShuttingDown => SHUTTING_DOWN,
+            StopReason::Disconnected => DISCONNECTED,
         };
         let _ = self
             .reason
@@ -71,6 +83,7 @@ impl StopSignal {
         match self.reason.load(Ordering::Acquire) {
             SLOW_CONSUMER => Some(StopReason::SlowConsumer),
             SHUTTING_DOWN => Some(StopReason::ShuttingDown),
+            DISCONNECTED => Some(StopReason::Disconnected),
             _ => None,
         }
     }
@@ -120,6 +133,10 @@ struct Registry {
     shutting_down: bool,
     signals: Vec<Option<Arc<StopSignal>>>,
     free: Vec<usize>,
+    /// The connection id of each slot of `signals` (0: registered without one).
+    connections: Vec<u64>,
+    /// Operator closes not yet read by their session, by slot.
+    closes: std::collections::HashMap<usize, OperatorClose>,
 }
 
 /// A session's place in [`SessionStops`], given back on drop.
@@ -137,6 +154,12 @@ impl SessionStops {
 
     /// A new session's signal; already stopped when shutdown has begun.
     pub fn register(self: &Arc<Self>) -> Registration {
+        self.register_connection(0)
+    }
+
+    /// [`register`](Self::register), under the connection's id so that
+    /// [`disconnect`](Self::disconnect) can find it.
+    pub fn register_connection(self: &Arc<Self>, connection: u64) -> Registration {
         let signal = Arc::new(StopSignal::default());
         let mut registry = self.lock();
         if registry.shutting_down {
@@ -146,10 +169,12 @@ impl SessionStops {
         let index = match registry.free.pop() {
             Some(index) => {
                 registry.signals[index] = entry;
+                registry.connections[index] = connection;
                 index
             }
             None => {
                 registry.signals.push(entry);
+                registry.connections.push(connection);
                 registry.signals.len() - 1
             }
         };
@@ -172,6 +197,37 @@ impl SessionStops {
             signal.stop(StopReason::ShuttingDown);
         }
     }
+
+    /// Stops connection `connection` with the operator's close; false when no running
+    /// session has that id. A session already stopping keeps its first reason. (A scan of
+    /// the registry: an operator's action, not a hot path.)
+    pub fn disconnect(&self, connection: u64, close: OperatorClose) -> bool {
+        let mut registry = self.lock();
+        let Some(index) = registry
+            .connections
+            .iter()
+            .zip(&registry.signals)
+            .position(|(id, signal)| *id == connection && connection != 0 && signal.is_some())
+        else {
+            return false;
+        };
+        let Some(signal) = registry.signals[index].clone() else {
+            return false;
+        };
+        if signal.reason().is_none() {
+            registry.closes.insert(index, close);
+        }
+        drop(registry);
+        signal.stop(StopReason::Disconnected);
+        true
+    }
+}
+
+impl Registration {
+    /// The close an operator chose for this session, once it was disconnected.
+    pub fn operator_close(&self) -> Option<OperatorClose> {
+        self.stops.lock().closes.remove(&self.index)
+    }
 }
 
 impl Drop for Registration {
@@ -180,6 +236,10 @@ impl Drop for Registration {
         if let Some(slot) = registry.signals.get_mut(self.index) {
             *slot = None;
             registry.free.push(self.index);
+        }
+        registry.closes.remove(&self.index);
+        if let Some(id) = registry.connections.get_mut(self.index) {
+            *id = 0;
         }
     }
 }
@@ -263,5 +323,29 @@ mod tests {
         assert_eq!(late.signal.reason(), Some(StopReason::ShuttingDown));
         drop((first, third, late));
         assert_eq!(registered(&stops), 0);
+    }
+
+    #[test]
+    fn disconnect_finds_a_connection_by_id_and_hands_its_close_to_the_session() {
+        let stops = Arc::new(SessionStops::default());
+        let first = stops.register_connection(7);
+        let other = stops.register_connection(8);
+        let close = OperatorClose {
+            code: 4000,
+            reason: "bye".into(),
+        };
+        assert!(!stops.disconnect(9, close.clone()), "no such connection");
+        assert!(!stops.disconnect(0, close.clone()), "0 is no connection");
+        assert!(stops.disconnect(7, close.clone()));
+        assert_eq!(first.signal.reason(), Some(StopReason::Disconnected));
+        assert_eq!(other.signal.reason(), None);
+        assert_eq!(first.operator_close(), Some(close.clone()));
+        // A session already stopping keeps its reason and gets no operator close.
+        other.signal.stop(StopReason::SlowConsumer);
+        assert!(stops.disconnect(8, close.clone()));
+        assert_eq!(other.signal.reason(), Some(StopReason::SlowConsumer));
+        assert_eq!(other.operator_close(), None);
+        drop(first);
+        assert!(!stops.disconnect(7, close), "a finished session is gone");
     }
 }

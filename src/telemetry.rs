@@ -81,6 +81,22 @@ pub fn action_rejected(kind: &'static str) {
     counter!(ACTION_ERRORS, "kind" => kind).increment(1);
 }
 
+pub const ADMIN_REFUSALS: &str = "eventgate_admin_refusals_total";
+pub const ADMIN_DISCONNECTS: &str = "eventgate_admin_disconnects_total";
+
+/// A request to the admin API refused (`reason`: missing_token, wrong_token, not_loopback).
+/// The token itself is never logged.
+pub fn admin_refused(reason: &'static str) {
+    counter!(ADMIN_REFUSALS, "reason" => reason).increment(1);
+    tracing::info!(reason, "admin request refused");
+}
+
+/// A connection closed by an operator through the admin API.
+pub fn admin_disconnected(connection: u64, code: u16) {
+    counter!(ADMIN_DISCONNECTS).increment(1);
+    tracing::info!(connection, code, "connection disconnected by the operator");
+}
+
 pub const SOURCE_CONSUMED: &str = "eventgate_source_consumed_total";
 pub const SOURCE_DISPATCHED: &str = "eventgate_source_dispatched_total";
 pub const SOURCE_DEAD_LETTERED: &str = "eventgate_source_dead_lettered_total";

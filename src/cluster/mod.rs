@@ -100,6 +100,63 @@ pub enum DecodeError {
 #[derive(Debug, Clone)]
 pub struct Forwarder {
     sender: mpsc::Sender<Vec<Arc<Event>>>,
+    /// This node's id and the nodes heard on the backplane (for the admin console).
+    pub peers: Arc<Peers>,
+}
+
+/// Most other nodes remembered; beyond it the one heard from longest ago is forgotten.
+pub const MAX_PEERS: usize = 256;
+
+/// This node's id on the backplane and the other nodes heard on it: a node is heard only
+/// when it forwards events, so a quiet node is not missing, only silent.
+#[derive(Debug)]
+pub struct Peers {
+    pub node_id: Arc<str>,
+    heard: std::sync::Mutex<std::collections::HashMap<String, Heard>>,
+}
+
+/// When a node was last heard, and how many events it sent.
+#[derive(Debug, Clone, Copy)]
+pub struct Heard {
+    pub last: std::time::SystemTime,
+    pub events: u64,
+}
+
+impl Peers {
+    fn heard(&self, node: &str, events: usize) {
+        let mut heard = self
+            .heard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !heard.contains_key(node) && heard.len() >= MAX_PEERS {
+            let oldest = heard
+                .iter()
+                .min_by_key(|(_, heard)| heard.last)
+                .map(|(node, _)| node.clone());
+            if let Some(oldest) = oldest {
+                heard.remove(&oldest);
+            }
+        }
+        let entry = heard.entry(node.to_owned()).or_insert(Heard {
+            last: std::time::SystemTime::now(),
+            events: 0,
+        });
+        entry.last = std::time::SystemTime::now();
+        entry.events += events as u64;
+    }
+
+    /// The nodes heard, by id.
+    pub fn list(&self) -> Vec<(String, Heard)> {
+        let mut list: Vec<(String, Heard)> = self
+            .heard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(node, heard)| (node.clone(), *heard))
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list
+    }
 }
 
 impl Forwarder {
@@ -143,6 +200,14 @@ struct Message<'a> {
 
 /// Decodes a backplane message; `None` for this node's own messages.
 pub fn decode(own_node: &str, payload: &[u8]) -> Result<Option<Vec<Arc<Event>>>, DecodeError> {
+    Ok(decode_from(own_node, payload)?.map(|(_, events)| events))
+}
+
+/// The id of the node that sent a backplane message, and its events.
+type FromNode = (String, Vec<Arc<Event>>);
+
+/// [`decode`], with the id of the node that sent the message.
+fn decode_from(own_node: &str, payload: &[u8]) -> Result<Option<FromNode>, DecodeError> {
     let message: Message<'_> = serde_json::from_slice(payload)
         .map_err(|error| DecodeError::Malformed(error.to_string()))?;
     if message.node == own_node {
@@ -161,7 +226,7 @@ pub fn decode(own_node: &str, payload: &[u8]) -> Result<Option<Vec<Arc<Event>>>,
             .map_err(|error| DecodeError::Event { index, error })?;
         events.push(Arc::new(event));
     }
-    Ok(Some(events))
+    Ok(Some((message.node.into_owned(), events)))
 }
 
 /// What the backplane tasks share.
@@ -171,14 +236,16 @@ struct Node {
     config: ClusterConfig,
     hub: Hub,
     shutdown: CancellationToken,
+    peers: Arc<Peers>,
 }
 
 impl Node {
     /// Delivers a message heard on the backplane to this node's clients.
     async fn deliver(&self, payload: &[u8]) -> Result<(), crate::hub::HubStopped> {
-        match decode(&self.id, payload) {
+        match decode_from(&self.id, payload) {
             Ok(None) => Ok(()),
-            Ok(Some(events)) => {
+            Ok(Some((node, events))) => {
+                self.peers.heard(&node, events.len());
                 telemetry::cluster_received(events.len() as u64);
                 self.hub.publish_local(events).await
             }
@@ -206,11 +273,16 @@ pub fn start(
         .into();
     tracing::info!(node = %id, backend = ?config.backend, channel = %config.channel, "joining the cluster");
     let (sender, receiver) = mpsc::channel(config.forward_queue.max(1));
+    let peers = Arc::new(Peers {
+        node_id: Arc::clone(&id),
+        heard: std::sync::Mutex::default(),
+    });
     let node = Node {
         id,
         config: config.clone(),
         hub,
         shutdown,
+        peers: Arc::clone(&peers),
     };
     match config.backend {
         Backend::Redis => {
@@ -228,7 +300,7 @@ pub fn start(
             tracker.spawn(nats::run(node, receiver, readiness.component("cluster")));
         }
     }
-    Forwarder { sender }
+    Forwarder { sender, peers }
 }
 
 /// Most events carried in one backplane message.

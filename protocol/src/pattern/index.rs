@@ -1346,6 +1346,12 @@ where
         self.by_key.is_empty()
     }
 
+    /// The pattern of the rule with this key.
+    pub fn pattern(&self, key: K) -> Option<&Pattern> {
+        let rid = *self.by_key.get(&key)?;
+        Some(&self.rules.get(rid as usize)?.as_ref()?.pattern)
+    }
+
     fn ensure_path(&mut self, path: &[&str]) -> u32 {
         let mut cur = ROOT;
         for seg in path {

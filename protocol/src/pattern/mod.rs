@@ -64,6 +64,8 @@ impl PatternError {
 #[derive(Clone)]
 pub struct Pattern {
     pub(crate) root: Arc<ast::ObjPat>,
+    /// The pattern as compact JSON (shared by clones), for operators to read back.
+    source: Arc<str>,
 }
 
 impl fmt::Debug for Pattern {
@@ -92,6 +94,11 @@ impl Pattern {
         Self::validate(&value, limits)
     }
 
+    /// The pattern as compact JSON, as it was given.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     /// Validates an already-parsed pattern (the byte limit applies to its compact JSON).
     pub fn from_value(
         value: &serde_json::Value,
@@ -117,6 +124,7 @@ impl Pattern {
         let root = ast::Parser { limits }.top(value)?;
         Ok(Pattern {
             root: Arc::new(root),
+            source: value.to_string().into(),
         })
     }
 
