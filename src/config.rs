@@ -202,6 +202,24 @@ pub struct Config {
     pub stack_id_file: Option<PathBuf>,
     /// File holding `ingest_tokens`, one a line; excludes `ingest_tokens`.
     pub ingest_tokens_file: Option<PathBuf>,
+    /// Log lines as human-readable text or as one JSON object a line.
+    pub log_format: LogFormat,
+    /// After SIGTERM: how long `/readyz` answers 503 (and new WebSockets are refused with
+    /// 503) while open sessions keep running, so that load balancers stop sending new
+    /// clients before sessions are closed. Unset: [`DEFAULT_DRAIN_PERIOD`], 0 in dev mode.
+    pub drain_period: Option<Seconds>,
+}
+
+/// `drain_period` when it is not set (outside dev mode).
+pub const DEFAULT_DRAIN_PERIOD: Duration = Duration::from_secs(5);
+
+/// `log_format`: `"text"` (the default) or `"json"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// `[tls]`: PEM files of the certificate chain and its private key.
@@ -258,7 +276,70 @@ impl Default for Config {
             tls: None,
             stack_id_file: None,
             ingest_tokens_file: None,
+            log_format: LogFormat::Text,
+            drain_period: None,
         }
+    }
+}
+
+impl Config {
+    /// The draining period in force: `drain_period`, or its default (0 in dev mode).
+    pub fn drain_period(&self) -> Duration {
+        match self.drain_period {
+            Some(period) => period.0,
+            None if self.dev => Duration::ZERO,
+            None => DEFAULT_DRAIN_PERIOD,
+        }
+    }
+
+    /// What can only be checked by reading files, done before the server says it listens:
+    /// the `[tls]` certificate and key must be readable and form a usable pair.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        if let Some(tls) = &self.tls {
+            crate::tls::Tls::new(tls).map_err(|error| {
+                let key = match &error {
+                    crate::tls::TlsError::Read { path, .. }
+                        if *path == tls.key.display().to_string() =>
+                    {
+                        "tls.key"
+                    }
+                    crate::tls::TlsError::Read { .. } | crate::tls::TlsError::NoCertificate(_) => {
+                        "tls.cert"
+                    }
+                    crate::tls::TlsError::NoKey { .. } => "tls.key",
+                    crate::tls::TlsError::Rustls(_) => "tls.cert / tls.key",
+                };
+                ConfigError::Invalid(format!("{key}: {error}"))
+            })?;
+        }
+        for (index, source) in self.sources.iter().enumerate() {
+            let crate::sources::SourceConfig::Amqp(amqp) = source else {
+                continue;
+            };
+            let entry = format!("[[sources]] entry {} ({:?})", index + 1, amqp.name);
+            for (key, path) in [
+                ("ca_file", &amqp.ca_file),
+                ("client_cert_file", &amqp.client_cert_file),
+                ("client_key_file", &amqp.client_key_file),
+            ] {
+                if let Some(path) = path {
+                    std::fs::read(path).map_err(|error| {
+                        ConfigError::Invalid(format!(
+                            "{entry}: {key}: cannot read {}: {error}",
+                            path.display()
+                        ))
+                    })?;
+                }
+            }
+            if let Some(variable) = &amqp.password_env {
+                if std::env::var_os(variable).is_none() {
+                    return Err(ConfigError::Invalid(format!(
+                        "{entry}: password_env: the environment variable {variable} is not set"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -350,6 +431,8 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("TLS_RELOAD_INTERVAL", "tls.reload_interval", Kind::Text),
     ("STACK_ID_FILE", "stack_id_file", Kind::Text),
     ("INGEST_TOKENS_FILE", "ingest_tokens_file", Kind::Text),
+    ("LOG_FORMAT", "log_format", Kind::Text),
+    ("DRAIN_PERIOD", "drain_period", Kind::Text),
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -442,12 +525,48 @@ pub fn load(
     for (path, value) in overrides {
         set_path(&mut table, path, value);
     }
+    let sources = table.remove("sources").map(sources_of).transpose()?;
     let mut config: Config = toml::Value::Table(table)
         .try_into()
         .map_err(|err: toml::de::Error| ConfigError::Invalid(err.to_string()))?;
+    config.sources = sources.unwrap_or_default();
     config.read_secret_files()?;
     config.validate()?;
     Ok(config)
+}
+
+/// `[[sources]]`, one entry at a time, so that an error names the entry: `sources[1]
+/// ("users"): unknown field ...`. Two entries with one name are refused too (the name keys
+/// the metrics, the DLQ and `/readyz`).
+fn sources_of(value: toml::Value) -> Result<Vec<crate::sources::SourceConfig>, ConfigError> {
+    let toml::Value::Array(entries) = value else {
+        return Err(ConfigError::Invalid(
+            "sources must be an array of tables: write each entry as [[sources]]".into(),
+        ));
+    };
+    let mut sources: Vec<crate::sources::SourceConfig> = Vec::with_capacity(entries.len());
+    for (index, entry) in entries.into_iter().enumerate() {
+        let name = entry
+            .get("name")
+            .and_then(toml::Value::as_str)
+            .map_or_else(|| "no name".to_owned(), |name| format!("{name:?}"));
+        let source: crate::sources::SourceConfig =
+            entry.try_into().map_err(|err: toml::de::Error| {
+                ConfigError::Invalid(format!(
+                    "[[sources]] entry {} ({name}): {}",
+                    index + 1,
+                    err.message()
+                ))
+            })?;
+        if sources.iter().any(|other| other.name() == source.name()) {
+            return Err(ConfigError::Invalid(format!(
+                "[[sources]] entry {} ({name}): another source has this name; names must differ",
+                index + 1
+            )));
+        }
+        sources.push(source);
+    }
+    Ok(sources)
 }
 
 fn read_secret_file(path: &std::path::Path) -> Result<String, ConfigError> {
@@ -488,10 +607,29 @@ impl Config {
 
     fn validate_serving(&self) -> Result<(), ConfigError> {
         let fail = |message: String| Err(ConfigError::Invalid(message));
-        for value in self.ingest_tokens.iter().chain(&self.stack_id) {
+        let stack_id_key = if self.stack_id_file.is_some() {
+            "stack_id_file"
+        } else {
+            "stack_id"
+        };
+        let tokens_key = if self.ingest_tokens_file.is_some() {
+            "ingest_tokens_file"
+        } else {
+            "ingest_tokens"
+        };
+        let secrets = self
+            .stack_id
+            .iter()
+            .map(|value| (stack_id_key.to_owned(), value));
+        let tokens = self
+            .ingest_tokens
+            .iter()
+            .enumerate()
+            .map(|(index, value)| (format!("{tokens_key} (entry {})", index + 1), value));
+        for (key, value) in secrets.chain(tokens) {
             if value.starts_with(SHA256_PREFIX) && sha256_digest(value).is_none() {
                 return fail(format!(
-                    "a secret starting with {SHA256_PREFIX:?} must be followed by 64 hex digits"
+                    "{key}: a secret starting with {SHA256_PREFIX:?} must be followed by 64 hex digits (the SHA-256 of the secret, e.g. `printf %s SECRET | sha256sum`)"
                 ));
             }
         }
@@ -644,6 +782,55 @@ mod tests {
         let digest = format!("sha256:{}", "ab".repeat(32));
         assert_eq!(sha256_digest(&digest), Some([0xab; 32]));
         assert_eq!(sha256_digest("ab"), None);
+    }
+
+    #[test]
+    fn errors_name_their_key_and_source_entry() {
+        let message = |file: &str| match load(Some(file), env(&[]), vec![]) {
+            Ok(_) => panic!("{file} loaded"),
+            Err(error) => error.to_string(),
+        };
+        let text = message("dev = true\nstack_id = \"sha256:00\"");
+        assert!(text.contains("stack_id: "), "{text}");
+        let text = message("dev = true\ningest_tokens = [\"a\", \"sha256:zz\"]");
+        assert!(text.contains("ingest_tokens (entry 2)"), "{text}");
+        let redis = "kind = \"redis_streams\"\nurl = \"redis://127.0.0.1/\"\nstreams = [\"s\"]\ngroup = \"g\"\nconsumer = \"c\"";
+        let text = message(&format!(
+            "dev = true\n[[sources]]\nname = \"a\"\n{redis}\n[[sources]]\nname = \"users\"\n{redis}\nbogus = 1\n"
+        ));
+        assert!(text.contains("[[sources]] entry 2 (\"users\")"), "{text}");
+        assert!(text.contains("bogus"), "{text}");
+        let text = message(&format!(
+            "dev = true\n[[sources]]\nname = \"a\"\n{redis}\n[[sources]]\nname = \"a\"\n{redis}\n"
+        ));
+        assert!(text.contains("entry 2 (\"a\"): another source"), "{text}");
+    }
+
+    #[test]
+    fn log_format_and_drain_period() {
+        let config = load(
+            Some("stack_id = \"s\"\napp_version_ids = [\"v\"]"),
+            env(&[("EVENTGATE_LOG_FORMAT", "json")]),
+            vec![],
+        )
+        .expect("valid");
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.drain_period(), DEFAULT_DRAIN_PERIOD);
+        let config = load(Some("dev = true"), env(&[]), vec![]).expect("valid");
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(
+            config.drain_period(),
+            Duration::ZERO,
+            "dev mode does not drain"
+        );
+        let config = load(
+            Some("dev = true\ndrain_period = \"250ms\""),
+            env(&[]),
+            vec![],
+        )
+        .expect("valid");
+        assert_eq!(config.drain_period(), Duration::from_millis(250));
+        assert!(load(Some("dev = true\nlog_format = \"xml\""), env(&[]), vec![]).is_err());
     }
 
     #[test]

@@ -121,6 +121,7 @@ fn entries_of<'a>(
         return Err(IngestError::BadRequest("no entries in the request".into()));
     }
     if entries.len() > max_entries {
+        telemetry::limit_rejected("max_entries");
         return Err(IngestError::BadRequest(format!(
             "too many entries: {}, the limit is {max_entries}",
             entries.len()
@@ -161,15 +162,16 @@ pub async fn post_events(
     match ingest(&state, peer, request).await {
         Ok(response) => response,
         Err(error) => {
-            telemetry::ingest_error(match error.status().as_u16() {
+            let code = match error.status().as_u16() {
                 401 => "unauthorized",
                 403 => "forbidden",
-                413 => "too_large",
+                413 => "body_too_large",
                 415 => "unsupported_media_type",
                 429 => "rate_limited",
                 503 => "unavailable",
                 _ => "bad_request",
-            });
+            };
+            telemetry::ingest_error(code, &error);
             error.into_response()
         }
     }
@@ -195,9 +197,10 @@ async fn ingest(
         .and_then(|value| value.to_str().ok());
     let token = state.auth.check_ingest(authorization, peer.ip())?;
     let limit = state.config.limits.max_body_bytes;
-    let body = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| IngestError::TooLarge(limit))?;
+    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        telemetry::limit_rejected("max_body_bytes");
+        IngestError::TooLarge(limit)
+    })?;
     let media = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -239,7 +242,10 @@ async fn ingest(
             }
             Err(error) => {
                 failed += 1;
-                telemetry::ingest_error(error.code());
+                if matches!(error, EntryError::TooLarge { .. }) {
+                    telemetry::limit_rejected("max_event_bytes");
+                }
+                telemetry::ingest_error(telemetry::entry_error_code(&error), &error);
                 entries
                     .push(json!({ "ErrorCode": error.code(), "ErrorMessage": error.to_string() }));
             }

@@ -45,7 +45,22 @@ enum Command {
     },
 }
 
+/// Shown under `eventgate serve --help`.
+const SERVE_ENVIRONMENT_HELP: &str = "\
+Environment:
+  EVENTGATE_CONFIG      the configuration file (like --config)
+  EVENTGATE_LOG         log filter, e.g. `info`, `debug`, `info,eventgate::sources=debug`
+                        (default `info`; `eventgate=debug,info` with --dev)
+  EVENTGATE_LOG_FORMAT  `text` (default) or `json` (one JSON object a line); the key
+                        `log_format` in the file does the same
+  EVENTGATE_<KEY>       every configuration key, e.g. EVENTGATE_STACK_ID,
+                        EVENTGATE_DRAIN_PERIOD; see docs/operations.md
+Logs go to stderr, coloured only on a terminal (and not with NO_COLOR set).
+Exit codes: 0 after a clean shutdown (SIGTERM, Ctrl-C), 64 for a configuration error,
+1 when the server fails while running.";
+
 #[derive(clap::Args)]
+#[command(after_help = SERVE_ENVIRONMENT_HELP)]
 struct ServeArgs {
     /// TOML configuration file.
     #[arg(long, env = "EVENTGATE_CONFIG")]
@@ -99,20 +114,11 @@ fn load_config(args: &ServeArgs) -> Result<Config, config::ConfigError> {
         }
     }
     let mut config = config::load(text.as_deref(), std::env::vars(), overrides)?;
+    config.check_files()?;
     if config.dev && config.stack_id.is_none() {
         config.stack_id = Some(uuid::Uuid::new_v4().to_string());
     }
     Ok(config)
-}
-
-fn init_logging(dev: bool) {
-    let default = if dev { "eventgate=debug,info" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EVENTGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
@@ -123,7 +129,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_logging(config.dev);
+    eventgate::telemetry::init_logging(config.log_format, config.dev);
     raise_open_file_limit();
     let listener = match eventgate::listener::bind(config.listen) {
         Ok(listener) => listener,
