@@ -141,6 +141,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
     // Before the first line is printed: SIGHUP from then on reloads instead of killing.
     let reload = eventgate::CertReload::new();
     reload_on_sighup(reload.clone());
+    // Likewise SIGTERM and Ctrl-C: a script that signals right after the first line gets a
+    // clean shutdown, not the default action (killed).
+    let signals = shutdown_signal();
     let address = listener.local_addr().unwrap_or(config.listen);
     let scheme = if config.tls.is_some() {
         "https"
@@ -169,7 +172,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.await;
         signal.cancel();
     });
     match eventgate::run_with_reload(config, listener, shutdown, reload).await {
@@ -210,19 +213,32 @@ fn reload_on_sighup(reload: eventgate::CertReload) {
     drop(reload);
 }
 
-async fn wait_for_signal() {
+/// Registers for SIGTERM and SIGINT (Ctrl-C) now; the future completes on the first of
+/// them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+        let terminate = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            match (terminate, interrupt) {
+                (Ok(mut terminate), Ok(mut interrupt)) => {
+                    tokio::select! {
+                        _ = terminate.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-            return;
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn test_pattern(pattern: &str, event: &str) -> ExitCode {
