@@ -313,6 +313,19 @@ struct Running {
 }
 
 impl Running {
+    /// `eventgate serve ARGS` with these variables set (`None`: removed).
+    fn serve(args: &[&str], environment: &[(&str, Option<&str>)]) -> Running {
+        let mut command = eventgate();
+        command.arg("serve").args(args);
+        for (name, value) in environment {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
+        Running::start(command)
+    }
+
     fn start(mut command: Command) -> Running {
         let mut child = command
             .stdout(Stdio::piped())
@@ -392,11 +405,7 @@ impl Running {
     /// Sends SIGTERM and waits (at most 30 s) for the exit; returns the exit code, stdout
     /// and stderr, all bytes.
     fn terminate(mut self) -> (Option<i32>, Vec<u8>, Vec<u8>) {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "kill -TERM failed");
+        self.sigterm();
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -422,6 +431,16 @@ impl Running {
             )
         };
         (status.code(), take(&self.stdout), take(&self.stderr))
+    }
+}
+
+impl Running {
+    fn sigterm(&self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
     }
 }
 
@@ -465,12 +484,13 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
 /// escape byte.
 #[test]
 fn json_logs_are_json_lines_and_dev_mode_logs_events() {
-    let mut command = eventgate();
-    command
-        .env_remove("EVENTGATE_LOG")
-        .env("EVENTGATE_LOG_FORMAT", "json")
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0"]);
-    let running = Running::start(command);
+    let running = Running::serve(
+        &["--dev", "--listen", "127.0.0.1:0"],
+        &[
+            ("EVENTGATE_LOG", None),
+            ("EVENTGATE_LOG_FORMAT", Some("json")),
+        ],
+    );
     let port = running.port();
     let (status, _) = http(
         port,
@@ -520,11 +540,10 @@ fn json_logs_are_json_lines_and_dev_mode_logs_events() {
 /// Text logs into a pipe (a file, `docker logs`, journald) carry no colour codes.
 #[test]
 fn text_logs_into_a_pipe_have_no_escape_bytes() {
-    let mut command = eventgate();
-    command
-        .env("EVENTGATE_LOG", "info")
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0"]);
-    let running = Running::start(command);
+    let running = Running::serve(
+        &["--dev", "--listen", "127.0.0.1:0"],
+        &[("EVENTGATE_LOG", Some("info"))],
+    );
     // SIGTERM right after the first line: handled (exit 0), not the default action.
     running.port();
     let (code, stdout, stderr) = running.terminate();
@@ -541,18 +560,13 @@ fn text_logs_into_a_pipe_have_no_escape_bytes() {
 /// `draining` instead of the connection being refused; then it exits 0.
 #[test]
 fn sigterm_drains_with_readyz_503_then_exits_0() {
-    let mut command = eventgate();
-    command
-        .env("EVENTGATE_DRAIN_PERIOD", "3s")
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0"]);
-    let running = Running::start(command);
+    let running = Running::serve(
+        &["--dev", "--listen", "127.0.0.1:0"],
+        &[("EVENTGATE_DRAIN_PERIOD", Some("3s"))],
+    );
     let port = running.port();
     assert_eq!(http(port, "GET", "/readyz", "").0, 200);
-    let sent = Command::new("kill")
-        .args(["-TERM", &running.child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(sent.success());
+    running.sigterm();
     let deadline = Instant::now() + Duration::from_secs(10);
     let (status, body) = loop {
         let (status, body) = http(port, "GET", "/readyz", "");
@@ -582,11 +596,10 @@ fn sigterm_with_an_amqp_source_logs_no_error() {
         "amqp.toml",
         "dev = true\nlisten = \"127.0.0.1:0\"\n[[sources]]\nkind = \"amqp\"\nname = \"certs\"\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\nexchange = \"eventgate-cli-sigterm\"\nqueue = \"eventgate-cli-sigterm\"\n",
     );
-    let mut command = eventgate();
-    command
-        .env("EVENTGATE_LOG", "info")
-        .args(["serve", "--config", &config.path()]);
-    let running = Running::start(command);
+    let running = Running::serve(
+        &["--config", &config.path()],
+        &[("EVENTGATE_LOG", Some("info"))],
+    );
     running.wait_for(true, "connected to amqp");
     let (code, _, stderr) = running.terminate();
     let text = String::from_utf8_lossy(&stderr);
