@@ -292,9 +292,11 @@ impl Config {
         }
     }
 
-    /// What can only be checked by reading files, done before the server says it listens:
-    /// the `[tls]` certificate and key must be readable and form a usable pair.
-    pub fn check_files(&self) -> Result<(), ConfigError> {
+    /// What `load` leaves out because it reads files or asks client libraries, done before
+    /// the server says it listens: the `[tls]` certificate and key must be readable and
+    /// form a usable pair, the AMQP sources' certificate files readable and `password_env`
+    /// set, and every broker and backplane URL must parse.
+    pub fn preflight(&self) -> Result<(), ConfigError> {
         if let Some(tls) = &self.tls {
             crate::tls::Tls::new(tls).map_err(|error| {
                 let key = match &error {
@@ -312,11 +314,24 @@ impl Config {
                 ConfigError::Invalid(format!("{key}: {error}"))
             })?;
         }
+        if let Some(cluster) = &self.cluster {
+            let parsed = match cluster.backend {
+                crate::cluster::Backend::Redis => redis_url(&cluster.url),
+                crate::cluster::Backend::Nats => nats_url(&cluster.url),
+            };
+            parsed.map_err(|error| ConfigError::Invalid(format!("cluster.url: {error}")))?;
+        }
         for (index, source) in self.sources.iter().enumerate() {
+            let entry = format!("[[sources]] entry {} ({:?})", index + 1, source.name());
+            let url = match source {
+                crate::sources::SourceConfig::RedisStreams(redis) => redis_url(&redis.url),
+                crate::sources::SourceConfig::NatsJetstream(nats) => nats_url(&nats.url),
+                crate::sources::SourceConfig::Amqp(_) => Ok(()),
+            };
+            url.map_err(|error| ConfigError::Invalid(format!("{entry}: url: {error}")))?;
             let crate::sources::SourceConfig::Amqp(amqp) = source else {
                 continue;
             };
-            let entry = format!("[[sources]] entry {} ({:?})", index + 1, amqp.name);
             for (key, path) in [
                 ("ca_file", &amqp.ca_file),
                 ("client_cert_file", &amqp.client_cert_file),
@@ -533,6 +548,18 @@ pub fn load(
     config.read_secret_files()?;
     config.validate()?;
     Ok(config)
+}
+
+fn redis_url(url: &str) -> Result<(), String> {
+    redis::Client::open(url)
+        .map(drop)
+        .map_err(|error| format!("{url:?} is not a Redis URL ({error}); write redis://host:6379/"))
+}
+
+fn nats_url(url: &str) -> Result<(), String> {
+    url.parse::<async_nats::ServerAddr>()
+        .map(drop)
+        .map_err(|error| format!("{url:?} is not a NATS URL ({error}); write nats://host:4222"))
 }
 
 /// `[[sources]]`, one entry at a time, so that an error names the entry: `sources[1]

@@ -114,7 +114,7 @@ fn load_config(args: &ServeArgs) -> Result<Config, config::ConfigError> {
         }
     }
     let mut config = config::load(text.as_deref(), std::env::vars(), overrides)?;
-    config.check_files()?;
+    config.preflight()?;
     if config.dev && config.stack_id.is_none() {
         config.stack_id = Some(uuid::Uuid::new_v4().to_string());
     }

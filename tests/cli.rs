@@ -276,6 +276,16 @@ fn config_errors_name_their_key_and_exit_64_before_the_first_line() {
             vec!["drain_period", "forever"],
         ),
         (
+            format!("dev = true\n[[sources]]\nname = \"orders\"\n{redis}\n[[sources]]\nname = \"things\"\nkind = \"nats_jetstream\"\nurl = \"::nats\"\nstream = \"S\"\nsubjects = [\"s.>\"]\ndurable = \"d\"\n"),
+            vec![],
+            vec!["[[sources]] entry 2 (\"things\")", "url", "::nats"],
+        ),
+        (
+            "dev = true\n[cluster]\nbackend = \"redis\"\nurl = \"bogus\"\n".into(),
+            vec![],
+            vec!["cluster.url", "bogus"],
+        ),
+        (
             "dev = true\nlisten = \"127.0.0.1:99999\"\n".into(),
             vec![],
             vec!["listen"],
