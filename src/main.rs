@@ -174,6 +174,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
     tokio::spawn(async move {
         signals.await;
         signal.cancel();
+        // A second SIGTERM or Ctrl-C does not wait for the drain to finish.
+        shutdown_signal().await;
+        eprintln!("eventgate: second signal: exiting without finishing the drain");
+        std::process::exit(1);
     });
     match eventgate::run_with_reload(config, listener, shutdown, reload).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -412,10 +412,14 @@ impl Running {
             .unwrap_or_else(|| panic!("first line is {first:?}"))
     }
 
-    /// Sends SIGTERM and waits (at most 30 s) for the exit; returns the exit code, stdout
-    /// and stderr, all bytes.
-    fn terminate(mut self) -> (Option<i32>, Vec<u8>, Vec<u8>) {
+    /// Sends SIGTERM and waits for the exit.
+    fn terminate(self) -> (Option<i32>, Vec<u8>, Vec<u8>) {
         self.sigterm();
+        self.wait_exit()
+    }
+
+    /// Waits (at most 30 s) for the exit; returns the exit code, stdout and stderr.
+    fn wait_exit(mut self) -> (Option<i32>, Vec<u8>, Vec<u8>) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -587,7 +591,7 @@ fn sigterm_drains_with_readyz_503_then_exits_0() {
     };
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("draining"), "{body}");
-    let (code, _, stderr) = running.terminate();
+    let (code, _, stderr) = running.wait_exit();
     assert_eq!(code, Some(0), "{}", String::from_utf8_lossy(&stderr));
 }
 
@@ -619,4 +623,24 @@ fn sigterm_with_an_amqp_source_logs_no_error() {
         !text.lines().any(|line| line.contains("ERROR")),
         "an ERROR on a clean shutdown: {text}"
     );
+}
+
+/// A second SIGTERM (or Ctrl-C) during a long drain exits at once, with code 1.
+#[test]
+fn a_second_sigterm_cuts_the_drain_short() {
+    let running = Running::serve(
+        &["--dev", "--listen", "127.0.0.1:0"],
+        &[("EVENTGATE_DRAIN_PERIOD", Some("10m"))],
+    );
+    let port = running.port();
+    running.sigterm();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http(port, "GET", "/readyz", "").0 == 200 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(http(port, "GET", "/readyz", "").0, 503, "draining");
+    let (code, _, stderr) = running.terminate();
+    let text = String::from_utf8_lossy(&stderr);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("second signal"), "{text}");
 }
