@@ -165,7 +165,7 @@ pub async fn post_events(
             let code = match error.status().as_u16() {
                 401 => "unauthorized",
                 403 => "forbidden",
-                413 => "body_too_large",
+                413 => "too_large",
                 415 => "unsupported_media_type",
                 429 => "rate_limited",
                 503 => "unavailable",

@@ -78,7 +78,7 @@ pub const INGEST_ERROR_CODES: &[&str] = &[
     "unauthorized",
     "forbidden",
     "bad_request",
-    "body_too_large",
+    "too_large",
     "unsupported_media_type",
     "rate_limited",
     "unavailable",

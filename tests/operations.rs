@@ -163,7 +163,7 @@ async fn each_limit_refusal_increments_its_label() {
         limit("max_entries"),
         limit("max_event_bytes"),
         limit("max_pattern_bytes"),
-        code("body_too_large"),
+        code("too_large"),
         code("bad_request"),
         code("entry_too_large"),
         labelled("eventgate_action_errors_total", "kind", "pattern_too_large"),
