@@ -242,6 +242,24 @@ pub struct Config {
     /// Test only, and only with `dev`: every WebSocket echoes its text and binary messages
     /// instead of speaking the protocol, for the Autobahn|Testsuite (`scripts/autobahn.sh`).
     pub dev_websocket_echo: bool,
+    /// Log lines as human-readable text or as one JSON object a line.
+    pub log_format: LogFormat,
+    /// After SIGTERM: how long `/readyz` answers 503 (and new WebSockets are refused with
+    /// 503) while open sessions keep running, so that load balancers stop sending new
+    /// clients before sessions are closed. Unset: [`DEFAULT_DRAIN_PERIOD`], 0 in dev mode.
+    pub drain_period: Option<Seconds>,
+}
+
+/// `drain_period` when it is not set (outside dev mode).
+pub const DEFAULT_DRAIN_PERIOD: Duration = Duration::from_secs(5);
+
+/// `log_format`: `"text"` (the default) or `"json"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// `test_pattern`: who may call `POST /test-pattern`.
@@ -318,7 +336,85 @@ impl Default for Config {
             ingest_tokens_file: None,
             test_pattern: TestPatternAccess::Token,
             dev_websocket_echo: false,
+            log_format: LogFormat::Text,
+            drain_period: None,
         }
+    }
+}
+
+impl Config {
+    /// The draining period in force: `drain_period`, or its default (0 in dev mode).
+    pub fn drain_period(&self) -> Duration {
+        match self.drain_period {
+            Some(period) => period.0,
+            None if self.dev => Duration::ZERO,
+            None => DEFAULT_DRAIN_PERIOD,
+        }
+    }
+
+    /// What `load` leaves out because it reads files or asks client libraries, done before
+    /// the server says it listens: the `[tls]` certificate and key must be readable and
+    /// form a usable pair, the AMQP sources' certificate files readable and `password_env`
+    /// set, and every broker and backplane URL must parse.
+    pub fn preflight(&self) -> Result<(), ConfigError> {
+        if let Some(tls) = &self.tls {
+            crate::tls::Tls::new(tls).map_err(|error| {
+                let key = match &error {
+                    crate::tls::TlsError::Read { path, .. }
+                        if *path == tls.key.display().to_string() =>
+                    {
+                        "tls.key"
+                    }
+                    crate::tls::TlsError::Read { .. } | crate::tls::TlsError::NoCertificate(_) => {
+                        "tls.cert"
+                    }
+                    crate::tls::TlsError::NoKey { .. } => "tls.key",
+                    crate::tls::TlsError::Rustls(_) => "tls.cert / tls.key",
+                };
+                ConfigError::Invalid(format!("{key}: {error}"))
+            })?;
+        }
+        if let Some(cluster) = &self.cluster {
+            let parsed = match cluster.backend {
+                crate::cluster::Backend::Redis => redis_url(&cluster.url),
+                crate::cluster::Backend::Nats => nats_url(&cluster.url),
+            };
+            parsed.map_err(|error| ConfigError::Invalid(format!("cluster.url: {error}")))?;
+        }
+        for (index, source) in self.sources.iter().enumerate() {
+            let entry = format!("[[sources]] entry {} ({:?})", index + 1, source.name());
+            let url = match source {
+                crate::sources::SourceConfig::RedisStreams(redis) => redis_url(&redis.url),
+                crate::sources::SourceConfig::NatsJetstream(nats) => nats_url(&nats.url),
+                crate::sources::SourceConfig::Amqp(_) => Ok(()),
+            };
+            url.map_err(|error| ConfigError::Invalid(format!("{entry}: url: {error}")))?;
+            let crate::sources::SourceConfig::Amqp(amqp) = source else {
+                continue;
+            };
+            for (key, path) in [
+                ("ca_file", &amqp.ca_file),
+                ("client_cert_file", &amqp.client_cert_file),
+                ("client_key_file", &amqp.client_key_file),
+            ] {
+                if let Some(path) = path {
+                    std::fs::read(path).map_err(|error| {
+                        ConfigError::Invalid(format!(
+                            "{entry}: {key}: cannot read {}: {error}",
+                            path.display()
+                        ))
+                    })?;
+                }
+            }
+            if let Some(variable) = &amqp.password_env {
+                if std::env::var_os(variable).is_none() {
+                    return Err(ConfigError::Invalid(format!(
+                        "{entry}: password_env: the environment variable {variable} is not set"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -440,6 +536,8 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         "limits.max_ingest_backlog_bytes",
         Kind::Integer,
     ),
+    ("LOG_FORMAT", "log_format", Kind::Text),
+    ("DRAIN_PERIOD", "drain_period", Kind::Text),
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -589,12 +687,60 @@ pub fn load(
     for (path, value) in overrides {
         set_path(&mut table, path, value);
     }
+    let sources = table.remove("sources").map(sources_of).transpose()?;
     let mut config: Config = toml::Value::Table(table)
         .try_into()
         .map_err(|err: toml::de::Error| ConfigError::Invalid(err.to_string()))?;
+    config.sources = sources.unwrap_or_default();
     config.read_secret_files()?;
     config.validate()?;
     Ok(config)
+}
+
+fn redis_url(url: &str) -> Result<(), String> {
+    redis::Client::open(url)
+        .map(drop)
+        .map_err(|error| format!("{url:?} is not a Redis URL ({error}); write redis://host:6379/"))
+}
+
+fn nats_url(url: &str) -> Result<(), String> {
+    url.parse::<async_nats::ServerAddr>()
+        .map(drop)
+        .map_err(|error| format!("{url:?} is not a NATS URL ({error}); write nats://host:4222"))
+}
+
+/// `[[sources]]`, one entry at a time, so that an error names the entry: `sources[1]
+/// ("users"): unknown field ...`. Two entries with one name are refused too (the name keys
+/// the metrics, the DLQ and `/readyz`).
+fn sources_of(value: toml::Value) -> Result<Vec<crate::sources::SourceConfig>, ConfigError> {
+    let toml::Value::Array(entries) = value else {
+        return Err(ConfigError::Invalid(
+            "sources must be an array of tables: write each entry as [[sources]]".into(),
+        ));
+    };
+    let mut sources: Vec<crate::sources::SourceConfig> = Vec::with_capacity(entries.len());
+    for (index, entry) in entries.into_iter().enumerate() {
+        let name = entry
+            .get("name")
+            .and_then(toml::Value::as_str)
+            .map_or_else(|| "no name".to_owned(), |name| format!("{name:?}"));
+        let source: crate::sources::SourceConfig =
+            entry.try_into().map_err(|err: toml::de::Error| {
+                ConfigError::Invalid(format!(
+                    "[[sources]] entry {} ({name}): {}",
+                    index + 1,
+                    err.message()
+                ))
+            })?;
+        if sources.iter().any(|other| other.name() == source.name()) {
+            return Err(ConfigError::Invalid(format!(
+                "[[sources]] entry {} ({name}): another source has this name; names must differ",
+                index + 1
+            )));
+        }
+        sources.push(source);
+    }
+    Ok(sources)
 }
 
 fn read_secret_file(path: &std::path::Path) -> Result<String, ConfigError> {
@@ -650,15 +796,33 @@ impl Config {
                 ));
             }
         }
-        for value in self
+        let stack_id_key = if self.stack_id_file.is_some() {
+            "stack_id_file"
+        } else {
+            "stack_id"
+        };
+        let tokens_key = if self.ingest_tokens_file.is_some() {
+            "ingest_tokens_file"
+        } else {
+            "ingest_tokens"
+        };
+        let secrets = self
+            .stack_id
+            .iter()
+            .map(|value| (stack_id_key.to_owned(), value));
+        let tokens = self
             .ingest_tokens
             .iter()
-            .chain(&self.stack_id)
-            .chain(&self.admin_token)
-        {
+            .enumerate()
+            .map(|(index, value)| (format!("{tokens_key} (entry {})", index + 1), value));
+        let admin = self
+            .admin_token
+            .iter()
+            .map(|value| ("admin_token".to_owned(), value));
+        for (key, value) in secrets.chain(tokens).chain(admin) {
             if value.starts_with(SHA256_PREFIX) && sha256_digest(value).is_none() {
                 return fail(format!(
-                    "a secret starting with {SHA256_PREFIX:?} must be followed by 64 hex digits"
+                    "{key}: a secret starting with {SHA256_PREFIX:?} must be followed by 64 hex digits (the SHA-256 of the secret, e.g. `printf %s SECRET | sha256sum`)"
                 ));
             }
         }
@@ -976,6 +1140,55 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    #[test]
+    fn errors_name_their_key_and_source_entry() {
+        let message = |file: &str| match load(Some(file), env(&[]), vec![]) {
+            Ok(_) => panic!("{file} loaded"),
+            Err(error) => error.to_string(),
+        };
+        let text = message("dev = true\nstack_id = \"sha256:00\"");
+        assert!(text.contains("stack_id: "), "{text}");
+        let text = message("dev = true\ningest_tokens = [\"a\", \"sha256:zz\"]");
+        assert!(text.contains("ingest_tokens (entry 2)"), "{text}");
+        let redis = "kind = \"redis_streams\"\nurl = \"redis://127.0.0.1/\"\nstreams = [\"s\"]\ngroup = \"g\"\nconsumer = \"c\"";
+        let text = message(&format!(
+            "dev = true\n[[sources]]\nname = \"a\"\n{redis}\n[[sources]]\nname = \"users\"\n{redis}\nbogus = 1\n"
+        ));
+        assert!(text.contains("[[sources]] entry 2 (\"users\")"), "{text}");
+        assert!(text.contains("bogus"), "{text}");
+        let text = message(&format!(
+            "dev = true\n[[sources]]\nname = \"a\"\n{redis}\n[[sources]]\nname = \"a\"\n{redis}\n"
+        ));
+        assert!(text.contains("entry 2 (\"a\"): another source"), "{text}");
+    }
+
+    #[test]
+    fn log_format_and_drain_period() {
+        let config = load(
+            Some("stack_id = \"s\"\napp_version_ids = [\"v\"]"),
+            env(&[("EVENTGATE_LOG_FORMAT", "json")]),
+            vec![],
+        )
+        .expect("valid");
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.drain_period(), DEFAULT_DRAIN_PERIOD);
+        let config = load(Some("dev = true"), env(&[]), vec![]).expect("valid");
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(
+            config.drain_period(),
+            Duration::ZERO,
+            "dev mode does not drain"
+        );
+        let config = load(
+            Some("dev = true\ndrain_period = \"250ms\""),
+            env(&[]),
+            vec![],
+        )
+        .expect("valid");
+        assert_eq!(config.drain_period(), Duration::from_millis(250));
+        assert!(load(Some("dev = true\nlog_format = \"xml\""), env(&[]), vec![]).is_err());
     }
 
     #[test]

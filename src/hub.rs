@@ -603,6 +603,7 @@ impl Dispatcher {
         self.matched.clear();
         self.index.matches(&event.value, &mut self.matched);
         if self.matched.is_empty() {
+            telemetry::event_dispatched(&event.id, &event.source, &event.detail_type, 0);
             return;
         }
         let mut deliveries = std::mem::take(&mut self.deliveries);
@@ -668,6 +669,7 @@ impl Dispatcher {
             self.refuse(slot, too_slow);
         }
         telemetry::notifications_sent(sent);
+        telemetry::event_dispatched(&event.id, &event.source, &event.detail_type, sent);
     }
 
     /// A connection whose queue refused a notification: closed as too slow (1013) when its

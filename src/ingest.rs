@@ -125,6 +125,7 @@ fn entries_of<'a>(
         return Err(IngestError::BadRequest("no entries in the request".into()));
     }
     if entries.len() > max_entries {
+        telemetry::limit_rejected("max_entries");
         return Err(IngestError::BadRequest(format!(
             "too many entries: {}, the limit is {max_entries}",
             entries.len()
@@ -165,7 +166,7 @@ pub async fn post_events(
     match ingest(&state, peer, request).await {
         Ok(response) => response,
         Err(error) => {
-            telemetry::ingest_error(match (&error, error.status().as_u16()) {
+            let code = match (&error, error.status().as_u16()) {
                 (IngestError::Body(body), _) => body.code(),
                 (_, 401) => "unauthorized",
                 (_, 403) => "forbidden",
@@ -174,7 +175,8 @@ pub async fn post_events(
                 (IngestError::Limit(_), 503) => "backlog_full",
                 (_, 503) => "unavailable",
                 _ => "bad_request",
-            });
+            };
+            telemetry::ingest_error(code, &error);
             error.into_response()
         }
     }
@@ -248,7 +250,10 @@ async fn ingest(
             }
             Err(error) => {
                 failed += 1;
-                telemetry::ingest_error(error.code());
+                if matches!(error, EntryError::TooLarge { .. }) {
+                    telemetry::limit_rejected("max_event_bytes");
+                }
+                telemetry::ingest_error(telemetry::entry_error_code(&error), &error);
                 entries
                     .push(json!({ "ErrorCode": error.code(), "ErrorMessage": error.to_string() }));
             }

@@ -45,7 +45,22 @@ enum Command {
     },
 }
 
+/// Shown under `eventgate serve --help`.
+const SERVE_ENVIRONMENT_HELP: &str = "\
+Environment:
+  EVENTGATE_CONFIG      the configuration file (like --config)
+  EVENTGATE_LOG         log filter, e.g. `info`, `debug`, `info,eventgate::sources=debug`
+                        (default `info`; `eventgate=debug,info` with --dev)
+  EVENTGATE_LOG_FORMAT  `text` (default) or `json` (one JSON object a line); the key
+                        `log_format` in the file does the same
+  EVENTGATE_<KEY>       every configuration key, e.g. EVENTGATE_STACK_ID,
+                        EVENTGATE_DRAIN_PERIOD; see docs/operations.md
+Logs go to stderr, coloured only on a terminal (and not with NO_COLOR set).
+Exit codes: 0 after a clean shutdown (SIGTERM, Ctrl-C), 64 for a configuration error,
+1 when the server fails while running.";
+
 #[derive(clap::Args)]
+#[command(after_help = SERVE_ENVIRONMENT_HELP)]
 struct ServeArgs {
     /// TOML configuration file.
     #[arg(long, env = "EVENTGATE_CONFIG")]
@@ -99,20 +114,11 @@ fn load_config(args: &ServeArgs) -> Result<Config, config::ConfigError> {
         }
     }
     let mut config = config::load(text.as_deref(), std::env::vars(), overrides)?;
+    config.preflight()?;
     if config.dev && config.stack_id.is_none() {
         config.stack_id = Some(uuid::Uuid::new_v4().to_string());
     }
     Ok(config)
-}
-
-fn init_logging(dev: bool) {
-    let default = if dev { "eventgate=debug,info" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EVENTGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
@@ -123,7 +129,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_logging(config.dev);
+    eventgate::telemetry::init_logging(config.log_format, config.dev);
     for unknown in config::unknown_environment(std::env::vars()) {
         tracing::warn!("{unknown}");
     }
@@ -138,6 +144,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
     // Before the first line is printed: SIGHUP from then on reloads instead of killing.
     let reload = eventgate::CertReload::new();
     reload_on_sighup(reload.clone());
+    // Likewise SIGTERM and Ctrl-C: a script that signals right after the first line gets a
+    // clean shutdown, not the default action (killed).
+    let signals = shutdown_signal();
     let address = listener.local_addr().unwrap_or(config.listen);
     let scheme = if config.tls.is_some() {
         "https"
@@ -172,8 +181,12 @@ async fn serve(args: ServeArgs) -> ExitCode {
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.await;
         signal.cancel();
+        // A second SIGTERM or Ctrl-C does not wait for the drain to finish.
+        shutdown_signal().await;
+        eprintln!("eventgate: second signal: exiting without finishing the drain");
+        std::process::exit(1);
     });
     match eventgate::run_with_reload(config, listener, shutdown, reload).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -213,19 +226,32 @@ fn reload_on_sighup(reload: eventgate::CertReload) {
     drop(reload);
 }
 
-async fn wait_for_signal() {
+/// Registers for SIGTERM and SIGINT (Ctrl-C) now; the future completes on the first of
+/// them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+        let terminate = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            match (terminate, interrupt) {
+                (Ok(mut terminate), Ok(mut interrupt)) => {
+                    tokio::select! {
+                        _ = terminate.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-            return;
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn test_pattern(pattern: &str, event: &str) -> ExitCode {

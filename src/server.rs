@@ -571,6 +571,8 @@ pub async fn run_with_reload(
     reload: crate::tls::CertReload,
 ) -> Result<(), RunError> {
     let stack_id = config.stack_id.clone().ok_or(RunError::MissingStackId)?;
+    // The recorder first, so that every series exists (at zero) before anything counts.
+    let metrics = telemetry::prometheus();
     let tls = config.tls.as_ref().map(crate::tls::Tls::new).transpose()?;
     let auth = Auth::new(&config, &stack_id);
     let background = TaskTracker::new();
@@ -629,7 +631,7 @@ pub async fn run_with_reload(
         draining: AtomicBool::new(false),
         readiness,
         next_connection: AtomicU64::new(1),
-        metrics: telemetry::prometheus(),
+        metrics,
     });
     crate::admin::spawn_sampler(&state, hub_stop.child_token(), &background);
     let app = router(state.clone());
@@ -657,11 +659,21 @@ pub async fn run_with_reload(
         grace: state.config.shutdown_grace.0,
         send_buffer_bytes: state.config.limits.send_buffer_bytes,
     };
+    let drain_period = state.config.drain_period();
     let serve = crate::listener::serve(listener, app, serving, async move {
         shutdown.cancelled().await;
         // No new broker messages once draining starts: unread ones stay in the broker.
         drain_sources.cancel();
         drain_state.draining.store(true, Ordering::Relaxed);
+        // `drain_period`: still listening, `/readyz` answers 503 and new WebSockets are
+        // refused with 503, so load balancers take the node out while its sessions run on.
+        if !drain_period.is_zero() {
+            tracing::info!(
+                drain_period_ms = drain_period.as_millis() as u64,
+                "draining: /readyz answers 503, new WebSockets are refused"
+            );
+            tokio::time::sleep(drain_period).await;
+        }
         tracing::info!("shutting down: closing connections");
         drain_state.session_stops.stop_all();
     });

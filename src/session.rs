@@ -576,6 +576,7 @@ impl Session {
             PatternSource::Text(text) => {
                 if text.len() > limits.max_pattern_bytes {
                     telemetry::action_rejected("pattern_too_large");
+                    telemetry::limit_rejected("max_pattern_bytes");
                     return Err(format!(
                         "{}: the pattern is {} bytes, the limit is {}",
                         ack_text::PATTERN_TOO_LARGE,
@@ -589,6 +590,7 @@ impl Session {
                 let size = value.to_string().len();
                 if size > limits.max_pattern_bytes {
                     telemetry::action_rejected("pattern_too_large");
+                    telemetry::limit_rejected("max_pattern_bytes");
                     return Err(format!(
                         "{}: the pattern is {size} bytes, the limit is {}",
                         ack_text::PATTERN_TOO_LARGE,

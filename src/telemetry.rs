@@ -19,7 +19,9 @@ pub const ACTION_ERRORS: &str = "eventgate_action_errors_total";
 pub const CONNECTIONS_CLOSED: &str = "eventgate_connections_closed_total";
 
 /// Installs the global Prometheus recorder once and returns a handle that renders it.
-/// Later calls (several servers in one test process) share the same recorder.
+/// Later calls (several servers in one test process) share the same recorder. Every
+/// series in [`SERIES`] exists from then on, at zero, so that alert rules and dashboards
+/// have a series before the first increment.
 pub fn prometheus() -> PrometheusHandle {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
     HANDLE
@@ -28,9 +30,178 @@ pub fn prometheus() -> PrometheusHandle {
             let handle = recorder.handle();
             // Fails only if another recorder was installed first; then metrics go there.
             let _ = metrics::set_global_recorder(recorder);
+            register_series();
             handle
         })
         .clone()
+}
+
+/// A metric, whether it is a gauge, its label (if any) and every value that label takes.
+/// `docs/operations.md` lists the same (the `operations` test compares them with a fresh
+/// server's `/metrics`).
+pub struct Series {
+    pub name: &'static str,
+    pub gauge: bool,
+    pub label: Option<(&'static str, &'static [&'static str])>,
+}
+
+const fn plain(name: &'static str) -> Series {
+    Series {
+        name,
+        gauge: false,
+        label: None,
+    }
+}
+
+const fn gauge_of(name: &'static str) -> Series {
+    Series {
+        name,
+        gauge: true,
+        label: None,
+    }
+}
+
+const fn labelled(
+    name: &'static str,
+    label: &'static str,
+    values: &'static [&'static str],
+) -> Series {
+    Series {
+        name,
+        gauge: false,
+        label: Some((label, values)),
+    }
+}
+
+/// `eventgate_ingest_errors_total{code}`: whole requests refused, then single entries.
+pub const INGEST_ERROR_CODES: &[&str] = &[
+    "unauthorized",
+    "forbidden",
+    "bad_request",
+    "too_large",
+    "unsupported_media_type",
+    "rate_limited",
+    "unavailable",
+    "invalid_argument",
+    "malformed_detail",
+    "entry_too_large",
+];
+
+/// `eventgate_limit_rejections_total{limit}`: each value is the configuration key of the
+/// limit that refused.
+pub const LIMIT_NAMES: &[&str] = &[
+    "max_frame_bytes",
+    "max_rules_per_connection",
+    "max_pattern_bytes",
+    "max_actions_per_second",
+    "max_body_bytes",
+    "max_event_bytes",
+    "max_entries",
+    "max_connections",
+    "max_connections_per_ip",
+    "new_connections_per_second_per_ip",
+    "upgrade_timeout",
+    "max_ingest_events_per_second_per_token",
+];
+
+/// Every series that exists from the start, with every documented label value. The
+/// per-source metrics get one series per configured source when it starts
+/// ([`source_registered`]).
+pub const SERIES: &[Series] = &[
+    gauge_of(CONNECTIONS),
+    gauge_of(ANNOUNCED_CONNECTIONS),
+    gauge_of(RULES),
+    plain(EVENTS_INGESTED),
+    plain(NOTIFICATIONS_SENT),
+    plain(SLOW_CONSUMER_CLOSES),
+    labelled(
+        CONNECTIONS_CLOSED,
+        "reason",
+        &[
+            "peer_closed",
+            "shutdown",
+            "hello_timeout",
+            "binary_frame",
+            "frame_too_large",
+            "rate_limited",
+            "slow_consumer",
+            "idle",
+        ],
+    ),
+    labelled(
+        AUTH_FAILURES,
+        "reason",
+        &[
+            "bad_handshake",
+            "bad_query",
+            "missing_header",
+            "bad_header",
+            "wrong_host",
+            "wrong_api_key",
+            "invalid_client_id",
+            "origin_not_allowed",
+            "draining",
+        ],
+    ),
+    labelled(INGEST_ERRORS, "code", INGEST_ERROR_CODES),
+    labelled(
+        ACTION_ERRORS,
+        "kind",
+        &[
+            "malformed",
+            "already_announced",
+            "unannounced",
+            "too_many_rules",
+            "pattern_too_large",
+            "invalid_pattern",
+        ],
+    ),
+    plain(CLUSTER_FORWARDED),
+    labelled(
+        CLUSTER_NOT_FORWARDED,
+        "reason",
+        &["backplane_down", "queue_full", "publish_failed"],
+    ),
+    plain(CLUSTER_RECEIVED),
+    labelled(CLUSTER_ERRORS, "kind", &["connection", "bad_message"]),
+    plain(CLUSTER_RECONNECTS),
+    labelled(LIMIT_REJECTIONS, "limit", LIMIT_NAMES),
+    labelled(TLS_RELOADS, "result", &["ok", "error"]),
+];
+
+/// Creates every series of [`SERIES`] without changing its value (several servers in one
+/// process share the recorder).
+fn register_series() {
+    for series in SERIES {
+        match (series.gauge, series.label) {
+            (true, None) => gauge!(series.name).increment(0.0),
+            (true, Some((label, values))) => {
+                for value in values {
+                    gauge!(series.name, label => *value).increment(0.0);
+                }
+            }
+            (false, None) => counter!(series.name).increment(0),
+            (false, Some((label, values))) => {
+                for value in values {
+                    counter!(series.name, label => *value).increment(0);
+                }
+            }
+        }
+    }
+}
+
+/// A source's series, at zero, from the moment it starts.
+pub fn source_registered(source: &str) {
+    for name in [
+        SOURCE_CONSUMED,
+        SOURCE_DISPATCHED,
+        SOURCE_DEAD_LETTERED,
+        SOURCE_ERRORS,
+        SOURCE_RECONNECTS,
+    ] {
+        counter!(name, "source" => source.to_owned()).increment(0);
+    }
+    gauge!(SOURCE_LAG, "source" => source.to_owned()).increment(0.0);
 }
 
 pub fn connection_opened() {
@@ -63,9 +234,27 @@ pub fn events_ingested(count: u64) {
     counter!(EVENTS_INGESTED).increment(count);
 }
 
-pub fn ingest_error(code: &'static str) {
+/// A refused ingest request or entry; `code` is one of [`INGEST_ERROR_CODES`].
+pub fn ingest_error(code: &'static str, error: &dyn std::fmt::Display) {
     counter!(INGEST_ERRORS, "code" => code).increment(1);
-    tracing::debug!(code, "ingest entry rejected");
+    tracing::debug!(code, %error, "ingest refused");
+}
+
+/// The `eventgate_ingest_errors_total` code of a refused entry (its `ErrorCode` in the
+/// response stays PutEvents-style, `EntryTooLarge`).
+pub fn entry_error_code(error: &eventgate_protocol::envelope::EntryError) -> &'static str {
+    use eventgate_protocol::envelope::EntryError;
+    match error {
+        EntryError::InvalidArgument(_) => "invalid_argument",
+        EntryError::MalformedDetail(_) => "malformed_detail",
+        EntryError::TooLarge { .. } => "entry_too_large",
+    }
+}
+
+/// An event the hub matched: how many connections it was queued to (debug; `--dev` shows
+/// it).
+pub fn event_dispatched(id: &str, source: &str, detail_type: &str, connections: u64) {
+    tracing::debug!(id, source, detail_type, connections, "event dispatched");
 }
 
 pub fn notifications_sent(count: u64) {
@@ -221,4 +410,31 @@ pub fn ingest_backlog(bytes: usize) {
 pub fn ingest_backlog_waited() {
     counter!(INGEST_BACKLOG_WAITS).increment(1);
     tracing::debug!("source waits for room in the ingest backlog");
+}
+
+/// Installs the log subscriber for the binary: `EVENTGATE_LOG` (an `EnvFilter`, e.g.
+/// `info,eventgate::sources=debug`) or the default (`info`; `eventgate=debug` too in dev
+/// mode), in `format`, on stderr. Colour only when stderr is a terminal and `NO_COLOR` is
+/// unset, so files and pipes get plain text.
+pub fn init_logging(format: crate::config::LogFormat, dev: bool) {
+    use std::io::IsTerminal;
+    let default = if dev { "eventgate=debug,info" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EVENTGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // Fails only when a subscriber is already installed (tests); the first one stays.
+    let _ = match format {
+        crate::config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+        crate::config::LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(colour).try_init()
+        }
+    };
 }

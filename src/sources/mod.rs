@@ -177,6 +177,7 @@ pub fn start(
             local_only: config.every_node_reads_everything(),
         };
         tracing::info!(source = config.name(), "starting source");
+        crate::telemetry::source_registered(config.name());
         match config.clone() {
             SourceConfig::RedisStreams(config) => {
                 tracker.spawn(redis_streams::run(config, context));
