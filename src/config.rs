@@ -202,6 +202,8 @@ pub struct Config {
     pub stack_id_file: Option<PathBuf>,
     /// File holding `ingest_tokens`, one a line; excludes `ingest_tokens`.
     pub ingest_tokens_file: Option<PathBuf>,
+    /// Event history and resume (`[history]`), see `crate::history`.
+    pub history: crate::history::HistoryConfig,
 }
 
 /// `[tls]`: PEM files of the certificate chain and its private key.
@@ -258,6 +260,7 @@ impl Default for Config {
             tls: None,
             stack_id_file: None,
             ingest_tokens_file: None,
+            history: crate::history::HistoryConfig::default(),
         }
     }
 }
@@ -350,6 +353,12 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("TLS_RELOAD_INTERVAL", "tls.reload_interval", Kind::Text),
     ("STACK_ID_FILE", "stack_id_file", Kind::Text),
     ("INGEST_TOKENS_FILE", "ingest_tokens_file", Kind::Text),
+    // [history]
+    ("HISTORY_ENABLED", "history.enabled", Kind::Bool),
+    ("HISTORY_MAX_EVENTS", "history.max_events", Kind::Integer),
+    ("HISTORY_MAX_BYTES", "history.max_bytes", Kind::Integer),
+    ("HISTORY_MAX_AGE", "history.max_age", Kind::Text),
+    ("HISTORY_MAX_REPLAY", "history.max_replay", Kind::Integer),
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -510,6 +519,7 @@ impl Config {
                 return fail("tls.reload_interval must be greater than zero".into());
             }
         }
+        self.history.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
@@ -644,6 +654,27 @@ mod tests {
         let digest = format!("sha256:{}", "ab".repeat(32));
         assert_eq!(sha256_digest(&digest), Some([0xab; 32]));
         assert_eq!(sha256_digest("ab"), None);
+    }
+
+    #[test]
+    fn history_keys() {
+        let config = load(
+            Some("dev = true\n[history]\nmax_events = 50\nmax_age = \"2m\"\n"),
+            env(&[("EVENTGATE_HISTORY_MAX_REPLAY", "20")]),
+            vec![],
+        )
+        .expect("valid");
+        assert_eq!(config.history.max_events, 50);
+        assert_eq!(config.history.max_age, Seconds(Duration::from_secs(120)));
+        assert_eq!(config.history.max_replay, 20);
+        for file in [
+            "dev = true\n[history]\nmax_events = 0",
+            "dev = true\n[history]\nmax_replay = 0",
+            "dev = true\n[history]\nbogus = 1",
+        ] {
+            let error = load(Some(file), env(&[]), vec![]).expect_err(file);
+            assert!(error.to_string().contains("history"), "{error}");
+        }
     }
 
     #[test]

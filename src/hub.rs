@@ -7,6 +7,12 @@
 //! policy: every connection has a bounded outbound queue (`outbound`); a delivery
 //! that does not fit closes that connection with 1013 and drops its rules. The dispatcher
 //! never waits on a connection. Does not own sockets (see `session`) or ingest parsing.
+//!
+//! History (see `history`): every published event is appended to the in-memory log when it
+//! enters this task's order and its notifications carry its `Position`. A connection that
+//! announced a position in Hello is *held* (gets no live events) until its `Resume`, which
+//! replays the missed events matching its rules here, in the same order: no gap and no
+//! duplicate at the seam.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +26,7 @@ use eventgate_protocol::envelope::Event;
 use eventgate_protocol::pattern::{Pattern, RuleIndex};
 use eventgate_protocol::wire;
 
+use crate::history::{HistoryConfig, MemoryLog, ResumeError, Resumed};
 use crate::outbound::{Offer, Outbox};
 use crate::stop::StopReason;
 use crate::telemetry;
@@ -68,6 +75,16 @@ enum Command {
     Publish {
         events: Vec<Arc<Event>>,
     },
+    // History: hold a connection's live events until it resumes, then replay.
+    Hold {
+        connection: ConnectionId,
+        position: String,
+    },
+    Resume {
+        connection: ConnectionId,
+        position: Option<String>,
+        reply: oneshot::Sender<Result<Resumed, ResumeError>>,
+    },
 }
 
 /// A cheap handle to the dispatcher.
@@ -90,6 +107,9 @@ pub struct HubSettings {
     pub max_rules_per_connection: usize,
     pub max_queued_bytes: usize,
     pub keepalive_interval: Duration,
+    pub history: HistoryConfig,
+    /// `limits.max_queued_messages`: caps `history.max_replay`.
+    pub max_queued_messages: usize,
 }
 
 impl Hub {
@@ -100,7 +120,12 @@ impl Hub {
         tracker: &tokio_util::task::TaskTracker,
     ) -> Hub {
         let (commands, receiver) = mpsc::channel(8192);
+        let history = settings
+            .history
+            .enabled
+            .then(|| MemoryLog::start(settings.history.clone()));
         let dispatcher = Dispatcher {
+            history,
             settings,
             index: RuleIndex::new(),
             rules: SlotTable::default(),
@@ -190,6 +215,34 @@ impl Hub {
         self.send(Command::Publish { events }).await
     }
 
+    /// Holds back the connection's live events until it resumes after `position` (`""`: after
+    /// the newest event now).
+    pub async fn hold(&self, connection: ConnectionId, position: String) -> Result<(), HubStopped> {
+        self.send(Command::Hold {
+            connection,
+            position,
+        })
+        .await
+    }
+
+    /// Replays the missed events matching the connection's rules into its outbound queue and
+    /// ends its hold; `position` overrides the one given in `hold`.
+    pub async fn resume(
+        &self,
+        connection: ConnectionId,
+        position: Option<String>,
+    ) -> Result<Resumed, ResumeError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Resume {
+            connection,
+            position,
+            reply,
+        })
+        .await
+        .map_err(|_| ResumeError::Gone)?;
+        answer.await.unwrap_or(Err(ResumeError::Gone))
+    }
+
     /// Hands events to this node's dispatcher only (events heard from other nodes).
     pub async fn publish_local(&self, events: Vec<Arc<Event>>) -> Result<(), HubStopped> {
         if events.is_empty() {
@@ -205,6 +258,9 @@ struct ConnectionEntry {
     outbox: Outbox,
     /// Rule name → rule id.
     rules: HashMap<Arc<str>, u32>,
+    /// Set from Hello to Resume: the position to resume after (text, `""` = `held_at`) and
+    /// the sequence number that was newest when the hold began. No live events meanwhile.
+    hold: Option<(String, u64)>,
 }
 
 /// Who holds a rule: the slot of its connection, and its name.
@@ -278,6 +334,8 @@ impl<T> SlotTable<T> {
 /// connections costs array reads, not hash probes or reference-count traffic.
 struct Dispatcher {
     settings: HubSettings,
+    /// The in-memory log (`None` when `history.enabled` is off).
+    history: Option<MemoryLog>,
     index: RuleIndex<u32>,
     /// Rule id (the index's key) → owner.
     rules: SlotTable<RuleOwner>,
@@ -306,8 +364,15 @@ impl Dispatcher {
                     for command in batch.drain(..) {
                         self.handle(command);
                     }
+                    self.report_history();
                 }
-                _ = keepalive.tick() => self.keep_alive(),
+                _ = keepalive.tick() => {
+                    if let Some(log) = &mut self.history {
+                        log.expire(std::time::Instant::now());
+                    }
+                    self.report_history();
+                    self.keep_alive();
+                }
             }
         }
         telemetry::rules_changed(-(self.rules.len() as f64));
@@ -322,6 +387,7 @@ impl Dispatcher {
                     id: connection,
                     outbox,
                     rules: HashMap::new(),
+                    hold: None,
                 };
                 let slot = self.slots.insert(entry);
                 self.slot_of.insert(connection, slot);
@@ -354,6 +420,27 @@ impl Dispatcher {
                 for event in events {
                     self.dispatch(&event);
                 }
+            }
+            Command::Hold {
+                connection,
+                position,
+            } => {
+                let newest = self.history.as_ref().map_or(0, |log| log.newest().seq);
+                if let Some(entry) = self.entry_mut(connection) {
+                    entry.hold = Some((position, newest));
+                }
+            }
+            Command::Resume {
+                connection,
+                position,
+                reply,
+            } => {
+                let result = self.resume(connection, position);
+                telemetry::resumed(
+                    result.as_ref().map_or_else(ResumeError::label, |_| "ok"),
+                    result.as_ref().map_or(0, |resumed| resumed.replayed),
+                );
+                let _ = reply.send(result);
             }
         }
     }
@@ -415,7 +502,11 @@ impl Dispatcher {
         telemetry::rules_changed(-(entry.rules.len() as f64));
     }
 
-    fn dispatch(&mut self, event: &Event) {
+    fn dispatch(&mut self, event: &Arc<Event>) {
+        let position = self
+            .history
+            .as_mut()
+            .map(|log| log.append(event, std::time::Instant::now()));
         self.matched.clear();
         self.index.matches(&event.value, &mut self.matched);
         if self.matched.is_empty() {
@@ -432,7 +523,13 @@ impl Dispatcher {
         // Group by connection: one notification per connection, listing every rule of it
         // that matched.
         deliveries.sort_unstable();
-        let tail = wire::event_tail(&event.source, &event.detail_type, &event.json);
+        let position = position.map(|position| position.to_string());
+        let tail = wire::event_tail_at(
+            position.as_deref(),
+            &event.source,
+            &event.detail_type,
+            &event.json,
+        );
         // One RequestId per event: each connection still sees a new one in every
         // notification, and connections that matched the same rule names share one frame
         // (a reference-counted buffer) instead of a copy of the event each.
@@ -469,6 +566,10 @@ impl Dispatcher {
             let Some(entry) = self.slots.get(slot) else {
                 continue;
             };
+            if entry.hold.is_some() {
+                // Resuming: the replay will carry this event.
+                continue;
+            }
             match entry.outbox.offer(frame, self.settings.max_queued_bytes) {
                 Offer::Queued => sent += 1,
                 Offer::Refused { too_slow } => refused.push((slot, too_slow)),
@@ -495,6 +596,107 @@ impl Dispatcher {
             telemetry::slow_consumer_closed(connection);
         }
         self.drop_connection(connection);
+    }
+
+    // ---- History: resume (see the module comment) ----
+
+    /// Ends the connection's hold and queues, all at once, every retained event after its
+    /// position that matches its rules now. Any error ends the hold too: the connection goes
+    /// live from here and its client refetches its state.
+    fn resume(
+        &mut self,
+        connection: ConnectionId,
+        position: Option<String>,
+    ) -> Result<Resumed, ResumeError> {
+        let slot = *self.slot_of.get(&connection).ok_or(ResumeError::Gone)?;
+        let entry = self.slots.get_mut(slot).ok_or(ResumeError::Gone)?;
+        let (held_position, held_at) = entry.hold.take().ok_or(ResumeError::NotHeld)?;
+        let log = self.history.as_mut().ok_or(ResumeError::Disabled)?;
+        log.expire(std::time::Instant::now());
+        let position = position.unwrap_or(held_position);
+        let after = if position.is_empty() {
+            held_at
+        } else {
+            log.resolve(&position)?
+        };
+        // Matching runs over the whole index (as for a live event); the cost is bounded by
+        // the retained events, and a connection resumes at most once.
+        let max_replay = self
+            .settings
+            .history
+            .max_replay
+            .min(self.settings.max_queued_messages);
+        let mut replay: Vec<(crate::history::Position, &Arc<Event>, Vec<&str>)> = Vec::new();
+        let mut matched = std::mem::take(&mut self.matched);
+        for (position, event) in log.after(after) {
+            matched.clear();
+            self.index.matches(&event.value, &mut matched);
+            let mut names: Vec<&str> = matched
+                .iter()
+                .filter_map(|&id| self.rules.get(id))
+                .filter(|owner| owner.slot == slot)
+                .map(|owner| &*owner.name)
+                .collect();
+            if names.is_empty() {
+                continue;
+            }
+            if replay.len() == max_replay {
+                self.matched = matched;
+                telemetry::limit_rejected("history.max_replay");
+                return Err(ResumeError::TooMany(max_replay));
+            }
+            names.sort_unstable();
+            replay.push((position, event, names));
+        }
+        self.matched = matched;
+        let frames: Vec<Utf8Bytes> = replay
+            .iter()
+            .map(|(position, event, names)| {
+                let position = position.to_string();
+                let tail = wire::event_tail_at(
+                    Some(&position),
+                    &event.source,
+                    &event.detail_type,
+                    &event.json,
+                );
+                let request_id = uuid::Uuid::new_v4().to_string();
+                Utf8Bytes::from(wire::event_frame(&request_id, names.iter().copied(), &tail))
+            })
+            .collect();
+        let count = frames.len();
+        let bytes: usize = frames.iter().map(|frame| frame.len()).sum();
+        let newest = log.newest().to_string();
+        let entry = self.slots.get(slot).ok_or(ResumeError::Gone)?;
+        match entry
+            .outbox
+            .offer_all(frames, self.settings.max_queued_bytes)
+        {
+            Offer::Queued => Ok(Resumed {
+                replayed: count,
+                position: newest,
+            }),
+            Offer::Refused { too_slow: true } => {
+                telemetry::limit_rejected("max_queued_bytes");
+                Err(ResumeError::QueueFull(count, bytes))
+            }
+            Offer::Refused { too_slow: false } => Err(ResumeError::Gone),
+        }
+    }
+
+    /// Publishes the log's size and evictions to the metrics (once per batch of commands).
+    fn report_history(&mut self) {
+        if let Some(log) = &mut self.history {
+            let evicted = log.take_evictions();
+            telemetry::history_retained(
+                log.len(),
+                log.bytes(),
+                [
+                    ("max_events", evicted.count),
+                    ("max_bytes", evicted.bytes),
+                    ("max_age", evicted.age),
+                ],
+            );
+        }
     }
 
     fn keep_alive(&mut self) {

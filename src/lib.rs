@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod errors;
 pub mod handshake;
+pub mod history;
 pub mod hub;
 pub mod ingest;
 pub mod limits;
