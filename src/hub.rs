@@ -83,7 +83,7 @@ enum Command {
     Resume {
         connection: ConnectionId,
         position: Option<String>,
-        reply: oneshot::Sender<Result<Resumed, ResumeError>>,
+        reply: oneshot::Sender<Resumed>,
     },
 }
 
@@ -227,20 +227,23 @@ impl Hub {
 
     /// Replays the missed events matching the connection's rules into its outbound queue and
     /// ends its hold; `position` overrides the one given in `hold`.
-    pub async fn resume(
-        &self,
-        connection: ConnectionId,
-        position: Option<String>,
-    ) -> Result<Resumed, ResumeError> {
+    pub async fn resume(&self, connection: ConnectionId, position: Option<String>) -> Resumed {
+        let gone = || Resumed {
+            replayed: Err(ResumeError::Gone),
+            position: None,
+        };
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Resume {
-            connection,
-            position,
-            reply,
-        })
-        .await
-        .map_err(|_| ResumeError::Gone)?;
-        answer.await.unwrap_or(Err(ResumeError::Gone))
+        let sent = self
+            .send(Command::Resume {
+                connection,
+                position,
+                reply,
+            })
+            .await;
+        if sent.is_err() {
+            return gone();
+        }
+        answer.await.unwrap_or_else(|_| gone())
     }
 
     /// Hands events to this node's dispatcher only (events heard from other nodes).
@@ -435,12 +438,13 @@ impl Dispatcher {
                 position,
                 reply,
             } => {
-                let result = self.resume(connection, position);
+                let replayed = self.resume(connection, position);
                 telemetry::resumed(
-                    result.as_ref().map_or_else(ResumeError::label, |_| "ok"),
-                    result.as_ref().map_or(0, |resumed| resumed.replayed),
+                    replayed.as_ref().map_or_else(ResumeError::label, |_| "ok"),
+                    *replayed.as_ref().unwrap_or(&0),
                 );
-                let _ = reply.send(result);
+                let position = self.history.as_ref().map(|log| log.newest().to_string());
+                let _ = reply.send(Resumed { replayed, position });
             }
         }
     }
@@ -607,7 +611,7 @@ impl Dispatcher {
         &mut self,
         connection: ConnectionId,
         position: Option<String>,
-    ) -> Result<Resumed, ResumeError> {
+    ) -> Result<usize, ResumeError> {
         let slot = *self.slot_of.get(&connection).ok_or(ResumeError::Gone)?;
         let entry = self.slots.get_mut(slot).ok_or(ResumeError::Gone)?;
         let (held_position, held_at) = entry.hold.take().ok_or(ResumeError::NotHeld)?;
@@ -665,16 +669,12 @@ impl Dispatcher {
             .collect();
         let count = frames.len();
         let bytes: usize = frames.iter().map(|frame| frame.len()).sum();
-        let newest = log.newest().to_string();
         let entry = self.slots.get(slot).ok_or(ResumeError::Gone)?;
         match entry
             .outbox
             .offer_all(frames, self.settings.max_queued_bytes)
         {
-            Offer::Queued => Ok(Resumed {
-                replayed: count,
-                position: newest,
-            }),
+            Offer::Queued => Ok(count),
             Offer::Refused { too_slow: true } => {
                 telemetry::limit_rejected("max_queued_bytes");
                 Err(ResumeError::QueueFull(count, bytes))

@@ -423,11 +423,13 @@ impl Session {
                 &format!("{}: send Hello before Resume", ack_text::UNANNOUNCED),
             );
         }
-        match self.state.hub.resume(self.connection, position).await {
-            Ok(resumed) => wire::ack_resumed(request_id, resumed.replayed, &resumed.position),
+        let resumed = self.state.hub.resume(self.connection, position).await;
+        let position = resumed.position.as_deref();
+        match resumed.replayed {
+            Ok(count) => wire::ack_resumed(request_id, Ok(count), position),
             Err(error) => {
                 telemetry::action_rejected("resume");
-                wire::ack_error(request_id, &error.to_string())
+                wire::ack_resumed(request_id, Err(&error.to_string()), position)
             }
         }
     }

@@ -282,6 +282,8 @@ async fn resume_errors_are_specific_and_end_the_hold() {
     let ack = resume(&mut client).await;
     let message = assert_error(&ack, Some("resume"), "too many missed events: ");
     assert!(message.contains("max_replay"), "{message}");
+    let (epoch, _) = position.split_once(':').expect("epoch:seq");
+    assert_eq!(ack["Position"], format!("{epoch}:5"), "the seam: {ack}");
     // The hold is over: live events flow again.
     publish_seq(&server, 5..6).await;
     assert_eq!(next_seq(&mut client).await.0, 5);
@@ -311,7 +313,6 @@ async fn resume_errors_are_specific_and_end_the_hold() {
         hello_at(&mut client, bad).await;
         assert_error(&resume(&mut client).await, Some("resume"), prefix);
     }
-    let (epoch, _) = position.split_once(':').expect("epoch:seq");
     let mut ahead = server.connect().await;
     hello_at(&mut ahead, &format!("{epoch}:999")).await;
     assert_error(

@@ -294,16 +294,21 @@ pub fn ack_error(request_id: Option<&str>, message: &str) -> String {
     })
 }
 
-/// The Ack of a successful `Resume`:
-/// `{"Action":"Ack","RequestId":"..","Status":"Ok","Replayed":3,"Position":".."}`.
-pub fn ack_resumed(request_id: Option<&str>, replayed: usize, position: &str) -> String {
+/// The Ack of a `Resume`: `{"Action":"Ack","RequestId":"..","Status":"Ok","Replayed":3,
+/// "Position":".."}`, or an error with its message; `Position` (when the server keeps
+/// history) is the newest event's when the connection went live, in both cases.
+pub fn ack_resumed(
+    request_id: Option<&str>,
+    replayed: Result<usize, &str>,
+    position: Option<&str>,
+) -> String {
     to_json(&AckFrame {
         action: "Ack",
         request_id,
-        status: "Ok",
-        message: None,
-        replayed: Some(replayed),
-        position: Some(position),
+        status: if replayed.is_ok() { "Ok" } else { "Error" },
+        message: replayed.err(),
+        replayed: replayed.ok(),
+        position,
     })
 }
 
@@ -540,9 +545,14 @@ mod tests {
     #[test]
     fn resume_acks_and_positioned_events() {
         assert_eq!(
-            ack_resumed(Some("r"), 3, "ab:9"),
+            ack_resumed(Some("r"), Ok(3), Some("ab:9")),
             r#"{"Action":"Ack","RequestId":"r","Status":"Ok","Replayed":3,"Position":"ab:9"}"#
         );
+        assert_eq!(
+            ack_resumed(Some("r"), Err("position expired: x"), Some("ab:9")),
+            r#"{"Action":"Ack","RequestId":"r","Status":"Error","Message":"position expired: x","Position":"ab:9"}"#
+        );
+        assert_eq!(ack_resumed(None, Err("e"), None), ack_error(None, "e"));
         let tail = event_tail_at(Some("ab:9"), "s", "t", "{}");
         let parsed: Value =
             serde_json::from_str(&event_frame("id", ["a"], &tail)).expect("valid JSON");

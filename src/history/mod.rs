@@ -140,12 +140,13 @@ impl ResumeError {
     }
 }
 
-/// A successful resume: how many events were queued, and the position the connection is
-/// live from (the newest event accepted before the resume).
+/// The answer to a `Resume`: how many events were queued (or why none were), and the
+/// position the connection is live from (the newest event accepted before the resume; `None`
+/// without history). A client that receives no event after a refusal resumes from there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resumed {
-    pub replayed: usize,
-    pub position: String,
+    pub replayed: Result<usize, ResumeError>,
+    pub position: Option<String>,
 }
 
 #[cfg(test)]
