@@ -486,11 +486,12 @@ export class EventGateClient {
     // A gap matters when this client saw events before (a reconnect, or a stored position).
     const resuming = this.position !== null || this.stats.connects > 1;
     this._resumeId = requestId;
+    // A server that does not answer Resume (not eventgate) cannot replay: say so, stay live.
     this._resumeTimer = setTimeout(() => {
       this._resumeTimer = null;
       this._resumeId = null;
-      this.logger.warn(`no ack for Resume within ${this.ackTimeout} ms; reconnecting`);
-      this._drop('resume timeout');
+      this.logger.warn(`no ack for Resume within ${this.ackTimeout} ms`);
+      if (this._resuming) this._emit('gap', 'no answer to Resume');
     }, this.ackTimeout);
     this._resuming = resuming;
     this._send({ Action: 'Resume', RequestId: requestId });
