@@ -630,8 +630,13 @@ impl Dispatcher {
             .history
             .max_replay
             .min(self.settings.max_queued_messages);
-        let mut replay: Vec<(crate::history::Position, &Arc<Event>, Vec<&str>)> = Vec::new();
+        // Frames are built as events match, and the replay stops as soon as it is over
+        // `max_replay` or the queue's byte bound: a resume never builds more than one queue.
+        let max_bytes = self.settings.max_queued_bytes;
+        let mut frames: Vec<Utf8Bytes> = Vec::new();
+        let mut bytes = 0usize;
         let mut matched = std::mem::take(&mut self.matched);
+        let mut refused = None;
         for (position, event) in log.after(after) {
             matched.clear();
             self.index.matches(&event.value, &mut matched);
@@ -644,36 +649,36 @@ impl Dispatcher {
             if names.is_empty() {
                 continue;
             }
-            if replay.len() == max_replay {
-                self.matched = matched;
+            if frames.len() == max_replay {
                 telemetry::limit_rejected("history.max_replay");
-                return Err(ResumeError::TooMany(max_replay));
+                refused = Some(ResumeError::TooMany(max_replay));
+                break;
             }
             names.sort_unstable();
-            replay.push((position, event, names));
+            let position = position.to_string();
+            let tail = wire::event_tail_at(
+                Some(&position),
+                &event.source,
+                &event.detail_type,
+                &event.json,
+            );
+            let request_id = uuid::Uuid::new_v4().to_string();
+            let frame = Utf8Bytes::from(wire::event_frame(&request_id, names, &tail));
+            bytes += frame.len();
+            frames.push(frame);
+            if bytes > max_bytes {
+                telemetry::limit_rejected("max_queued_bytes");
+                refused = Some(ResumeError::QueueFull(frames.len(), bytes));
+                break;
+            }
         }
         self.matched = matched;
-        let frames: Vec<Utf8Bytes> = replay
-            .iter()
-            .map(|(position, event, names)| {
-                let position = position.to_string();
-                let tail = wire::event_tail_at(
-                    Some(&position),
-                    &event.source,
-                    &event.detail_type,
-                    &event.json,
-                );
-                let request_id = uuid::Uuid::new_v4().to_string();
-                Utf8Bytes::from(wire::event_frame(&request_id, names.iter().copied(), &tail))
-            })
-            .collect();
+        if let Some(error) = refused {
+            return Err(error);
+        }
         let count = frames.len();
-        let bytes: usize = frames.iter().map(|frame| frame.len()).sum();
         let entry = self.slots.get(slot).ok_or(ResumeError::Gone)?;
-        match entry
-            .outbox
-            .offer_all(frames, self.settings.max_queued_bytes)
-        {
+        match entry.outbox.offer_all(frames, max_bytes) {
             Offer::Queued => Ok(count),
             Offer::Refused { too_slow: true } => {
                 telemetry::limit_rejected("max_queued_bytes");

@@ -116,7 +116,7 @@ pub enum ResumeError {
     Expired(String, String),
     #[error("too many missed events: more than {0} events match since the position (history.max_replay): refetch your state")]
     TooMany(usize),
-    #[error("too many missed events: the {0} missed events ({1} bytes) do not fit this connection's outbound queue: refetch your state")]
+    #[error("too many missed events: {0} or more missed events ({1} bytes or more) do not fit this connection's outbound queue: refetch your state")]
     QueueFull(usize, usize),
     #[error("cannot resume: this server keeps no history (history.enabled = false)")]
     Disabled,
