@@ -5,77 +5,23 @@
 //! sent twice.
 
 mod common;
+mod sources_common;
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
 use common::*;
+use sources_common::TcpProxy;
 
-/// A TCP proxy in front of a gateway whose connections can all be cut at once.
-struct Proxy {
-    addr: SocketAddr,
-    cut: Arc<Mutex<CancellationToken>>,
-    stop: CancellationToken,
-}
-
-impl Proxy {
-    async fn start(upstream: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let addr = listener.local_addr().expect("proxy addr");
-        let cut = Arc::new(Mutex::new(CancellationToken::new()));
-        let stop = CancellationToken::new();
-        let (cuts, stopped) = (Arc::clone(&cut), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    () = stopped.cancelled() => return,
-                    accepted = listener.accept() => accepted,
-                };
-                let Ok((mut inbound, _)) = accepted else {
-                    continue;
-                };
-                let token = cuts.lock().expect("lock").clone();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        () = token.cancelled() => {}
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                    }
-                    // Both sockets drop here: the client sees its connection end.
-                });
-            }
-        });
-        Proxy { addr, cut, stop }
-    }
-
-    /// Ends every connection through the proxy now.
-    fn cut(&self) {
-        let mut token = self.cut.lock().expect("lock");
-        token.cancel();
-        *token = CancellationToken::new();
-    }
-
-    fn ws_url(&self, server: &Server) -> String {
-        format!(
-            "ws://{}/?header={}",
-            self.addr,
-            url_encode(&server.dev_header())
-        )
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        self.cut();
-    }
+/// `ws://` through `proxy` to `server`, with the dev header.
+fn ws_url_via(proxy: &TcpProxy, server: &Server) -> String {
+    format!(
+        "ws://{}/?header={}",
+        proxy.addr,
+        url_encode(&server.dev_header())
+    )
 }
 
 fn config_with(history: impl FnOnce(&mut eventgate::history::HistoryConfig)) -> Config {
@@ -157,9 +103,9 @@ async fn a_cut_connection_resumes_with_every_event_exactly_once_in_order() {
     config.limits.max_queued_messages = 8192;
     config.limits.max_queued_bytes = 16 * 1024 * 1024;
     let server = Arc::new(Server::start(config).await);
-    let proxy = Proxy::start(server.addr).await;
+    let proxy = TcpProxy::start(&server.addr.to_string()).await;
     let pattern = json!({"source": [SEQ]});
-    let mut client = Client::connect(&proxy.ws_url(&server)).await;
+    let mut client = Client::connect(&ws_url_via(&proxy, &server)).await;
     client.hello().await;
     client.subscribe("r", &pattern).await;
 
@@ -197,8 +143,9 @@ async fn a_cut_connection_resumes_with_every_event_exactly_once_in_order() {
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.restore();
 
-    let mut client = Client::connect(&proxy.ws_url(&server)).await;
+    let mut client = Client::connect(&ws_url_via(&proxy, &server)).await;
     hello_at(&mut client, &last_position).await;
     client.subscribe("r", &pattern).await;
     let ack = resume(&mut client).await;
