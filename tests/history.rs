@@ -319,3 +319,86 @@ async fn without_history_there_is_no_position_and_no_resume() {
     let (message, _) = client.next_event().await;
     assert!(message.get("Position").is_none(), "{message}");
 }
+
+/// A `common::Client` on a `sources_common::Gateway` (another stack id), not yet announced.
+async fn connect_gateway(gateway: &sources_common::Gateway) -> Client {
+    let key = eventgate_protocol::header::api_key(sources_common::STACK_ID, None);
+    let header = header(&json!({"Host": "127.0.0.1", "ApiKey": key, "Id": CLIENT_ID}));
+    Client::connect(&format!(
+        "ws://{}/?header={}",
+        gateway.addr,
+        url_encode(&header)
+    ))
+    .await
+}
+
+/// In a cluster over the pub/sub backplane each node positions the events it delivers in
+/// its own log: a client resumes on its node with every event (wherever it was accepted)
+/// exactly once and in order; on another node its position is from another epoch.
+#[tokio::test]
+async fn in_a_cluster_a_client_resumes_on_its_node() {
+    const REDIS: &str = "127.0.0.1:6379";
+    if !sources_common::broker_available("redis", REDIS).await {
+        return;
+    }
+    let toml = format!(
+        "[cluster]\nbackend = \"redis\"\nurl = \"redis://{REDIS}/\"\nchannel = \"history.{}\"\n",
+        sources_common::unique()
+    );
+    let (a, b) = (
+        sources_common::Gateway::start(&toml).await,
+        sources_common::Gateway::start(&toml).await,
+    );
+    for node in [&a, &b] {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while node.readyz().await.0 != 200 {
+            assert!(tokio::time::Instant::now() < deadline, "node not ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let pattern = json!({"source": [SEQ]});
+    let events = |range: std::ops::Range<u64>| {
+        Value::Array(
+            range
+                .map(|seq| json!({"source": SEQ, "detail-type": "tick", "detail": {"seq": seq}}))
+                .collect(),
+        )
+    };
+    let mut client = connect_gateway(&b).await;
+    hello_at(&mut client, "").await;
+    client.subscribe("r", &pattern).await;
+    assert_eq!(replayed(&resume(&mut client).await), 0);
+    a.post_events(&events(0..3)).await;
+    let mut seen = Vec::new();
+    let mut position = String::new();
+    for _ in 0..3 {
+        let (seq, at) = next_seq(&mut client).await;
+        seen.push(seq);
+        position = at;
+    }
+    client.close().await;
+
+    a.post_events(&events(3..7)).await;
+    let mut client = connect_gateway(&b).await;
+    hello_at(&mut client, &position).await;
+    client.subscribe("r", &pattern).await;
+    let ack = resume(&mut client).await;
+    assert_eq!(ack["Status"], "Ok", "{ack}");
+    // The events may still be on their way over the backplane: replayed or live, each once.
+    while seen.len() < 7 {
+        seen.push(next_seq(&mut client).await.0);
+    }
+    assert_eq!(seen, (0..7).collect::<Vec<u64>>());
+    assert_eq!(client.try_recv(QUIET).await, None);
+
+    let mut elsewhere = connect_gateway(&a).await;
+    hello_at(&mut elsewhere, &position).await;
+    let message = assert_error(
+        &resume(&mut elsewhere).await,
+        Some("resume"),
+        "position expired: ",
+    );
+    assert!(message.contains("another epoch"), "{message}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
