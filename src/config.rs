@@ -248,6 +248,8 @@ pub struct Config {
     /// 503) while open sessions keep running, so that load balancers stop sending new
     /// clients before sessions are closed. Unset: [`DEFAULT_DRAIN_PERIOD`], 0 in dev mode.
     pub drain_period: Option<Seconds>,
+    /// Event history and resume (`[history]`), see `crate::history`.
+    pub history: crate::history::HistoryConfig,
 }
 
 /// `drain_period` when it is not set (outside dev mode).
@@ -338,6 +340,7 @@ impl Default for Config {
             dev_websocket_echo: false,
             log_format: LogFormat::Text,
             drain_period: None,
+            history: crate::history::HistoryConfig::default(),
         }
     }
 }
@@ -538,6 +541,12 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ),
     ("LOG_FORMAT", "log_format", Kind::Text),
     ("DRAIN_PERIOD", "drain_period", Kind::Text),
+    // [history]
+    ("HISTORY_ENABLED", "history.enabled", Kind::Bool),
+    ("HISTORY_MAX_EVENTS", "history.max_events", Kind::Integer),
+    ("HISTORY_MAX_BYTES", "history.max_bytes", Kind::Integer),
+    ("HISTORY_MAX_AGE", "history.max_age", Kind::Text),
+    ("HISTORY_MAX_REPLAY", "history.max_replay", Kind::Integer),
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -848,6 +857,7 @@ impl Config {
                 return fail("tls.reload_interval must be greater than zero".into());
             }
         }
+        self.history.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
@@ -1106,6 +1116,27 @@ mod tests {
                 error.to_string().contains("test_pattern") || error.to_string().contains("limits."),
                 "{file}: {error}"
             );
+        }
+    }
+
+    #[test]
+    fn history_keys() {
+        let config = load(
+            Some("dev = true\n[history]\nmax_events = 50\nmax_age = \"2m\"\n"),
+            env(&[("EVENTGATE_HISTORY_MAX_REPLAY", "20")]),
+            vec![],
+        )
+        .expect("valid");
+        assert_eq!(config.history.max_events, 50);
+        assert_eq!(config.history.max_age, Seconds(Duration::from_secs(120)));
+        assert_eq!(config.history.max_replay, 20);
+        for file in [
+            "dev = true\n[history]\nmax_events = 0",
+            "dev = true\n[history]\nmax_replay = 0",
+            "dev = true\n[history]\nbogus = 1",
+        ] {
+            let error = load(Some(file), env(&[]), vec![]).expect_err(file);
+            assert!(error.to_string().contains("history"), "{error}");
         }
     }
 

@@ -9,6 +9,12 @@
 //! never waits on a connection. Each published batch holds its room in the ingest backlog
 //! (`limits::Backlog`) until it has been matched: ingest is refused and sources wait while
 //! the backlog is full. Does not own sockets (see `session`) or ingest parsing.
+//!
+//! History (see `history`): every published event is appended to the in-memory log when it
+//! enters this task's order and its notifications carry its `Position`. A connection that
+//! announced a position in Hello is *held* (gets no live events) until its `Resume`, which
+//! replays the missed events matching its rules here, in the same order: no gap and no
+//! duplicate at the seam.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +29,7 @@ use eventgate_protocol::pattern::{Pattern, RuleIndex};
 use eventgate_protocol::wire;
 
 use crate::limits::{Backlog, BacklogHeld, LimitError};
+use crate::history::{HistoryConfig, MemoryLog, ResumeError, Resumed};
 use crate::outbound::{Offer, Outbox};
 use crate::stop::StopReason;
 use crate::telemetry;
@@ -76,6 +83,16 @@ enum Command {
     Inspect {
         query: Inspect,
         reply: oneshot::Sender<Inspection>,
+    },
+    // History: hold a connection's live events until it resumes, then replay.
+    Hold {
+        connection: ConnectionId,
+        position: String,
+    },
+    Resume {
+        connection: ConnectionId,
+        position: Option<String>,
+        reply: oneshot::Sender<Resumed>,
     },
 }
 
@@ -155,6 +172,9 @@ pub struct HubSettings {
     pub keepalive_interval: Duration,
     /// `limits.max_ingest_backlog_bytes`.
     pub max_ingest_backlog_bytes: usize,
+    pub history: HistoryConfig,
+    /// `limits.max_queued_messages`: caps `history.max_replay`.
+    pub max_queued_messages: usize,
 }
 
 impl Hub {
@@ -166,7 +186,12 @@ impl Hub {
     ) -> Hub {
         let (commands, receiver) = mpsc::channel(8192);
         let backlog = Backlog::new(settings.max_ingest_backlog_bytes);
+        let history = settings
+            .history
+            .enabled
+            .then(|| MemoryLog::start(settings.history.clone()));
         let dispatcher = Dispatcher {
+            history,
             settings,
             index: RuleIndex::new(),
             rules: SlotTable::default(),
@@ -306,6 +331,37 @@ impl Hub {
         permit.send(Command::Publish { events, held });
         Ok(())
     }
+
+    /// Holds back the connection's live events until it resumes after `position` (`""`: after
+    /// the newest event now).
+    pub async fn hold(&self, connection: ConnectionId, position: String) -> Result<(), HubStopped> {
+        self.send(Command::Hold {
+            connection,
+            position,
+        })
+        .await
+    }
+
+    /// Replays the missed events matching the connection's rules into its outbound queue and
+    /// ends its hold; `position` overrides the one given in `hold`.
+    pub async fn resume(&self, connection: ConnectionId, position: Option<String>) -> Resumed {
+        let gone = || Resumed {
+            replayed: Err(ResumeError::Gone),
+            position: None,
+        };
+        let (reply, answer) = oneshot::channel();
+        let sent = self
+            .send(Command::Resume {
+                connection,
+                position,
+                reply,
+            })
+            .await;
+        if sent.is_err() {
+            return gone();
+        }
+        answer.await.unwrap_or_else(|_| gone())
+    }
 }
 
 /// A connection as the dispatcher knows it.
@@ -316,6 +372,9 @@ struct ConnectionEntry {
     rules: HashMap<Arc<str>, u32>,
     /// Event notifications queued for it (for the admin console).
     notifications: u64,
+    /// Set from Hello to Resume: the position to resume after (text, `""` = `held_at`) and
+    /// the sequence number that was newest when the hold began. No live events meanwhile.
+    hold: Option<(String, u64)>,
 }
 
 /// Who holds a rule: the slot of its connection, and its name.
@@ -389,6 +448,8 @@ impl<T> SlotTable<T> {
 /// connections costs array reads, not hash probes or reference-count traffic.
 struct Dispatcher {
     settings: HubSettings,
+    /// The in-memory log (`None` when `history.enabled` is off).
+    history: Option<MemoryLog>,
     index: RuleIndex<u32>,
     /// Rule id (the index's key) → owner.
     rules: SlotTable<RuleOwner>,
@@ -417,8 +478,15 @@ impl Dispatcher {
                     for command in batch.drain(..) {
                         self.handle(command);
                     }
+                    self.report_history();
                 }
-                _ = keepalive.tick() => self.keep_alive(),
+                _ = keepalive.tick() => {
+                    if let Some(log) = &mut self.history {
+                        log.expire(std::time::Instant::now());
+                    }
+                    self.report_history();
+                    self.keep_alive();
+                }
             }
         }
         telemetry::rules_changed(-(self.rules.len() as f64));
@@ -434,6 +502,7 @@ impl Dispatcher {
                     outbox,
                     rules: HashMap::new(),
                     notifications: 0,
+                    hold: None,
                 };
                 let slot = self.slots.insert(entry);
                 self.slot_of.insert(connection, slot);
@@ -470,6 +539,28 @@ impl Dispatcher {
             }
             Command::Inspect { query, reply } => {
                 let _ = reply.send(self.inspect(query));
+            }
+            Command::Hold {
+                connection,
+                position,
+            } => {
+                let newest = self.history.as_ref().map_or(0, |log| log.newest().seq);
+                if let Some(entry) = self.entry_mut(connection) {
+                    entry.hold = Some((position, newest));
+                }
+            }
+            Command::Resume {
+                connection,
+                position,
+                reply,
+            } => {
+                let replayed = self.resume(connection, position);
+                telemetry::resumed(
+                    replayed.as_ref().map_or_else(ResumeError::label, |_| "ok"),
+                    *replayed.as_ref().unwrap_or(&0),
+                );
+                let position = self.history.as_ref().map(|log| log.newest().to_string());
+                let _ = reply.send(Resumed { replayed, position });
             }
         }
     }
@@ -599,7 +690,11 @@ impl Dispatcher {
         telemetry::rules_changed(-(entry.rules.len() as f64));
     }
 
-    fn dispatch(&mut self, event: &Event) {
+    fn dispatch(&mut self, event: &Arc<Event>) {
+        let position = self
+            .history
+            .as_mut()
+            .map(|log| log.append(event, std::time::Instant::now()));
         self.matched.clear();
         self.index.matches(&event.value, &mut self.matched);
         if self.matched.is_empty() {
@@ -617,7 +712,13 @@ impl Dispatcher {
         // Group by connection: one notification per connection, listing every rule of it
         // that matched.
         deliveries.sort_unstable();
-        let tail = wire::event_tail(&event.source, &event.detail_type, &event.json);
+        let position = position.map(|position| position.to_string());
+        let tail = wire::event_tail_at(
+            position.as_deref(),
+            &event.source,
+            &event.detail_type,
+            &event.json,
+        );
         // One RequestId per event: each connection still sees a new one in every
         // notification, and connections that matched the same rule names share one frame
         // (a reference-counted buffer) instead of a copy of the event each.
@@ -654,6 +755,10 @@ impl Dispatcher {
             let Some(entry) = self.slots.get_mut(slot) else {
                 continue;
             };
+            if entry.hold.is_some() {
+                // Resuming: the replay will carry this event.
+                continue;
+            }
             match entry.outbox.offer(frame, self.settings.max_queued_bytes) {
                 Offer::Queued => {
                     sent += 1;
@@ -684,6 +789,108 @@ impl Dispatcher {
             telemetry::slow_consumer_closed(connection);
         }
         self.drop_connection(connection);
+    }
+
+    // ---- History: resume (see the module comment) ----
+
+    /// Ends the connection's hold and queues, all at once, every retained event after its
+    /// position that matches its rules now. Any error ends the hold too: the connection goes
+    /// live from here and its client refetches its state.
+    fn resume(
+        &mut self,
+        connection: ConnectionId,
+        position: Option<String>,
+    ) -> Result<usize, ResumeError> {
+        let slot = *self.slot_of.get(&connection).ok_or(ResumeError::Gone)?;
+        let entry = self.slots.get_mut(slot).ok_or(ResumeError::Gone)?;
+        let (held_position, held_at) = entry.hold.take().ok_or(ResumeError::NotHeld)?;
+        let log = self.history.as_mut().ok_or(ResumeError::Disabled)?;
+        log.expire(std::time::Instant::now());
+        let position = position.unwrap_or(held_position);
+        let after = if position.is_empty() {
+            held_at
+        } else {
+            log.resolve(&position)?
+        };
+        // Matching runs over the whole index (as for a live event); the cost is bounded by
+        // the retained events, and a connection resumes at most once.
+        let max_replay = self
+            .settings
+            .history
+            .max_replay
+            .min(self.settings.max_queued_messages);
+        // Frames are built as events match, and the replay stops as soon as it is over
+        // `max_replay` or the queue's byte bound: a resume never builds more than one queue.
+        let max_bytes = self.settings.max_queued_bytes;
+        let mut frames: Vec<Utf8Bytes> = Vec::new();
+        let mut bytes = 0usize;
+        let mut matched = std::mem::take(&mut self.matched);
+        let mut refused = None;
+        for (position, event) in log.after(after) {
+            matched.clear();
+            self.index.matches(&event.value, &mut matched);
+            let mut names: Vec<&str> = matched
+                .iter()
+                .filter_map(|&id| self.rules.get(id))
+                .filter(|owner| owner.slot == slot)
+                .map(|owner| &*owner.name)
+                .collect();
+            if names.is_empty() {
+                continue;
+            }
+            if frames.len() == max_replay {
+                telemetry::limit_rejected("history.max_replay");
+                refused = Some(ResumeError::TooMany(max_replay));
+                break;
+            }
+            names.sort_unstable();
+            let position = position.to_string();
+            let tail = wire::event_tail_at(
+                Some(&position),
+                &event.source,
+                &event.detail_type,
+                &event.json,
+            );
+            let request_id = uuid::Uuid::new_v4().to_string();
+            let frame = Utf8Bytes::from(wire::event_frame(&request_id, names, &tail));
+            bytes += frame.len();
+            frames.push(frame);
+            if bytes > max_bytes {
+                telemetry::limit_rejected("max_queued_bytes");
+                refused = Some(ResumeError::QueueFull(frames.len(), bytes));
+                break;
+            }
+        }
+        self.matched = matched;
+        if let Some(error) = refused {
+            return Err(error);
+        }
+        let count = frames.len();
+        let entry = self.slots.get(slot).ok_or(ResumeError::Gone)?;
+        match entry.outbox.offer_all(frames, max_bytes) {
+            Offer::Queued => Ok(count),
+            Offer::Refused { too_slow: true } => {
+                telemetry::limit_rejected("max_queued_bytes");
+                Err(ResumeError::QueueFull(count, bytes))
+            }
+            Offer::Refused { too_slow: false } => Err(ResumeError::Gone),
+        }
+    }
+
+    /// Publishes the log's size and evictions to the metrics (once per batch of commands).
+    fn report_history(&mut self) {
+        if let Some(log) = &mut self.history {
+            let evicted = log.take_evictions();
+            telemetry::history_retained(
+                log.len(),
+                log.bytes(),
+                [
+                    ("max_events", evicted.count),
+                    ("max_bytes", evicted.bytes),
+                    ("max_age", evicted.age),
+                ],
+            );
+        }
     }
 
     fn keep_alive(&mut self) {

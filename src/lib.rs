@@ -12,6 +12,7 @@ pub mod config;
 pub mod errors;
 pub mod handshake;
 pub mod http_body;
+pub mod history;
 pub mod hub;
 pub mod ingest;
 pub mod limits;

@@ -123,6 +123,34 @@ impl Outbox {
     }
 }
 
+impl Outbox {
+    /// Queues all of `frames` or none of them (a replay, see `history`): refused when they
+    /// do not all fit in messages and in bytes beside what is already queued.
+    pub fn offer_all(&self, frames: Vec<Utf8Bytes>, max_queued_bytes: usize) -> Offer {
+        let mut state = self.queue.lock();
+        if state.reader_gone {
+            return Offer::Refused { too_slow: false };
+        }
+        let bytes: usize = frames.iter().map(|frame| frame.len()).sum();
+        if state.messages.len() + frames.len() > self.max_messages
+            || state.bytes + bytes > max_queued_bytes
+        {
+            return Offer::Refused { too_slow: true };
+        }
+        if frames.is_empty() {
+            return Offer::Queued;
+        }
+        let was_empty = state.messages.is_empty();
+        state.bytes += bytes;
+        state.messages.extend(frames);
+        drop(state);
+        if was_empty {
+            self.queue.reader.wake();
+        }
+        Offer::Queued
+    }
+}
+
 impl Drop for Outbox {
     fn drop(&mut self) {
         self.queue.lock().writer_gone = true;
@@ -271,6 +299,28 @@ mod tests {
         drop(outbox);
         assert_eq!(counter.wakes(), 2);
         assert_eq!(inbox.poll_recv(&mut context), Poll::Ready(None));
+    }
+
+    #[test]
+    fn offer_all_queues_everything_or_nothing() {
+        let (outbox, mut inbox) = queue(4);
+        assert_eq!(outbox.offer(frame("a"), 100), Offer::Queued);
+        assert_eq!(
+            outbox.offer_all(vec![frame("b"), frame("c"), frame("d"), frame("e")], 100),
+            Offer::Refused { too_slow: true }
+        );
+        assert_eq!(
+            outbox.offer_all(vec![frame("b"), frame("cc")], 3),
+            Offer::Refused { too_slow: true }
+        );
+        assert_eq!(
+            outbox.offer_all(vec![frame("b"), frame("c")], 100),
+            Offer::Queued
+        );
+        let all: Vec<String> = std::iter::from_fn(|| inbox.try_recv())
+            .map(|message| message.to_string())
+            .collect();
+        assert_eq!(all, ["a", "b", "c"]);
     }
 
     #[test]

@@ -583,6 +583,8 @@ pub async fn run_with_reload(
             max_queued_bytes: config.limits.max_queued_bytes,
             keepalive_interval: config.keepalive_interval.0,
             max_ingest_backlog_bytes: config.limits.max_ingest_backlog_bytes,
+            history: config.history.clone(),
+            max_queued_messages: config.limits.max_queued_messages,
         },
         hub_stop.clone(),
         &background,

@@ -510,6 +510,9 @@ impl Session {
                 telemetry::action_rejected("malformed");
                 Err(error.to_string())
             }
+            Ok(ClientAction::Resume { position }) => {
+                return self.resume(request_id, position).await
+            }
             Ok(action) => self.apply(action).await,
         };
         match result {
@@ -520,7 +523,7 @@ impl Session {
 
     async fn apply(&mut self, action: ClientAction) -> Result<(), String> {
         match action {
-            ClientAction::Hello => {
+            ClientAction::Hello { position } => {
                 let Some(outbox) = self.outbox.take() else {
                     telemetry::action_rejected("already_announced");
                     return Err(ack_text::ALREADY_ANNOUNCED.to_owned());
@@ -532,6 +535,14 @@ impl Session {
                     .map_err(|error| format!("internal error: {error}"))?;
                 self.announced = true;
                 telemetry::connection_announced();
+                if let Some(position) = position {
+                    // Resuming: live events wait for the Resume (see `history`).
+                    self.state
+                        .hub
+                        .hold(self.connection, position)
+                        .await
+                        .map_err(|error| format!("internal error: {error}"))?;
+                }
                 Ok(())
             }
             ClientAction::Subscribe { .. } | ClientAction::Unsubscribe { .. }
@@ -567,6 +578,29 @@ impl Session {
                 .unsubscribe(self.connection, Arc::from(rule))
                 .await
                 .map_err(|_| "connection gone".to_owned()),
+            // Answered by `resume`, which has its own Ack.
+            ClientAction::Resume { .. } => Err(ack_text::UNRECOGNIZED_ACTION.to_owned()),
+        }
+    }
+
+    /// `Resume`: the hub replays what the connection missed; the Ack says how many events
+    /// follow it and the position the connection is live from.
+    async fn resume(&mut self, request_id: Option<&str>, position: Option<String>) -> String {
+        if !self.announced {
+            telemetry::action_rejected("unannounced");
+            return wire::ack_error(
+                request_id,
+                &format!("{}: send Hello before Resume", ack_text::UNANNOUNCED),
+            );
+        }
+        let resumed = self.state.hub.resume(self.connection, position).await;
+        let position = resumed.position.as_deref();
+        match resumed.replayed {
+            Ok(count) => wire::ack_resumed(request_id, Ok(count), position),
+            Err(error) => {
+                telemetry::action_rejected("resume");
+                wire::ack_resumed(request_id, Err(&error.to_string()), position)
+            }
         }
     }
 

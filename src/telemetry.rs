@@ -438,3 +438,27 @@ pub fn init_logging(format: crate::config::LogFormat, dev: bool) {
         }
     };
 }
+
+pub const HISTORY_EVENTS: &str = "eventgate_history_events";
+pub const HISTORY_BYTES: &str = "eventgate_history_bytes";
+pub const HISTORY_EVICTED: &str = "eventgate_history_evicted_total";
+pub const RESUMES: &str = "eventgate_resumes_total";
+pub const REPLAYED_EVENTS: &str = "eventgate_replayed_events_total";
+
+/// The in-memory log's size and what left it since the last report (`reason` is the bound).
+pub fn history_retained(events: usize, bytes: usize, evicted: [(&'static str, u64); 3]) {
+    gauge!(HISTORY_EVENTS).set(events as f64);
+    gauge!(HISTORY_BYTES).set(bytes as f64);
+    for (reason, count) in evicted {
+        if count > 0 {
+            counter!(HISTORY_EVICTED, "reason" => reason).increment(count);
+        }
+    }
+}
+
+/// A `Resume` answered: `result` is `ok` or the refusal's label.
+pub fn resumed(result: &'static str, replayed: usize) {
+    counter!(RESUMES, "result" => result).increment(1);
+    counter!(REPLAYED_EVENTS).increment(replayed as u64);
+    tracing::debug!(result, replayed, "resume");
+}

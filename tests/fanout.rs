@@ -34,7 +34,15 @@ async fn event_notification_shape() {
     keys.sort_unstable();
     assert_eq!(
         keys,
-        ["Action", "Event", "RequestId", "Rules", "Source", "Type"],
+        [
+            "Action",
+            "Event",
+            "Position",
+            "RequestId",
+            "Rules",
+            "Source",
+            "Type"
+        ],
         "{message}"
     );
     assert_eq!(message["Rules"], json!(["r"]));

@@ -53,6 +53,15 @@ export interface EventGateClientOptions {
   backoff?: BackoffOptions;
   /** Logger (default: warnings and errors to console); `null` silences it. */
   logger?: EventGateLogger | null;
+  /**
+   * Resume after every reconnect (default true): the client sends the last `Position` it saw
+   * and the server replays what it missed, then emits `recovered` or `gap`.
+   */
+  resume?: boolean;
+  /** Keep the position across page reloads: `true` for `sessionStorage`, or a Storage-like object. */
+  positionStorage?: boolean | Pick<Storage, 'getItem' | 'setItem' | 'removeItem'> | null;
+  /** Storage key of the position (default `eventgate:position:<url>`). */
+  positionKey?: string;
 }
 
 /** An EventBridge event as delivered to handlers (parsed from the frame's `Event` string). */
@@ -74,6 +83,8 @@ export interface EventFrame {
   Action: 'Event';
   RequestId: string;
   Rules: string[];
+  /** The event's position in the server's history (absent when the server keeps none). */
+  Position?: string;
   Source: string;
   Type: string;
   Event: string;
@@ -116,6 +127,10 @@ export interface EventGateClientEvents {
   error: (error: Error) => void;
   /** A rule was added, acked, rejected or removed, or all went back to `pending` on a drop. */
   rules: (rules: RuleInfo[]) => void;
+  /** After a reconnect: `count` missed events were replayed (before any live one). */
+  recovered: (count: number) => void;
+  /** After a reconnect: events were missed and cannot be replayed (the server's reason); refetch state. */
+  gap: (reason: string) => void;
 }
 
 export class EventGateClient {
@@ -132,6 +147,10 @@ export class EventGateClient {
   readonly state: EventGateState;
   readonly rules: RuleInfo[];
   readonly stats: EventGateStats;
+  /** Whether the client resumes after reconnects. */
+  readonly resume: boolean;
+  /** The last position seen (null before any, or after a gap). */
+  readonly position: string | null;
 
   /** Property-style state callback, called before `on('state')` listeners. */
   onstatechange: ((state: EventGateState, previous: EventGateState) => void) | null;

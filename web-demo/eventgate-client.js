@@ -9,6 +9,7 @@
 //   client.on('state', (s) => console.log('state', s));
 //   await client.subscribe('users', { source: ['supermq.users'] }, (event, rules) => { ... });
 //   ...
+//   client.on('gap', (reason) => refetchState());   // events were missed (see `resume`)
 //   client.close();
 
 /** @typedef {'connecting'|'open'|'reconnecting'|'closed'} EventGateState */
@@ -221,10 +222,27 @@ export class EventGateClient {
     this._rules = new Map();
     /** @type {Map<string, any>} RequestId -> pending request */
     this._pending = new Map();
-    this._listeners = { state: new Set(), event: new Set(), error: new Set(), rules: new Set() };
+    this._listeners = {
+      state: new Set(), event: new Set(), error: new Set(), rules: new Set(), recovered: new Set(), gap: new Set(),
+    };
     /** Optional property-style state callback. */
     this.onstatechange = null;
     this.stats = { connects: 0, reconnects: 0, events: 0, lastEventAt: 0 };
+
+    // Resume (eventgate extension): the last position seen, sent back after each reconnect.
+    this.resume = options.resume ?? true;
+    const storage = options.positionStorage === true ? globalThis.sessionStorage : options.positionStorage;
+    this._positionStorage = storage && typeof storage.getItem === 'function' ? storage : null;
+    this._positionKey = options.positionKey ?? `eventgate:position:${url}`;
+    /** @type {string|null} the Position of the last event received (or of the last resume) */
+    this.position = null;
+    try {
+      this.position = this._positionStorage?.getItem(this._positionKey) ?? null;
+    } catch {
+      /* storage unavailable (private mode, sandbox): keep the position in memory only */
+    }
+    this._resumeId = null;
+    this._resumeTimer = null;
 
     this._connect();
   }
@@ -241,7 +259,9 @@ export class EventGateClient {
 
   /**
    * Listen to 'state' (state, previous), 'event' (event, rules, message), 'error' (error)
-   * or 'rules' (rules: the `rules` snapshot, whenever a rule is added, acked, rejected or removed).
+   * or 'rules' (rules: the `rules` snapshot, whenever a rule is added, acked, rejected or removed),
+   * 'recovered' (count: missed events replayed after a reconnect, before the live ones) or
+   * 'gap' (reason: events were missed and cannot be replayed; refetch your state).
    * @returns {() => void} a function that removes the listener
    */
   on(name, fn) {
@@ -341,7 +361,8 @@ export class EventGateClient {
     clearTimeout(this._watchdogTimer);
     clearTimeout(this._helloTimer);
     clearTimeout(this._connectTimer);
-    this._reconnectTimer = this._watchdogTimer = this._helloTimer = this._connectTimer = null;
+    clearTimeout(this._resumeTimer);
+    this._reconnectTimer = this._watchdogTimer = this._helloTimer = this._connectTimer = this._resumeTimer = null;
     const err = () => new EventGateError('client closed', { code: 'closed' });
     for (const record of this._rules.values()) {
       clearTimeout(record.timer);
@@ -432,7 +453,10 @@ export class EventGateClient {
       this.logger.warn(`no ack for Hello within ${this.ackTimeout} ms; reconnecting`);
       this._drop('hello timeout');
     }, this.ackTimeout);
-    this._send({ Action: 'Hello', RequestId: this._helloId });
+    const hello = { Action: 'Hello', RequestId: this._helloId };
+    // Resuming: the server holds live events until the Resume sent after the Subscribes.
+    if (this.resume) hello.Position = this.position ?? '';
+    this._send(hello);
   }
 
   _onHelloAck(msg) {
@@ -453,6 +477,52 @@ export class EventGateClient {
     this._setState('open');
     // (Re-)subscribe everything: active rules from before the drop and queued ones.
     for (const record of this._rules.values()) this._sendSubscribe(record);
+    if (this.resume) this._sendResume();
+  }
+
+  /** Resume after the Subscribes: the server answers them in order, then replays. */
+  _sendResume() {
+    const requestId = randomUuid();
+    // A gap matters when this client saw events before (a reconnect, or a stored position).
+    const resuming = this.position !== null || this.stats.connects > 1;
+    this._resumeId = requestId;
+    // A server that does not answer Resume (not eventgate) cannot replay: say so, stay live.
+    this._resumeTimer = setTimeout(() => {
+      this._resumeTimer = null;
+      this._resumeId = null;
+      this.logger.warn(`no ack for Resume within ${this.ackTimeout} ms`);
+      if (this._resuming) this._emit('gap', 'no answer to Resume');
+    }, this.ackTimeout);
+    this._resuming = resuming;
+    this._send({ Action: 'Resume', RequestId: requestId });
+  }
+
+  _onResumeAck(msg) {
+    clearTimeout(this._resumeTimer);
+    this._resumeTimer = null;
+    this._resumeId = null;
+    if (msg.Status === 'Ok') {
+      // The replayed events follow this Ack and move the position on from here.
+      if (typeof msg.Position === 'string') this._setPosition(msg.Position);
+      if (this._resuming) this._emit('recovered', Number(msg.Replayed ?? 0));
+      return;
+    }
+    const reason = msg.Message ?? 'resume refused';
+    this.logger.info(`resume refused: ${reason}`);
+    // Live from here: the error Ack carries the position of the seam.
+    this._setPosition(typeof msg.Position === 'string' ? msg.Position : null);
+    if (this._resuming) this._emit('gap', reason);
+  }
+
+  _setPosition(position) {
+    this.position = position;
+    if (!this._positionStorage) return;
+    try {
+      if (position === null) this._positionStorage.removeItem(this._positionKey);
+      else this._positionStorage.setItem(this._positionKey, position);
+    } catch {
+      /* storage full or unavailable: the in-memory position still works */
+    }
   }
 
   _sendSubscribe(record) {
@@ -536,6 +606,10 @@ export class EventGateClient {
           this._onHelloAck(msg);
           return;
         }
+        if (this._resumeId && msg.RequestId === this._resumeId) {
+          this._onResumeAck(msg);
+          return;
+        }
         const pending = this._pending.get(msg.RequestId);
         if (!pending) {
           this.logger.debug('ack for unknown request', msg.RequestId);
@@ -575,6 +649,7 @@ export class EventGateClient {
       event = msg.Event;
     }
     const rules = Array.isArray(msg.Rules) ? msg.Rules : [];
+    if (typeof msg.Position === 'string') this._setPosition(msg.Position);
     this.stats.events++;
     this.stats.lastEventAt = Date.now();
     const called = new Set();
@@ -632,8 +707,10 @@ export class EventGateClient {
     clearTimeout(this._watchdogTimer);
     clearTimeout(this._helloTimer);
     clearTimeout(this._connectTimer);
-    this._watchdogTimer = this._helloTimer = this._connectTimer = null;
+    clearTimeout(this._resumeTimer);
+    this._watchdogTimer = this._helloTimer = this._connectTimer = this._resumeTimer = null;
     this._helloId = null;
+    this._resumeId = null;
     // In-flight subscribes are re-sent on the next socket; their promises stay pending.
     for (const record of this._rules.values()) {
       this._dropRequest(record);

@@ -24,7 +24,12 @@ fuzz_target!(|data: &[u8]| {
             assert!(!rule.is_empty() && rule.len() <= limits.max_rule_name_bytes);
             ack_ok(frame.request_id.as_deref())
         }
-        Ok(ClientAction::Hello) => ack_ok(frame.request_id.as_deref()),
+        Ok(ClientAction::Hello { position } | ClientAction::Resume { position }) => {
+            assert!(position
+                .as_ref()
+                .is_none_or(|p| p.len() <= eventgate_protocol::wire::MAX_POSITION_BYTES));
+            ack_ok(frame.request_id.as_deref())
+        }
         Err(error) => {
             let message = error.to_string();
             assert!(!message.is_empty());

@@ -1,6 +1,7 @@
 //! The frames of the LambdaSharp `App.EventBus` WebSocket protocol.
 //!
-//! Owns decoding of client actions (`Hello`, `Subscribe`, `Unsubscribe`) from text frames,
+//! Owns decoding of client actions (`Hello`, `Subscribe`, `Unsubscribe`, and eventgate's
+//! `Resume`) from text frames,
 //! with a specific error for every malformed frame, and encoding of server notifications
 //! (`Ack`, `Event`, `KeepAlive`). Does not own connection state (whether a client is
 //! announced, how many rules it has): the gateway's session decides that.
@@ -19,7 +20,16 @@ pub mod ack_text {
     pub const MALFORMED_FRAME: &str = "malformed frame";
     pub const TOO_MANY_RULES: &str = "too many rules";
     pub const PATTERN_TOO_LARGE: &str = "pattern too large";
+    // eventgate's resume (history) errors.
+    pub const INVALID_POSITION: &str = "invalid position";
+    pub const POSITION_EXPIRED: &str = "position expired";
+    pub const TOO_MANY_MISSED: &str = "too many missed events";
+    pub const CANNOT_RESUME: &str = "cannot resume";
 }
+
+/// Longest `Position` a client may send, in bytes (positions the server hands out are far
+/// shorter).
+pub const MAX_POSITION_BYTES: usize = 64;
 
 /// Where the pattern of a `Subscribe` came from. LambdaSharp clients send the pattern
 /// double-encoded as a JSON string; eventgate also accepts a JSON object.
@@ -32,13 +42,21 @@ pub enum PatternSource {
 /// A well-formed client action.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientAction {
-    Hello,
+    /// `position`: eventgate's extension: the client will resume (see `Resume`); live
+    /// events are held back until it does. `Some("")` means "from this Hello on".
+    Hello {
+        position: Option<String>,
+    },
     Subscribe {
         rule: String,
         pattern: PatternSource,
     },
     Unsubscribe {
         rule: String,
+    },
+    /// Replays the missed events after `position` (or after the one given in `Hello`).
+    Resume {
+        position: Option<String>,
     },
 }
 
@@ -57,6 +75,8 @@ pub enum ActionError {
     InvalidRuleName(String),
     #[error("invalid pattern: \"Pattern\" must be a string holding the pattern JSON (or a JSON object), got {0}")]
     PatternNotText(&'static str),
+    #[error("invalid position: {0}")]
+    InvalidPosition(String),
 }
 
 /// Limits applied while decoding, before any state is touched.
@@ -155,7 +175,12 @@ fn decode_fields(
         }
     };
     match name {
-        "Hello" => Ok(ClientAction::Hello),
+        "Hello" => Ok(ClientAction::Hello {
+            position: position(fields)?,
+        }),
+        "Resume" => Ok(ClientAction::Resume {
+            position: position(fields)?,
+        }),
         "Subscribe" => {
             let rule = rule_name(fields, limits)?;
             let pattern = match fields.remove("Pattern") {
@@ -175,9 +200,28 @@ fn decode_fields(
                 shown.push('…');
             }
             Err(ActionError::UnrecognizedAction(format!(
-                "{shown:?} is not one of Hello, Subscribe, Unsubscribe"
+                "{shown:?} is not one of Hello, Subscribe, Unsubscribe, Resume"
             )))
         }
+    }
+}
+
+/// The optional `Position` of `Hello` and `Resume`: a string of at most
+/// [`MAX_POSITION_BYTES`] (its meaning is checked by the server's history).
+fn position(fields: &mut Map<String, Value>) -> Result<Option<String>, ActionError> {
+    match fields.remove("Position") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) if text.len() > MAX_POSITION_BYTES => {
+            Err(ActionError::InvalidPosition(format!(
+                "\"Position\" is {} bytes, the limit is {MAX_POSITION_BYTES}",
+                text.len()
+            )))
+        }
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(other) => Err(ActionError::InvalidPosition(format!(
+            "\"Position\" must be a string, got {}",
+            json_kind(&other)
+        ))),
     }
 }
 
@@ -213,6 +257,12 @@ struct AckFrame<'a> {
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<&'a str>,
+    /// Resume Acks only: how many events follow the Ack as the replay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replayed: Option<usize>,
+    /// Resume Acks only: the position the connection is live from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<&'a str>,
 }
 
 fn to_json(value: &impl Serialize) -> String {
@@ -227,6 +277,8 @@ pub fn ack_ok(request_id: Option<&str>) -> String {
         request_id,
         status: "Ok",
         message: None,
+        replayed: None,
+        position: None,
     })
 }
 
@@ -237,6 +289,26 @@ pub fn ack_error(request_id: Option<&str>, message: &str) -> String {
         request_id,
         status: "Error",
         message: Some(message),
+        replayed: None,
+        position: None,
+    })
+}
+
+/// The Ack of a `Resume`: `{"Action":"Ack","RequestId":"..","Status":"Ok","Replayed":3,
+/// "Position":".."}`, or an error with its message; `Position` (when the server keeps
+/// history) is the newest event's when the connection went live, in both cases.
+pub fn ack_resumed(
+    request_id: Option<&str>,
+    replayed: Result<usize, &str>,
+    position: Option<&str>,
+) -> String {
+    to_json(&AckFrame {
+        action: "Ack",
+        request_id,
+        status: if replayed.is_ok() { "Ok" } else { "Error" },
+        message: replayed.err(),
+        replayed: replayed.ok(),
+        position,
     })
 }
 
@@ -251,7 +323,22 @@ pub fn keep_alive(request_id: &str) -> String {
 /// The part of an `Event` notification that is the same for every connection:
 /// `,"Source":..,"Type":..,"Event":"<event JSON as a string>"}`. Built once per event.
 pub fn event_tail(source: &str, detail_type: &str, event_json: &str) -> String {
-    let mut tail = String::with_capacity(event_json.len() + event_json.len() / 8 + 64);
+    event_tail_at(None, source, detail_type, event_json)
+}
+
+/// [`event_tail`] with the event's position in the server's history first:
+/// `,"Position":"..","Source":..`.
+pub fn event_tail_at(
+    position: Option<&str>,
+    source: &str,
+    detail_type: &str,
+    event_json: &str,
+) -> String {
+    let mut tail = String::with_capacity(event_json.len() + event_json.len() / 8 + 96);
+    if let Some(position) = position {
+        tail.push_str(",\"Position\":");
+        tail.push_str(&to_json(&position));
+    }
     tail.push_str(",\"Source\":");
     tail.push_str(&to_json(&source));
     tail.push_str(",\"Type\":");
@@ -298,7 +385,7 @@ mod tests {
             decode(r#"{"Action":"Hello","RequestId":"r1"}"#),
             DecodedFrame {
                 request_id: Some("r1".into()),
-                action: Ok(ClientAction::Hello)
+                action: Ok(ClientAction::Hello { position: None })
             }
         );
         let subscribe = decode(
@@ -416,5 +503,64 @@ mod tests {
         assert_eq!(parsed["Rules"], serde_json::json!(["a", "b"]));
         assert_eq!(parsed["Type"], "type \"q\"");
         assert_eq!(parsed["Event"], r#"{"a":1.50}"#);
+    }
+
+    #[test]
+    fn hello_and_resume_carry_an_optional_position() {
+        assert_eq!(
+            decode(r#"{"Action":"Hello","RequestId":"r","Position":"ab:7"}"#).action,
+            Ok(ClientAction::Hello {
+                position: Some("ab:7".into())
+            })
+        );
+        assert_eq!(
+            decode(r#"{"Action":"Resume","RequestId":"r","Position":"ab:7"}"#).action,
+            Ok(ClientAction::Resume {
+                position: Some("ab:7".into())
+            })
+        );
+        assert_eq!(
+            decode(r#"{"Action":"Resume","RequestId":"r","Position":null}"#).action,
+            Ok(ClientAction::Resume { position: None })
+        );
+        for (frame, message) in [
+            (
+                r#"{"Action":"Resume","RequestId":"r","Position":7}"#.to_owned(),
+                "invalid position: \"Position\" must be a string, got a number",
+            ),
+            (
+                format!(
+                    r#"{{"Action":"Hello","RequestId":"r","Position":"{}"}}"#,
+                    "9".repeat(MAX_POSITION_BYTES + 1)
+                ),
+                "invalid position: \"Position\" is 65 bytes, the limit is 64",
+            ),
+        ] {
+            let decoded = decode(&frame);
+            assert_eq!(decoded.request_id.as_deref(), Some("r"));
+            assert_eq!(decoded.action.expect_err(&frame).to_string(), message);
+        }
+    }
+
+    #[test]
+    fn resume_acks_and_positioned_events() {
+        assert_eq!(
+            ack_resumed(Some("r"), Ok(3), Some("ab:9")),
+            r#"{"Action":"Ack","RequestId":"r","Status":"Ok","Replayed":3,"Position":"ab:9"}"#
+        );
+        assert_eq!(
+            ack_resumed(Some("r"), Err("position expired: x"), Some("ab:9")),
+            r#"{"Action":"Ack","RequestId":"r","Status":"Error","Message":"position expired: x","Position":"ab:9"}"#
+        );
+        assert_eq!(ack_resumed(None, Err("e"), None), ack_error(None, "e"));
+        let tail = event_tail_at(Some("ab:9"), "s", "t", "{}");
+        let parsed: Value =
+            serde_json::from_str(&event_frame("id", ["a"], &tail)).expect("valid JSON");
+        assert_eq!(parsed["Position"], "ab:9");
+        assert_eq!(parsed["Source"], "s");
+        assert_eq!(
+            event_tail("s", "t", "{}"),
+            event_tail_at(None, "s", "t", "{}")
+        );
     }
 }

@@ -23,7 +23,8 @@ fn action_vectors() {
             }
             (Ok(action), None) => {
                 let (kind, rule) = match action {
-                    ClientAction::Hello => ("Hello", None),
+                    ClientAction::Hello { .. } => ("Hello", None),
+                    ClientAction::Resume { .. } => ("Resume", None),
                     ClientAction::Subscribe { rule, .. } => ("Subscribe", Some(rule.as_str())),
                     ClientAction::Unsubscribe { rule } => ("Unsubscribe", Some(rule.as_str())),
                 };
