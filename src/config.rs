@@ -202,6 +202,8 @@ pub struct Config {
     pub stack_id_file: Option<PathBuf>,
     /// File holding `ingest_tokens`, one a line; excludes `ingest_tokens`.
     pub ingest_tokens_file: Option<PathBuf>,
+    /// Verified identities and scopes (`[identity]`), see `docs/auth.md`; absent = key only.
+    pub identity: Option<crate::identity::IdentityConfig>,
 }
 
 /// `[tls]`: PEM files of the certificate chain and its private key.
@@ -258,6 +260,7 @@ impl Default for Config {
             tls: None,
             stack_id_file: None,
             ingest_tokens_file: None,
+            identity: None,
         }
     }
 }
@@ -350,6 +353,15 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("TLS_RELOAD_INTERVAL", "tls.reload_interval", Kind::Text),
     ("STACK_ID_FILE", "stack_id_file", Kind::Text),
     ("INGEST_TOKENS_FILE", "ingest_tokens_file", Kind::Text),
+    ("IDENTITY_MODE", "identity.mode", Kind::Text),
+    ("IDENTITY_HMAC_SECRET", "identity.hmac_secret", Kind::Text),
+    ("IDENTITY_HMAC_SECRET_FILE", "identity.hmac_secret_file", Kind::Text),
+    ("IDENTITY_JWKS_URL", "identity.jwks_url", Kind::Text),
+    ("IDENTITY_JWKS_FILE", "identity.jwks_file", Kind::Text),
+    ("IDENTITY_ISSUERS", "identity.issuers", Kind::List),
+    ("IDENTITY_AUDIENCES", "identity.audiences", Kind::List),
+    ("IDENTITY_SCOPE", "identity.scope", Kind::Text),
+    ("IDENTITY_SCOPE_CLAIM", "identity.scope_claim", Kind::Text),
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -515,6 +527,10 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.validate_serving()?;
+        if let Some(identity) = &self.identity {
+            crate::identity::Identity::new(Some(identity), self.limits.pattern_limits())
+                .map_err(ConfigError::Invalid)?;
+        }
         let fail = |message: String| Err(ConfigError::Invalid(message));
         if !self.dev && self.stack_id.as_deref().is_none_or(str::is_empty) {
             return fail("stack_id is required outside dev mode (or run with --dev)".into());

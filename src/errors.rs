@@ -59,6 +59,8 @@ pub enum UpgradeError {
     Draining,
     #[error("{0}")]
     Limit(LimitError),
+    #[error("{0}")]
+    Identity(crate::identity::IdentityError),
 }
 
 impl UpgradeError {
@@ -78,6 +80,7 @@ impl UpgradeError {
             | UpgradeError::OriginNotAllowed => StatusCode::FORBIDDEN,
             UpgradeError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             UpgradeError::Limit(limit) => limit_status(limit),
+            UpgradeError::Identity(error) => error.status(),
         }
     }
 
@@ -94,6 +97,7 @@ impl UpgradeError {
             UpgradeError::OriginNotAllowed => "origin_not_allowed",
             UpgradeError::Draining => "draining",
             UpgradeError::Limit(limit) => limit.label(),
+            UpgradeError::Identity(error) => error.label(),
         }
     }
 }
@@ -104,6 +108,12 @@ impl IntoResponse for UpgradeError {
             UpgradeError::Limit(limit) => Some(limit),
             _ => None,
         };
+        if let UpgradeError::Identity(error) = &self {
+            // `{"error": .., "reason": <metric label>}`: clients can tell a missing token
+            // from an expired one without parsing the text.
+            let body = serde_json::json!({ "error": error.to_string(), "reason": error.label() });
+            return (self.status(), Json(body)).into_response();
+        }
         let mut response = json_error(self.status(), self.to_string(), limit);
         let headers = response.headers_mut();
         match &self {
@@ -191,13 +201,17 @@ pub enum CloseReason {
     SlowConsumer,
     /// 1001: nothing heard from the peer within `idle_timeout`.
     Idle,
+    /// 1008: the connection's token expired (plus `identity.expiry_grace`) without a Refresh.
+    TokenExpired,
 }
 
 impl CloseReason {
     pub fn code(self) -> u16 {
         match self {
             CloseReason::ShuttingDown | CloseReason::Idle => 1001,
-            CloseReason::HelloTimeout | CloseReason::RateLimited => 1008,
+            CloseReason::HelloTimeout | CloseReason::RateLimited | CloseReason::TokenExpired => {
+                1008
+            }
             CloseReason::BinaryFrame => 1003,
             CloseReason::FrameTooLarge => 1009,
             CloseReason::SlowConsumer => 1013,
@@ -213,6 +227,7 @@ impl CloseReason {
             CloseReason::RateLimited => "too many actions per second",
             CloseReason::SlowConsumer => "client too slow: outbound queue full",
             CloseReason::Idle => "connection idle: no pong received",
+            CloseReason::TokenExpired => "token expired",
         }
     }
 
@@ -226,6 +241,7 @@ impl CloseReason {
             CloseReason::RateLimited => "rate_limited",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::Idle => "idle",
+            CloseReason::TokenExpired => "token_expired",
         }
     }
 }

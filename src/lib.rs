@@ -11,6 +11,7 @@ pub mod config;
 pub mod errors;
 pub mod handshake;
 pub mod hub;
+pub mod identity;
 pub mod ingest;
 pub mod limits;
 pub mod listener;

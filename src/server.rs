@@ -56,6 +56,8 @@ pub struct AppState {
     pub dev_api_key: Option<String>,
     /// Connection caps and rate limits (see `limits`).
     pub limiter: Arc<crate::limits::Limiter>,
+    /// Verified identities and scopes (see `identity`).
+    pub identity: crate::identity::Identity,
 }
 
 /// Why the gateway stopped with an error.
@@ -67,6 +69,8 @@ pub enum RunError {
     MissingStackId,
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    Identity(String),
 }
 
 /// An upgrade that passed every check, holding its connection slot.
@@ -74,13 +78,15 @@ struct Admitted {
     accepted: Accepted,
     identity: ClientIdentity,
     slot: ConnectionSlot,
+    /// The connection's scope and token expiry.
+    grant: crate::identity::Grant,
 }
 
 /// Every check of a WebSocket upgrade, in order: the handshake itself, draining, the abuse
 /// limits (new-connection rate, then a slot under the global and per-address caps), the
 /// `Origin`, then the `header` query (host, API key, client id). Both ways an upgrade
 /// arrives call this, so they refuse alike.
-fn admit(
+async fn admit(
     state: &AppState,
     peer: SocketAddr,
     request: &impl UpgradeRequest,
@@ -104,10 +110,16 @@ fn admit(
     let identity = state
         .auth
         .check_header(header.as_deref(), request.header_str("host"))?;
+    let grant = state
+        .identity
+        .admit(header.as_deref())
+        .await
+        .map_err(UpgradeError::Identity)?;
     Ok(Admitted {
         accepted,
         identity,
         slot,
+        grant,
     })
 }
 
@@ -129,7 +141,7 @@ pub async fn accept_websocket(
     head: RequestHead,
     rest: Vec<u8>,
 ) {
-    let admitted = admit(&state, peer, &head, head.query());
+    let admitted = admit(&state, peer, &head, head.query()).await;
     // Not kept for the session's life.
     drop(head);
     match admitted {
@@ -194,7 +206,7 @@ async fn upgrade(
     request: axum::extract::Request,
 ) -> Response {
     let (mut parts, _body) = request.into_parts();
-    let admitted = match admit(&state, peer, &parts, parts.uri.query()) {
+    let admitted = match admit(&state, peer, &parts, parts.uri.query()).await {
         Ok(admitted) => admitted,
         Err(error) => return refusal(error),
     };
@@ -238,7 +250,7 @@ async fn run_session(state: Arc<AppState>, io: Transport, rest: Vec<u8>, admitte
         .max_message_size(Some(limits.max_frame_bytes))
         .max_frame_size(Some(limits.max_frame_bytes));
     let socket = WebSocketStream::from_partially_read(io, rest, Role::Server, Some(config)).await;
-    session::run(socket, state, connection).await;
+    session::run(socket, state, connection, admitted.grant).await;
     drop(admitted.slot);
 }
 
@@ -249,6 +261,9 @@ struct TestPatternRequest {
     event_pattern: Value,
     #[serde(rename = "Event")]
     event: Value,
+    /// A connection's scope: the answer is what a client with this scope would receive.
+    #[serde(rename = "Scope", default)]
+    scope: Option<Value>,
 }
 
 fn bad_request(message: String) -> Response {
@@ -265,11 +280,15 @@ async fn test_pattern(State(state): State<Arc<AppState>>, body: axum::body::Byte
             ))
         }
     };
-    match evaluate_pattern(
-        &request.event_pattern,
-        &request.event,
-        &state.pattern_limits,
-    ) {
+    let result = match &request.scope {
+        Some(scope) => evaluate_scoped(&request, scope, &state.pattern_limits),
+        None => evaluate_pattern(
+            &request.event_pattern,
+            &request.event,
+            &state.pattern_limits,
+        ),
+    };
+    match result {
         Ok(result) => Json(json!({ "Result": result })).into_response(),
         Err(message) => bad_request(message),
     }
@@ -282,11 +301,21 @@ pub fn evaluate_pattern(
     event: &Value,
     limits: &PatternLimits,
 ) -> Result<bool, String> {
-    let pattern = match pattern {
+    let pattern = test_pattern_value(pattern, limits)?;
+    Ok(pattern.matches(&test_event(event)?))
+}
+
+/// The pattern of a pattern test: a JSON object, or a string holding one.
+fn test_pattern_value(pattern: &Value, limits: &PatternLimits) -> Result<Pattern, String> {
+    match pattern {
         Value::String(text) => Pattern::parse(text, limits),
         other => Pattern::from_value(other, limits),
     }
-    .map_err(|error| format!("invalid pattern: {error}"))?;
+    .map_err(|error| format!("invalid pattern: {error}"))
+}
+
+/// The event of a pattern test: a JSON object, or a string holding one.
+fn test_event(event: &Value) -> Result<Value, String> {
     let event = match event {
         Value::String(text) => serde_json::from_str::<Value>(text)
             .map_err(|error| format!("invalid event: not JSON: {error}"))?,
@@ -295,7 +324,19 @@ pub fn evaluate_pattern(
     if !event.is_object() {
         return Err("invalid event: an event must be a JSON object".to_owned());
     }
-    Ok(pattern.matches(&event))
+    Ok(event)
+}
+
+/// `/test-pattern` with a `Scope`: the pattern ANDed with the scope, as a scoped connection
+/// would subscribe it.
+fn evaluate_scoped(
+    request: &TestPatternRequest,
+    scope: &Value,
+    limits: &PatternLimits,
+) -> Result<bool, String> {
+    let pattern = test_pattern_value(&request.event_pattern, limits)?;
+    let scoped = crate::identity::scoped_pattern(pattern, scope, limits)?;
+    Ok(scoped.matches(&test_event(&request.event)?))
 }
 
 async fn healthz() -> Response {
@@ -440,6 +481,9 @@ pub async fn run_with_reload(
     let stack_id = config.stack_id.clone().ok_or(RunError::MissingStackId)?;
     let tls = config.tls.as_ref().map(crate::tls::Tls::new).transpose()?;
     let auth = Auth::new(&config, &stack_id);
+    let identity =
+        crate::identity::Identity::new(config.identity.as_ref(), config.limits.pattern_limits())
+            .map_err(RunError::Identity)?;
     let background = TaskTracker::new();
     let hub_stop = CancellationToken::new();
     let hub = Hub::spawn(
@@ -483,6 +527,7 @@ pub async fn run_with_reload(
         limiter: Arc::new(crate::limits::Limiter::new(&config.limits)),
         config,
         auth,
+        identity,
         hub,
         session_stops: Arc::default(),
         sessions: TaskTracker::new(),
@@ -491,6 +536,9 @@ pub async fn run_with_reload(
         next_connection: AtomicU64::new(1),
         metrics: telemetry::prometheus(),
     });
+    state
+        .identity
+        .spawn_refresher(hub_stop.child_token(), &background);
     let app = router(state.clone());
     let drain_state = state.clone();
     let drain_sources = sources_stop.clone();

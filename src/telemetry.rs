@@ -17,6 +17,9 @@ pub const AUTH_FAILURES: &str = "eventgate_auth_failures_total";
 pub const INGEST_ERRORS: &str = "eventgate_ingest_errors_total";
 pub const ACTION_ERRORS: &str = "eventgate_action_errors_total";
 pub const CONNECTIONS_CLOSED: &str = "eventgate_connections_closed_total";
+// Verified identities (`identity`).
+pub const JWKS_REFRESHES: &str = "eventgate_jwks_refreshes_total";
+pub const TOKEN_REFRESHES: &str = "eventgate_token_refreshes_total";
 
 /// Installs the global Prometheus recorder once and returns a handle that renders it.
 /// Later calls (several servers in one test process) share the same recorder.
@@ -167,4 +170,14 @@ pub fn limit_rejected(limit: &'static str) {
 
 pub fn tls_reloaded(ok: bool) {
     counter!(TLS_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+/// A JWKS refresh ended (`ok` or `failed`).
+pub fn jwks_refreshed(outcome: &'static str) {
+    counter!(JWKS_REFRESHES, "outcome" => outcome).increment(1);
+}
+
+/// A Refresh action ended: `ok`, or the refusal's label.
+pub fn token_refreshed(outcome: &'static str) {
+    counter!(TOKEN_REFRESHES, "outcome" => outcome).increment(1);
 }

@@ -25,6 +25,10 @@ fuzz_target!(|data: &[u8]| {
             ack_ok(frame.request_id.as_deref())
         }
         Ok(ClientAction::Hello) => ack_ok(frame.request_id.as_deref()),
+        Ok(ClientAction::Refresh { token }) => {
+            assert!(!token.is_empty());
+            ack_ok(frame.request_id.as_deref())
+        }
         Err(error) => {
             let message = error.to_string();
             assert!(!message.is_empty());

@@ -1,0 +1,523 @@
+//! Verified identities: who a connection is (a signed token in the `header` document) and
+//! what it may see (its scope, a pattern ANDed into every rule it subscribes).
+//!
+//! Owns the `[identity]` configuration, the mode of each app version id (key only, key +
+//! token), token verification (signature, `exp`, `nbf` with leeway, `iss`, `aud`), the
+//! refusals of the upgrade that follow from it (401 without a required token, 403 for an
+//! invalid one, each with its own reason and metric label) and the [`Grant`] a connection
+//! carries: its scope and its token's expiry. Does not own the API-key checks (`auth`),
+//! the session's timers (`session` closes a connection whose token expired) nor the
+//! pattern algebra (`Pattern::and` in the protocol crate). Tokens are never logged.
+
+mod keys;
+mod scope;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use eventgate_protocol::header::decode_base64_lenient;
+use eventgate_protocol::pattern::{Pattern, PatternLimits};
+
+use crate::config::Seconds;
+
+/// What a connection needs besides the API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The API key alone (LambdaSharp's behaviour): no identity, no scope.
+    #[default]
+    Key,
+    /// The API key and a valid signed token (`Token` in the `header` document).
+    Token,
+}
+
+/// A public key in a PEM file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKeyConfig {
+    /// PEM file (`-----BEGIN PUBLIC KEY-----`, or `RSA PUBLIC KEY`).
+    pub file: PathBuf,
+    /// Algorithms a token signed with this key may name, all of one family:
+    /// `RS256`..`RS512`, `PS256`..`PS512`, `ES256`, `ES384` or `EdDSA`.
+    pub algorithms: Vec<Algorithm>,
+    /// Key id; a token that names a `kid` is only checked against keys with that id (or
+    /// none).
+    #[serde(default)]
+    pub kid: Option<String>,
+}
+
+/// `[identity]`: see `docs/auth.md`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Mode of every app version id not in `modes` (and of dev-mode keys).
+    pub mode: Mode,
+    /// Mode per app version id.
+    pub modes: BTreeMap<String, Mode>,
+    /// Shared secret of HS256/HS384/HS512 tokens (at least 32 bytes).
+    pub hmac_secret: Option<String>,
+    /// File holding `hmac_secret`; excludes it.
+    pub hmac_secret_file: Option<PathBuf>,
+    /// Public keys from PEM files.
+    pub public_keys: Vec<PublicKeyConfig>,
+    /// JWKS URL (`https://`, or `http://` to a loopback address); excludes `jwks_file`.
+    pub jwks_url: Option<String>,
+    /// JWKS file; re-read like the URL is re-fetched.
+    pub jwks_file: Option<PathBuf>,
+    /// How often the JWKS is re-read.
+    pub jwks_refresh_interval: Seconds,
+    /// Least time between two refreshes caused by tokens naming an unknown `kid`.
+    pub jwks_min_refresh_interval: Seconds,
+    /// Time one JWKS fetch may take.
+    pub jwks_timeout: Seconds,
+    /// Accepted `iss` values; when set, `iss` is required.
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values; when set, `aud` is required.
+    pub audiences: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Seconds,
+    /// Refuse tokens without `exp`.
+    pub require_exp: bool,
+    /// Time a connection stays open after its token expired without a Refresh; then it is
+    /// closed with 1008 `token expired`.
+    pub expiry_grace: Seconds,
+    /// Scope template, e.g. `{"detail":{"tenant":["${tenant}"]}}`.
+    pub scope: Option<String>,
+    /// Claim that holds a scope pattern (an object, or a string holding one).
+    pub scope_claim: Option<String>,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Key,
+            modes: BTreeMap::new(),
+            hmac_secret: None,
+            hmac_secret_file: None,
+            public_keys: Vec::new(),
+            jwks_url: None,
+            jwks_file: None,
+            jwks_refresh_interval: Seconds(Duration::from_secs(300)),
+            jwks_min_refresh_interval: Seconds(Duration::from_secs(30)),
+            jwks_timeout: Seconds(Duration::from_secs(5)),
+            issuers: Vec::new(),
+            audiences: Vec::new(),
+            leeway: Seconds(Duration::from_secs(30)),
+            require_exp: true,
+            expiry_grace: Seconds(Duration::from_secs(30)),
+            scope: None,
+            scope_claim: None,
+        }
+    }
+}
+
+/// Why a token or the identity it carries was refused. `Display` is the JSON reason (and
+/// the Ack message of a refused Refresh); it never includes the token.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IdentityError {
+    #[error("a Token is required in the header document")]
+    TokenMissing,
+    #[error("the Token is not a well-formed JWT")]
+    TokenMalformed,
+    #[error("the Token's algorithm {0} is not accepted")]
+    AlgorithmNotAllowed(String),
+    #[error("the Token is signed by an unknown key")]
+    UnknownKey,
+    #[error("the Token's signature is not valid")]
+    BadSignature,
+    #[error("the Token has expired")]
+    Expired,
+    #[error("the Token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("the Token's issuer (iss) is not accepted")]
+    WrongIssuer,
+    #[error("the Token's audience (aud) is not accepted")]
+    WrongAudience,
+    #[error("the Token lacks the required claim {0:?}")]
+    MissingClaim(String),
+    #[error("the Token's claims are not valid: {0}")]
+    InvalidClaims(String),
+    #[error("the Token lacks the claim {0:?} that the scope needs")]
+    ScopeClaimMissing(String),
+    #[error("the claim {0:?} cannot be used in the scope: it is {1}")]
+    ScopeClaimUnusable(String, &'static str),
+    #[error("the scope is not valid: {0}")]
+    ScopeInvalid(String),
+    #[error("tokens are not used on this connection")]
+    NoTokenMode,
+    #[error("the new Token's scope differs from the connection's; reconnect to change it")]
+    ScopeChanged,
+}
+
+impl IdentityError {
+    /// 401 when a token is missing, 403 otherwise.
+    pub fn status(&self) -> axum::http::StatusCode {
+        match self {
+            IdentityError::TokenMissing => axum::http::StatusCode::UNAUTHORIZED,
+            _ => axum::http::StatusCode::FORBIDDEN,
+        }
+    }
+
+    /// The metric label and the JSON `reason`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            IdentityError::TokenMissing => "token_missing",
+            IdentityError::TokenMalformed => "token_malformed",
+            IdentityError::AlgorithmNotAllowed(_) => "token_algorithm",
+            IdentityError::UnknownKey => "token_unknown_key",
+            IdentityError::BadSignature => "token_bad_signature",
+            IdentityError::Expired => "token_expired",
+            IdentityError::NotYetValid => "token_not_yet_valid",
+            IdentityError::WrongIssuer => "token_wrong_issuer",
+            IdentityError::WrongAudience => "token_wrong_audience",
+            IdentityError::MissingClaim(_) => "token_missing_claim",
+            IdentityError::InvalidClaims(_) => "token_invalid_claims",
+            IdentityError::ScopeClaimMissing(_) => "scope_claim_missing",
+            IdentityError::ScopeClaimUnusable(..) => "scope_claim_unusable",
+            IdentityError::ScopeInvalid(_) => "scope_invalid",
+            IdentityError::NoTokenMode => "token_not_used",
+            IdentityError::ScopeChanged => "scope_changed",
+        }
+    }
+}
+
+/// What an admitted connection may see and until when.
+#[derive(Debug, Clone, Default)]
+pub struct Grant {
+    /// ANDed into every rule; `None` = everything (key-only connections).
+    scope: Option<Pattern>,
+    /// Canonical text of the scope's parts, compared on a Refresh.
+    scope_text: Option<String>,
+    /// The token's `exp` (Unix seconds).
+    expires_at: Option<u64>,
+    /// Admitted with a token (a Refresh can replace it).
+    with_token: bool,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+impl Grant {
+    /// `pattern` within this connection's scope.
+    pub fn scoped(&self, pattern: Pattern) -> Pattern {
+        match &self.scope {
+            Some(scope) => scope.and(&pattern),
+            None => pattern,
+        }
+    }
+
+    /// The instant the connection must close unless refreshed: `exp` plus `grace`.
+    pub fn close_at(&self, grace: Duration) -> Option<tokio::time::Instant> {
+        let expires_at = self.expires_at?;
+        let left = Duration::from_secs(expires_at.saturating_sub(unix_now()));
+        Some(tokio::time::Instant::now() + left + grace)
+    }
+}
+
+/// The compiled `[identity]` settings.
+#[derive(Debug)]
+pub struct Identity {
+    mode: Mode,
+    modes: BTreeMap<String, Mode>,
+    fixed: Vec<keys::VerifyKey>,
+    jwks: Option<Arc<keys::Jwks>>,
+    validation: Validation,
+    template: Option<scope::Template>,
+    scope_claim: Option<String>,
+    /// See [`IdentityConfig::expiry_grace`].
+    pub expiry_grace: Duration,
+    limits: PatternLimits,
+}
+
+impl Identity {
+    /// Compiles the settings (reads secret, PEM and JWKS files); an error names the key.
+    pub fn new(config: Option<&IdentityConfig>, limits: PatternLimits) -> Result<Self, String> {
+        let default = IdentityConfig::default();
+        let config = config.unwrap_or(&default);
+        let fixed = keys::fixed_keys(config)?;
+        let jwks = keys::Jwks::new(config)?.map(Arc::new);
+        let uses_tokens =
+            config.mode == Mode::Token || config.modes.values().any(|mode| *mode == Mode::Token);
+        if uses_tokens && fixed.is_empty() && jwks.is_none() {
+            return Err("identity: mode \"token\" needs identity.hmac_secret, identity.public_keys, identity.jwks_url or identity.jwks_file".into());
+        }
+        if config.jwks_refresh_interval.0.is_zero() || config.jwks_timeout.0.is_zero() {
+            return Err(
+                "identity.jwks_refresh_interval and identity.jwks_timeout must be greater than zero"
+                    .into(),
+            );
+        }
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = config.leeway.0.as_secs();
+        validation.validate_nbf = true;
+        validation.validate_exp = true;
+        let mut required = vec!["exp"];
+        if !config.require_exp {
+            required.clear();
+        }
+        if !config.issuers.is_empty() {
+            validation.set_issuer(&config.issuers);
+            required.push("iss");
+        }
+        if config.audiences.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&config.audiences);
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
+        let template = config
+            .scope
+            .as_deref()
+            .map(|text| scope::Template::parse(text, &limits))
+            .transpose()?;
+        Ok(Identity {
+            mode: config.mode,
+            modes: config.modes.clone(),
+            fixed,
+            jwks,
+            validation,
+            template,
+            scope_claim: config.scope_claim.clone(),
+            expiry_grace: config.expiry_grace.0,
+            limits,
+        })
+    }
+
+    /// True when some connection may need a token.
+    fn any_tokens(&self) -> bool {
+        self.mode == Mode::Token || self.modes.values().any(|mode| *mode == Mode::Token)
+    }
+
+    /// Starts the JWKS refresher (a no-op without a JWKS): a fetch now, then one every
+    /// `jwks_refresh_interval`, until `stop`.
+    pub fn spawn_refresher(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+        tracker: &tokio_util::task::TaskTracker,
+    ) {
+        let Some(jwks) = self.jwks.clone() else {
+            return;
+        };
+        tracker.spawn(async move {
+            let mut interval = tokio::time::interval(jwks.interval);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = interval.tick() => jwks.refresh().await,
+                }
+            }
+        });
+    }
+
+    /// The identity check of an upgrade whose `header` already passed the key checks:
+    /// the grant of a key-only connection, or the verified token's.
+    pub async fn admit(&self, header: Option<&str>) -> Result<Grant, IdentityError> {
+        if !self.any_tokens() {
+            return Ok(Grant::default());
+        }
+        let document = header.and_then(header_document).unwrap_or_default();
+        let mode = app_version(&document)
+            .and_then(|version| self.modes.get(&version).copied())
+            .unwrap_or(self.mode);
+        match mode {
+            Mode::Key => Ok(Grant::default()),
+            Mode::Token => {
+                let token = field(&document, "token").ok_or(IdentityError::TokenMissing)?;
+                self.grant_for(token).await
+            }
+        }
+    }
+
+    /// A Refresh on an open connection: the new token's grant, which must have the same
+    /// scope as `current`.
+    pub async fn refresh(&self, current: &Grant, token: &str) -> Result<Grant, IdentityError> {
+        if !current.with_token {
+            return Err(IdentityError::NoTokenMode);
+        }
+        let grant = self.grant_for(token).await?;
+        if grant.scope_text != current.scope_text {
+            return Err(IdentityError::ScopeChanged);
+        }
+        Ok(grant)
+    }
+
+    async fn grant_for(&self, token: &str) -> Result<Grant, IdentityError> {
+        let claims = self.verify(token).await?;
+        let mut parts = Vec::new();
+        if let Some(template) = &self.template {
+            parts.push(template.fill(&claims)?);
+        }
+        if let Some(name) = &self.scope_claim {
+            let value = claims
+                .get(name)
+                .ok_or_else(|| IdentityError::ScopeClaimMissing(name.clone()))?;
+            parts.push(scope::pattern_value(value, "scope claim")?);
+        }
+        let combined = scope::combine(parts, &self.limits)?;
+        let (scope, scope_text) = combined.unzip();
+        Ok(Grant {
+            scope,
+            scope_text,
+            expires_at: claims.get("exp").and_then(Value::as_u64),
+            with_token: true,
+        })
+    }
+
+    /// Checks the token's signature and registered claims; returns its claims.
+    async fn verify(&self, token: &str) -> Result<Map<String, Value>, IdentityError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| IdentityError::TokenMalformed)?;
+        let kid = header.kid.as_deref();
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![header.alg];
+        let mut seen = self.jwks.as_ref().map(|jwks| jwks.current());
+        loop {
+            let empty = Vec::new();
+            let published = seen.as_deref().unwrap_or(&empty);
+            let candidates: Vec<&keys::VerifyKey> = self
+                .fixed
+                .iter()
+                .chain(published.iter())
+                .filter(|key| key.takes(header.alg, kid))
+                .take(keys::MAX_KEYS_TRIED)
+                .collect();
+            let mut error = IdentityError::UnknownKey;
+            for key in candidates {
+                match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation) {
+                    Ok(data) => return Ok(data.claims),
+                    Err(failure) => match failure.kind() {
+                        ErrorKind::InvalidSignature
+                        | ErrorKind::InvalidAlgorithm
+                        | ErrorKind::InvalidKeyFormat
+                        | ErrorKind::InvalidEcdsaKey
+                        | ErrorKind::InvalidEddsaKey
+                        | ErrorKind::InvalidRsaKey(_) => error = IdentityError::BadSignature,
+                        other => return Err(claims_error(other)),
+                    },
+                }
+            }
+            if !matches!(error, IdentityError::UnknownKey) {
+                return Err(error);
+            }
+            // A key the cache does not hold (yet): refresh once, then decide.
+            if let (Some(jwks), Some(old)) = (&self.jwks, &seen) {
+                if jwks.refresh_for_unknown_key(old).await {
+                    seen = Some(jwks.current());
+                    continue;
+                }
+            }
+            let same_key_other_algorithm = self
+                .fixed
+                .iter()
+                .chain(published.iter())
+                .any(|key| key.takes_kid(kid));
+            return Err(if same_key_other_algorithm {
+                IdentityError::AlgorithmNotAllowed(format!("{:?}", header.alg))
+            } else {
+                IdentityError::UnknownKey
+            });
+        }
+    }
+}
+
+/// A claims-validation failure (the signature was good).
+fn claims_error(kind: &ErrorKind) -> IdentityError {
+    match kind {
+        ErrorKind::ExpiredSignature => IdentityError::Expired,
+        ErrorKind::ImmatureSignature => IdentityError::NotYetValid,
+        ErrorKind::InvalidIssuer => IdentityError::WrongIssuer,
+        ErrorKind::InvalidAudience => IdentityError::WrongAudience,
+        ErrorKind::MissingRequiredClaim(claim) => IdentityError::MissingClaim(claim.clone()),
+        ErrorKind::InvalidClaimFormat(claim) => {
+            IdentityError::InvalidClaims(format!("{claim:?} has the wrong type"))
+        }
+        ErrorKind::Json(_) | ErrorKind::Base64(_) | ErrorKind::Utf8(_) | ErrorKind::InvalidToken => {
+            IdentityError::TokenMalformed
+        }
+        _ => IdentityError::BadSignature,
+    }
+}
+
+/// The `header` document as a JSON object (it already passed `auth`'s checks).
+fn header_document(encoded: &str) -> Option<Map<String, Value>> {
+    let bytes = decode_base64_lenient(encoded)?;
+    let text = std::str::from_utf8(&bytes).ok()?;
+    match serde_json::from_str(text.strip_prefix('\u{feff}').unwrap_or(text)).ok()? {
+        Value::Object(map) => Some(map),
+        _ => None,
+    }
+}
+
+/// A string field of the header document, its name in any case.
+fn field<'a>(document: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
+    document
+        .iter()
+        .find(|(key, _)| key.eq_ignore_ascii_case(name))
+        .and_then(|(_, value)| value.as_str())
+        .filter(|value| !value.is_empty())
+}
+
+/// The app version id of the header's (already checked) API key,
+/// `base64("<AppVersionId>:<StackId>")`; `None` for a dev-mode key.
+fn app_version(document: &Map<String, Value>) -> Option<String> {
+    let key = field(document, "apikey")?;
+    let decoded = decode_base64_lenient(key)?;
+    let text = String::from_utf8(decoded).ok()?;
+    text.split_once(':').map(|(version, _)| version.to_owned())
+}
+
+/// `POST /test-pattern` with a `Scope`: what a client with that scope would receive.
+pub fn scoped_pattern(
+    pattern: Pattern,
+    scope: &Value,
+    limits: &PatternLimits,
+) -> Result<Pattern, String> {
+    let scope = scope::pattern_value(scope, "Scope").map_err(|error| error.to_string())?;
+    let scope = Pattern::from_value(&scope, limits)
+        .map_err(|error| format!("invalid scope: {error}"))?;
+    Ok(scope.and(&pattern))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_app_version_comes_from_the_key() {
+        let key = eventgate_protocol::header::api_key("stack", Some("v2"));
+        let mut document = Map::new();
+        document.insert("ApiKey".into(), Value::String(key));
+        assert_eq!(app_version(&document).as_deref(), Some("v2"));
+        let dev = eventgate_protocol::header::api_key("stack", None);
+        document.insert("ApiKey".into(), Value::String(dev));
+        assert_eq!(app_version(&document), None);
+    }
+
+    #[test]
+    fn a_token_mode_needs_a_key() {
+        let config = IdentityConfig {
+            mode: Mode::Token,
+            ..IdentityConfig::default()
+        };
+        let error = Identity::new(Some(&config), PatternLimits::default()).expect_err("no key");
+        assert!(error.contains("hmac_secret"), "{error}");
+        let config = IdentityConfig {
+            mode: Mode::Token,
+            hmac_secret: Some("short".into()),
+            ..IdentityConfig::default()
+        };
+        let error = Identity::new(Some(&config), PatternLimits::default()).expect_err("short");
+        assert!(error.contains("32 bytes"), "{error}");
+    }
+}
