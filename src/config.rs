@@ -362,6 +362,9 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("IDENTITY_AUDIENCES", "identity.audiences", Kind::List),
     ("IDENTITY_SCOPE", "identity.scope", Kind::Text),
     ("IDENTITY_SCOPE_CLAIM", "identity.scope_claim", Kind::Text),
+    ("IDENTITY_LEEWAY", "identity.leeway", Kind::Text),
+    ("IDENTITY_EXPIRY_GRACE", "identity.expiry_grace", Kind::Text),
+    ("IDENTITY_HOOK_URL", "identity.hook.url", Kind::Text),
 ];
 
 #[derive(Debug, Clone, Copy)]

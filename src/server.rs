@@ -112,7 +112,7 @@ async fn admit(
         .check_header(header.as_deref(), request.header_str("host"))?;
     let grant = state
         .identity
-        .admit(header.as_deref())
+        .admit(header.as_deref(), request)
         .await
         .map_err(UpgradeError::Identity)?;
     Ok(Admitted {

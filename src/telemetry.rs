@@ -20,6 +20,7 @@ pub const CONNECTIONS_CLOSED: &str = "eventgate_connections_closed_total";
 // Verified identities (`identity`).
 pub const JWKS_REFRESHES: &str = "eventgate_jwks_refreshes_total";
 pub const TOKEN_REFRESHES: &str = "eventgate_token_refreshes_total";
+pub const HOOK_CALLS: &str = "eventgate_connect_hook_calls_total";
 
 /// Installs the global Prometheus recorder once and returns a handle that renders it.
 /// Later calls (several servers in one test process) share the same recorder.
@@ -180,4 +181,9 @@ pub fn jwks_refreshed(outcome: &'static str) {
 /// A Refresh action ended: `ok`, or the refusal's label.
 pub fn token_refreshed(outcome: &'static str) {
     counter!(TOKEN_REFRESHES, "outcome" => outcome).increment(1);
+}
+
+/// A connect-hook call ended: `allow`, `deny`, `timeout`, `error` or `bad_answer`.
+pub fn hook_called(outcome: &'static str) {
+    counter!(HOOK_CALLS, "outcome" => outcome).increment(1);
 }

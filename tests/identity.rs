@@ -597,3 +597,161 @@ async fn test_pattern_takes_a_scope() {
         .expect("POST");
     assert_eq!(response.status().as_u16(), 400);
 }
+
+/// A connect-hook backend: answers by the `session` cookie, records what it was sent.
+#[derive(Clone, Default)]
+struct HookServer {
+    seen: Arc<Mutex<Vec<Value>>>,
+}
+
+impl HookServer {
+    async fn start(&self) -> String {
+        let state = self.clone();
+        let app = axum::Router::new().route(
+            "/connect",
+            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+                let state = state.clone();
+                async move {
+                    state.seen.lock().expect("lock").push(body.clone());
+                    let cookie = body["cookie"].as_str().unwrap_or_default().to_owned();
+                    let answer = if cookie.contains("session=t1") {
+                        json!({"allow": true, "claims": {"tenant": "t1"}})
+                    } else if cookie.contains("session=short") {
+                        json!({"allow": true, "claims": {"tenant": "t1"}, "ttl": 1})
+                    } else if cookie.contains("session=public") {
+                        json!({"allow": true, "claims": {"tenant": "t2"},
+                               "scope": {"detail": {"visibility": ["public"]}}})
+                    } else if cookie.contains("session=slow") {
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        json!({"allow": true, "claims": {"tenant": "t1"}})
+                    } else if cookie.contains("session=garbage") {
+                        json!(["not", "an", "answer"])
+                    } else {
+                        json!({"allow": false})
+                    };
+                    axum::Json(answer)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}/connect")
+    }
+}
+
+fn hook_identity(url: String) -> IdentityConfig {
+    IdentityConfig {
+        mode: Mode::Hook,
+        scope: Some(r#"{"detail":{"tenant":["${tenant}"]}}"#.into()),
+        expiry_grace: ms(0),
+        hook: Some(eventgate::identity::HookConfig {
+            url,
+            timeout: ms(800),
+            max_concurrent: 4,
+            forward_headers: vec!["x-session-hint".into()],
+        }),
+        ..IdentityConfig::default()
+    }
+}
+
+/// An upgrade request of a dev client with a `session` cookie.
+fn with_cookie(server: &Server, session: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = server
+        .ws_url()
+        .into_client_request()
+        .expect("a request");
+    let headers = request.headers_mut();
+    headers.insert(
+        "cookie",
+        format!("theme=dark; session={session}").parse().expect("value"),
+    );
+    headers.insert("origin", "https://app.test".parse().expect("value"));
+    headers.insert("x-session-hint", "hint".parse().expect("value"));
+    request
+}
+
+async fn hook_refusal(server: &Server, session: &str, status: u16, reason: &str) {
+    match try_upgrade(with_cookie(server, session)).await {
+        Upgrade::Refused { status: got, body } => {
+            assert_eq!(got, status, "{session}: {body}");
+            let body: Value = serde_json::from_str(&body).expect("JSON body");
+            assert_eq!(body["reason"], reason, "{session}: {body}");
+        }
+        Upgrade::Accepted(_) => panic!("{session}: accepted, expected {status}"),
+    }
+}
+
+#[tokio::test]
+async fn a_connect_hook_allows_denies_and_fails_closed() {
+    let hook = HookServer::default();
+    let url = hook.start().await;
+    let server = Server::start(config_with(hook_identity(url))).await;
+
+    // Allowed, scoped by the hook's claims; the hook saw the header, cookies, Origin and
+    // the forwarded header.
+    let mut t1 = expect_accepted(with_cookie(&server, "t1")).await;
+    t1.hello().await;
+    let seen = hook.seen.lock().expect("lock").last().cloned().expect("a call");
+    assert_eq!(seen["header"]["Id"], CLIENT_ID);
+    assert_eq!(seen["cookie"], "theme=dark; session=t1");
+    assert_eq!(seen["origin"], "https://app.test");
+    assert_eq!(seen["headers"]["x-session-hint"], "hint");
+    // The hook's own scope is ANDed with the template's.
+    let mut public = expect_accepted(with_cookie(&server, "public")).await;
+    public.hello().await;
+    for client in [&mut t1, &mut public] {
+        client.subscribe("all", &json!({"source": ["app"]})).await;
+    }
+    for (tenant, visibility) in [("t2", "private"), ("t1", "private"), ("t2", "public")] {
+        server
+            .publish_event(
+                "app",
+                "update",
+                json!({"tenant": tenant, "visibility": visibility}),
+            )
+            .await;
+    }
+    let (_, event) = t1.next_event().await;
+    assert_eq!(event["detail"]["tenant"], "t1");
+    let (_, event) = public.next_event().await;
+    assert_eq!(event["detail"], json!({"tenant": "t2", "visibility": "public"}));
+    assert_eq!(t1.try_recv(QUIET).await, None);
+    assert_eq!(public.try_recv(QUIET).await, None);
+
+    hook_refusal(&server, "nobody", 403, "hook_denied").await;
+    hook_refusal(&server, "slow", 503, "hook_unavailable").await;
+    hook_refusal(&server, "garbage", 503, "hook_unavailable").await;
+
+    // A TTL closes the connection like an expired token.
+    let mut short = expect_accepted(with_cookie(&server, "short")).await;
+    let (code, reason) = short.expect_close().await.expect("a close frame");
+    assert_eq!((code, reason.as_str()), (1008, "token expired"));
+
+    let metrics = server.metrics().await;
+    for outcome in ["allow", "deny", "timeout", "bad_answer"] {
+        assert!(
+            metrics.contains(&format!(
+                "eventgate_connect_hook_calls_total{{outcome=\"{outcome}\"}}"
+            )),
+            "no {outcome} in metrics"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_connect_hook_that_is_down_refuses() {
+    // A port with nobody listening.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/connect", listener.local_addr().expect("addr"));
+    drop(listener);
+    let server = Server::start(config_with(hook_identity(url))).await;
+    hook_refusal(&server, "t1", 503, "hook_unavailable").await;
+    assert!(server
+        .metrics()
+        .await
+        .contains("eventgate_connect_hook_calls_total{outcome=\"error\"}"));
+}

@@ -42,15 +42,11 @@ impl std::fmt::Debug for VerifyKey {
 impl VerifyKey {
     /// Takes a token whose header names `alg` and, maybe, `kid`.
     pub(super) fn takes(&self, alg: Algorithm, kid: Option<&str>) -> bool {
-        self.algorithms.contains(&alg) && self.takes_kid(kid)
-    }
-
-    /// A token naming `kid` (or none) may be signed with this key, algorithm aside.
-    pub(super) fn takes_kid(&self, kid: Option<&str>) -> bool {
-        match (kid, self.kid.as_deref()) {
-            (Some(wanted), Some(own)) => wanted == own,
-            _ => true,
-        }
+        self.algorithms.contains(&alg)
+            && match (kid, self.kid.as_deref()) {
+                (Some(wanted), Some(own)) => wanted == own,
+                _ => true,
+            }
     }
 }
 

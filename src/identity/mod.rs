@@ -9,8 +9,11 @@
 //! the session's timers (`session` closes a connection whose token expired) nor the
 //! pattern algebra (`Pattern::and` in the protocol crate). Tokens are never logged.
 
+mod hook;
 mod keys;
 mod scope;
+
+pub use hook::HookConfig;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -36,6 +39,8 @@ pub enum Mode {
     Key,
     /// The API key and a valid signed token (`Token` in the `header` document).
     Token,
+    /// The API key and the connect hook's consent (`[identity.hook]`).
+    Hook,
 }
 
 /// A public key in a PEM file.
@@ -92,6 +97,8 @@ pub struct IdentityConfig {
     pub scope: Option<String>,
     /// Claim that holds a scope pattern (an object, or a string holding one).
     pub scope_claim: Option<String>,
+    /// The connect hook of mode `hook`.
+    pub hook: Option<HookConfig>,
 }
 
 impl Default for IdentityConfig {
@@ -114,6 +121,7 @@ impl Default for IdentityConfig {
             expiry_grace: Seconds(Duration::from_secs(30)),
             scope: None,
             scope_claim: None,
+            hook: None,
         }
     }
 }
@@ -154,6 +162,10 @@ pub enum IdentityError {
     NoTokenMode,
     #[error("the new Token's scope differs from the connection's; reconnect to change it")]
     ScopeChanged,
+    #[error("the connect hook refused this connection")]
+    HookDenied,
+    #[error("the connect hook did not answer in time or failed; try again later")]
+    HookUnavailable,
 }
 
 impl IdentityError {
@@ -161,6 +173,7 @@ impl IdentityError {
     pub fn status(&self) -> axum::http::StatusCode {
         match self {
             IdentityError::TokenMissing => axum::http::StatusCode::UNAUTHORIZED,
+            IdentityError::HookUnavailable => axum::http::StatusCode::SERVICE_UNAVAILABLE,
             _ => axum::http::StatusCode::FORBIDDEN,
         }
     }
@@ -184,6 +197,8 @@ impl IdentityError {
             IdentityError::ScopeInvalid(_) => "scope_invalid",
             IdentityError::NoTokenMode => "token_not_used",
             IdentityError::ScopeChanged => "scope_changed",
+            IdentityError::HookDenied => "hook_denied",
+            IdentityError::HookUnavailable => "hook_unavailable",
         }
     }
 }
@@ -234,6 +249,7 @@ pub struct Identity {
     validation: Validation,
     template: Option<scope::Template>,
     scope_claim: Option<String>,
+    hook: Option<hook::Hook>,
     /// See [`IdentityConfig::expiry_grace`].
     pub expiry_grace: Duration,
     limits: PatternLimits,
@@ -246,10 +262,15 @@ impl Identity {
         let config = config.unwrap_or(&default);
         let fixed = keys::fixed_keys(config)?;
         let jwks = keys::Jwks::new(config)?.map(Arc::new);
-        let uses_tokens =
-            config.mode == Mode::Token || config.modes.values().any(|mode| *mode == Mode::Token);
-        if uses_tokens && fixed.is_empty() && jwks.is_none() {
+        let uses = |wanted: Mode| {
+            config.mode == wanted || config.modes.values().any(|mode| *mode == wanted)
+        };
+        if uses(Mode::Token) && fixed.is_empty() && jwks.is_none() {
             return Err("identity: mode \"token\" needs identity.hmac_secret, identity.public_keys, identity.jwks_url or identity.jwks_file".into());
+        }
+        let hook = config.hook.as_ref().map(hook::Hook::new).transpose()?;
+        if uses(Mode::Hook) && hook.is_none() {
+            return Err("identity: mode \"hook\" needs [identity.hook] with a url".into());
         }
         if config.jwks_refresh_interval.0.is_zero() || config.jwks_timeout.0.is_zero() {
             return Err(
@@ -289,14 +310,15 @@ impl Identity {
             validation,
             template,
             scope_claim: config.scope_claim.clone(),
+            hook,
             expiry_grace: config.expiry_grace.0,
             limits,
         })
     }
 
-    /// True when some connection may need a token.
-    fn any_tokens(&self) -> bool {
-        self.mode == Mode::Token || self.modes.values().any(|mode| *mode == Mode::Token)
+    /// True when some connection needs more than its key.
+    fn any_checks(&self) -> bool {
+        self.mode != Mode::Key || self.modes.values().any(|mode| *mode != Mode::Key)
     }
 
     /// Starts the JWKS refresher (a no-op without a JWKS): a fetch now, then one every
@@ -323,8 +345,12 @@ impl Identity {
 
     /// The identity check of an upgrade whose `header` already passed the key checks:
     /// the grant of a key-only connection, or the verified token's.
-    pub async fn admit(&self, header: Option<&str>) -> Result<Grant, IdentityError> {
-        if !self.any_tokens() {
+    pub async fn admit(
+        &self,
+        header: Option<&str>,
+        request: &impl crate::handshake::UpgradeRequest,
+    ) -> Result<Grant, IdentityError> {
+        if !self.any_checks() {
             return Ok(Grant::default());
         }
         let document = header.and_then(header_document).unwrap_or_default();
@@ -336,6 +362,12 @@ impl Identity {
             Mode::Token => {
                 let token = field(&document, "token").ok_or(IdentityError::TokenMissing)?;
                 self.grant_for(token).await
+            }
+            Mode::Hook => {
+                let hook = self.hook.as_ref().ok_or(IdentityError::HookUnavailable)?;
+                let allowed = hook.ask(&document, request).await?;
+                let expires_at = allowed.ttl.map(|ttl| unix_now().saturating_add(ttl));
+                self.grant(&allowed.claims, allowed.scope, expires_at, false)
             }
         }
     }
@@ -355,9 +387,21 @@ impl Identity {
 
     async fn grant_for(&self, token: &str) -> Result<Grant, IdentityError> {
         let claims = self.verify(token).await?;
+        let expires_at = claims.get("exp").and_then(Value::as_u64);
+        self.grant(&claims, None, expires_at, true)
+    }
+
+    /// The grant of verified `claims` (and the hook's scope, if any).
+    fn grant(
+        &self,
+        claims: &Map<String, Value>,
+        hook_scope: Option<Value>,
+        expires_at: Option<u64>,
+        with_token: bool,
+    ) -> Result<Grant, IdentityError> {
         let mut parts = Vec::new();
         if let Some(template) = &self.template {
-            parts.push(template.fill(&claims)?);
+            parts.push(template.fill(claims)?);
         }
         if let Some(name) = &self.scope_claim {
             let value = claims
@@ -365,13 +409,16 @@ impl Identity {
                 .ok_or_else(|| IdentityError::ScopeClaimMissing(name.clone()))?;
             parts.push(scope::pattern_value(value, "scope claim")?);
         }
+        if let Some(value) = &hook_scope {
+            parts.push(scope::pattern_value(value, "hook's scope")?);
+        }
         let combined = scope::combine(parts, &self.limits)?;
         let (scope, scope_text) = combined.unzip();
         Ok(Grant {
             scope,
             scope_text,
-            expires_at: claims.get("exp").and_then(Value::as_u64),
-            with_token: true,
+            expires_at,
+            with_token,
         })
     }
 
@@ -382,6 +429,7 @@ impl Identity {
         let mut validation = self.validation.clone();
         validation.algorithms = vec![header.alg];
         let mut seen = self.jwks.as_ref().map(|jwks| jwks.current());
+        let mut refreshed = false;
         loop {
             let empty = Vec::new();
             let published = seen.as_deref().unwrap_or(&empty);
@@ -411,21 +459,22 @@ impl Identity {
                 return Err(error);
             }
             // A key the cache does not hold (yet): refresh once, then decide.
-            if let (Some(jwks), Some(old)) = (&self.jwks, &seen) {
+            if let (Some(jwks), Some(old), false) = (&self.jwks, &seen, refreshed) {
+                refreshed = true;
                 if jwks.refresh_for_unknown_key(old).await {
                     seen = Some(jwks.current());
                     continue;
                 }
             }
-            let same_key_other_algorithm = self
+            let algorithm_taken = self
                 .fixed
                 .iter()
                 .chain(published.iter())
-                .any(|key| key.takes_kid(kid));
-            return Err(if same_key_other_algorithm {
-                IdentityError::AlgorithmNotAllowed(format!("{:?}", header.alg))
-            } else {
+                .any(|key| key.algorithms.contains(&header.alg));
+            return Err(if algorithm_taken {
                 IdentityError::UnknownKey
+            } else {
+                IdentityError::AlgorithmNotAllowed(format!("{:?}", header.alg))
             });
         }
     }
