@@ -429,8 +429,29 @@ async fn demo_config(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
         "url": format!("{ws}://{host}/"),
         "apiKey": state.dev_api_key,
         "ingestUrl": format!("{http}://{host}/events"),
+        "tokens": state.identity.can_mint(),
     }))
     .into_response()
+}
+
+/// `POST /demo/token` (dev mode): `{"tenant": ".."}` → `{"token": ".."}`, a short-lived
+/// token signed with `identity.hmac_secret`, so the demo page can connect as a tenant.
+async fn demo_token(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
+    let tenant = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|value| value.get("tenant").and_then(Value::as_str).map(str::to_owned))
+        .filter(|tenant| !tenant.is_empty() && tenant.len() <= 128);
+    let Some(tenant) = tenant else {
+        return bad_request("the body must be {\"tenant\": \"<1 to 128 characters>\"}".into());
+    };
+    match state.identity.mint_dev_token(&tenant) {
+        Some(token) => Json(json!({ "token": token })).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": "no identity.hmac_secret is configured to sign demo tokens" })),
+        )
+            .into_response(),
+    }
 }
 
 fn router(state: Arc<AppState>) -> Router {
@@ -451,6 +472,7 @@ fn router(state: Arc<AppState>) -> Router {
             )
             .route("/demo/", get(demo_index))
             .route("/demo/config.json", get(demo_config))
+            .route("/demo/token", post(demo_token))
             .route(
                 "/demo/{file}",
                 get(|path: Path<String>| demo_file(Some(path))),

@@ -755,3 +755,33 @@ async fn a_connect_hook_that_is_down_refuses() {
         .await
         .contains("eventgate_connect_hook_calls_total{outcome=\"error\"}"));
 }
+
+#[tokio::test]
+async fn dev_mode_mints_demo_tokens_for_a_tenant() {
+    let server = Server::start(config_with(scoped_identity())).await;
+    let mint = |body: Value| {
+        server
+            .http
+            .post(server.http_url("/demo/token"))
+            .json(&body)
+            .send()
+    };
+    let response = mint(json!({"tenant": "t1"})).await.expect("POST");
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.expect("JSON");
+    let token = body["token"].as_str().expect("a token").to_owned();
+    let mut client = accepted(&server, &token).await;
+    client.subscribe("all", &json!({"source": ["app"]})).await;
+    for tenant in ["t2", "t1"] {
+        server
+            .publish_event("app", "update", json!({"tenant": tenant}))
+            .await;
+    }
+    let (_, event) = client.next_event().await;
+    assert_eq!(event["detail"]["tenant"], "t1");
+    let response = mint(json!({"tenant": ""})).await.expect("POST");
+    assert_eq!(response.status().as_u16(), 400);
+    let (status, config) = server.get("/demo/config.json").await;
+    assert_eq!(status, 200);
+    assert!(config.contains("\"tokens\":true"), "{config}");
+}

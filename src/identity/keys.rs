@@ -56,7 +56,7 @@ fn read(path: &Path, key: &str) -> Result<Vec<u8>, String> {
 
 /// A secret given inline, by file or in the environment: the file's text without its
 /// trailing line break.
-fn hmac_secret(config: &IdentityConfig) -> Result<Option<Vec<u8>>, String> {
+pub(super) fn hmac_secret(config: &IdentityConfig) -> Result<Option<Vec<u8>>, String> {
     match (&config.hmac_secret, &config.hmac_secret_file) {
         (Some(_), Some(_)) => {
             Err("identity.hmac_secret and identity.hmac_secret_file are both set; use one".into())

@@ -239,6 +239,22 @@ impl Grant {
     }
 }
 
+/// What a dev-mode token needs to pass this gateway's own checks.
+struct DevMinter {
+    key: jsonwebtoken::EncodingKey,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl std::fmt::Debug for DevMinter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DevMinter")
+    }
+}
+
+/// Lifetime of a dev-mode demo token.
+const DEV_TOKEN_SECONDS: u64 = 600;
+
 /// The compiled `[identity]` settings.
 #[derive(Debug)]
 pub struct Identity {
@@ -250,6 +266,8 @@ pub struct Identity {
     template: Option<scope::Template>,
     scope_claim: Option<String>,
     hook: Option<hook::Hook>,
+    /// Signs the dev-mode demo page's tokens (with `hmac_secret`, when there is one).
+    minter: Option<DevMinter>,
     /// See [`IdentityConfig::expiry_grace`].
     pub expiry_grace: Duration,
     limits: PatternLimits,
@@ -297,6 +315,15 @@ impl Identity {
             required.push("aud");
         }
         validation.set_required_spec_claims(&required);
+        let minter = match keys::hmac_secret(config)? {
+            Some(secret) => Some(DevMinter {
+                key: jsonwebtoken::EncodingKey::from_secret(&secret)
+                    .map_err(|error| format!("identity.hmac_secret: {error}"))?,
+                issuer: config.issuers.first().cloned(),
+                audience: config.audiences.first().cloned(),
+            }),
+            None => None,
+        };
         let template = config
             .scope
             .as_deref()
@@ -311,6 +338,7 @@ impl Identity {
             template,
             scope_claim: config.scope_claim.clone(),
             hook,
+            minter,
             expiry_grace: config.expiry_grace.0,
             limits,
         })
@@ -319,6 +347,32 @@ impl Identity {
     /// True when some connection needs more than its key.
     fn any_checks(&self) -> bool {
         self.mode != Mode::Key || self.modes.values().any(|mode| *mode != Mode::Key)
+    }
+
+    /// True when [`Identity::mint_dev_token`] can sign tokens.
+    pub fn can_mint(&self) -> bool {
+        self.minter.is_some()
+    }
+
+    /// A token for `tenant` (claims `sub`, `tenant`, `exp` in 10 minutes, and the first
+    /// configured `iss`/`aud`), signed HS256 with `hmac_secret`. Only the dev-mode demo page
+    /// calls this.
+    pub fn mint_dev_token(&self, tenant: &str) -> Option<String> {
+        let minter = self.minter.as_ref()?;
+        let mut claims = serde_json::json!({
+            "sub": format!("demo-{tenant}"),
+            "tenant": tenant,
+            "iat": unix_now(),
+            "exp": unix_now() + DEV_TOKEN_SECONDS,
+        });
+        if let Some(issuer) = &minter.issuer {
+            claims["iss"] = Value::String(issuer.clone());
+        }
+        if let Some(audience) = &minter.audience {
+            claims["aud"] = Value::String(audience.clone());
+        }
+        let header = jsonwebtoken::Header::new(Algorithm::HS256);
+        jsonwebtoken::encode(&header, &claims, &minter.key).ok()
     }
 
     /// Starts the JWKS refresher (a no-op without a JWKS): a fetch now, then one every
