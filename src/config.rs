@@ -355,7 +355,11 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("INGEST_TOKENS_FILE", "ingest_tokens_file", Kind::Text),
     ("IDENTITY_MODE", "identity.mode", Kind::Text),
     ("IDENTITY_HMAC_SECRET", "identity.hmac_secret", Kind::Text),
-    ("IDENTITY_HMAC_SECRET_FILE", "identity.hmac_secret_file", Kind::Text),
+    (
+        "IDENTITY_HMAC_SECRET_FILE",
+        "identity.hmac_secret_file",
+        Kind::Text,
+    ),
     ("IDENTITY_JWKS_URL", "identity.jwks_url", Kind::Text),
     ("IDENTITY_JWKS_FILE", "identity.jwks_file", Kind::Text),
     ("IDENTITY_ISSUERS", "identity.issuers", Kind::List),

@@ -439,7 +439,12 @@ async fn demo_config(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
 async fn demo_token(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
     let tenant = serde_json::from_slice::<Value>(&body)
         .ok()
-        .and_then(|value| value.get("tenant").and_then(Value::as_str).map(str::to_owned))
+        .and_then(|value| {
+            value
+                .get("tenant")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
         .filter(|tenant| !tenant.is_empty() && tenant.len() <= 128);
     let Some(tenant) = tenant else {
         return bad_request("the body must be {\"tenant\": \"<1 to 128 characters>\"}".into());

@@ -280,7 +280,10 @@ pub async fn run(
                 if now >= last_heard + idle_timeout {
                     break Outcome::Close(CloseReason::Idle);
                 }
-                if session.token_deadline.is_some_and(|deadline| now >= deadline) {
+                if session
+                    .token_deadline
+                    .is_some_and(|deadline| now >= deadline)
+                {
                     break Outcome::Close(CloseReason::TokenExpired);
                 }
                 if now >= next_ping {

@@ -103,7 +103,8 @@ async fn hs256_tokens_are_required_and_checked() {
     let good = json!({"iss": "https://issuer.test", "aud": "eventgate", "exp": now() + 600});
     refused(&server, None, 401, "token_missing").await;
     refused(&server, Some("not.a.jwt"), 403, "token_malformed").await;
-    let other_secret = EncodingKey::from_secret(b"another secret that is long enough!!").expect("key");
+    let other_secret =
+        EncodingKey::from_secret(b"another secret that is long enough!!").expect("key");
     refused(
         &server,
         Some(&sign(Algorithm::HS256, None, &other_secret, &good)),
@@ -122,7 +123,13 @@ async fn hs256_tokens_are_required_and_checked() {
     refused(&server, Some(&hs256(&issuer)), 403, "token_wrong_issuer").await;
     let mut audience = good.clone();
     audience["aud"] = json!("someone-else");
-    refused(&server, Some(&hs256(&audience)), 403, "token_wrong_audience").await;
+    refused(
+        &server,
+        Some(&hs256(&audience)),
+        403,
+        "token_wrong_audience",
+    )
+    .await;
     let mut no_exp = good.clone();
     no_exp.as_object_mut().map(|claims| claims.remove("exp"));
     refused(&server, Some(&hs256(&no_exp)), 403, "token_missing_claim").await;
@@ -424,7 +431,10 @@ async fn two_tenants_each_receive_only_their_own_events() {
     }
     for (rule, pattern) in [
         ("other", json!({"detail": {"tenant": ["t2"]}})),
-        ("not-mine", json!({"detail": {"tenant": [{"anything-but": "t1"}]}})),
+        (
+            "not-mine",
+            json!({"detail": {"tenant": [{"anything-but": "t1"}]}}),
+        ),
         ("absent", json!({"detail": {"tenant": [{"exists": false}]}})),
         (
             "or",
@@ -493,7 +503,10 @@ async fn a_scope_claim_holds_a_pattern() {
             .await;
     }
     let (_, event) = client.next_event().await;
-    assert_eq!(event["detail"], json!({"tenant": "t1", "visibility": "public"}));
+    assert_eq!(
+        event["detail"],
+        json!({"tenant": "t1", "visibility": "public"})
+    );
     assert_eq!(client.try_recv(QUIET).await, None);
     claims["evg_scope"] = json!("not a pattern");
     refused(&server, Some(&hs256(&claims)), 403, "scope_invalid").await;
@@ -538,15 +551,14 @@ async fn an_expired_token_closes_the_connection_unless_refreshed() {
     assert_eq!((code, reason.as_str()), (1008, "token expired"));
     // The refreshed one outlives the first token.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    refreshed.subscribe("all", &json!({"source": ["app"]})).await;
+    refreshed
+        .subscribe("all", &json!({"source": ["app"]}))
+        .await;
     server
         .publish_event("app", "update", json!({"tenant": "t1"}))
         .await;
     refreshed.next_event().await;
-    assert!(server
-        .metrics()
-        .await
-        .contains("reason=\"token_expired\""));
+    assert!(server.metrics().await.contains("reason=\"token_expired\""));
 }
 
 #[tokio::test]
@@ -554,7 +566,9 @@ async fn key_only_connections_cannot_refresh() {
     let server = Server::start(config_with(identity(Mode::Key))).await;
     let mut client = server.announced().await;
     let ack = client
-        .request(&json!({"Action": "Refresh", "RequestId": "r", "Token": hs256(&tenant_claims("t1"))}))
+        .request(
+            &json!({"Action": "Refresh", "RequestId": "r", "Token": hs256(&tenant_claims("t1"))}),
+        )
         .await;
     assert_eq!(ack["Status"], "Error");
     assert!(ack["Message"]
@@ -658,16 +672,18 @@ fn hook_identity(url: String) -> IdentityConfig {
 }
 
 /// An upgrade request of a dev client with a `session` cookie.
-fn with_cookie(server: &Server, session: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+fn with_cookie(
+    server: &Server,
+    session: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = server
-        .ws_url()
-        .into_client_request()
-        .expect("a request");
+    let mut request = server.ws_url().into_client_request().expect("a request");
     let headers = request.headers_mut();
     headers.insert(
         "cookie",
-        format!("theme=dark; session={session}").parse().expect("value"),
+        format!("theme=dark; session={session}")
+            .parse()
+            .expect("value"),
     );
     headers.insert("origin", "https://app.test".parse().expect("value"));
     headers.insert("x-session-hint", "hint".parse().expect("value"));
@@ -695,7 +711,13 @@ async fn a_connect_hook_allows_denies_and_fails_closed() {
     // the forwarded header.
     let mut t1 = expect_accepted(with_cookie(&server, "t1")).await;
     t1.hello().await;
-    let seen = hook.seen.lock().expect("lock").last().cloned().expect("a call");
+    let seen = hook
+        .seen
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .expect("a call");
     assert_eq!(seen["header"]["Id"], CLIENT_ID);
     assert_eq!(seen["cookie"], "theme=dark; session=t1");
     assert_eq!(seen["origin"], "https://app.test");
@@ -718,7 +740,10 @@ async fn a_connect_hook_allows_denies_and_fails_closed() {
     let (_, event) = t1.next_event().await;
     assert_eq!(event["detail"]["tenant"], "t1");
     let (_, event) = public.next_event().await;
-    assert_eq!(event["detail"], json!({"tenant": "t2", "visibility": "public"}));
+    assert_eq!(
+        event["detail"],
+        json!({"tenant": "t2", "visibility": "public"})
+    );
     assert_eq!(t1.try_recv(QUIET).await, None);
     assert_eq!(public.try_recv(QUIET).await, None);
 

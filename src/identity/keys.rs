@@ -66,7 +66,9 @@ pub(super) fn hmac_secret(config: &IdentityConfig) -> Result<Option<Vec<u8>>, St
             let text = read(path, "identity.hmac_secret_file")?;
             let text = String::from_utf8(text)
                 .map_err(|_| "identity.hmac_secret_file: the file is not UTF-8 text".to_owned())?;
-            Ok(Some(text.trim_end_matches(['\r', '\n']).as_bytes().to_vec()))
+            Ok(Some(
+                text.trim_end_matches(['\r', '\n']).as_bytes().to_vec(),
+            ))
         }
         (None, None) => Ok(None),
     }
@@ -258,9 +260,8 @@ impl Jwks {
         };
         if let JwksSource::File(path) = &jwks.source {
             let bytes = read(path, "identity.jwks_file")?;
-            let keys = parse_jwks(&bytes).map_err(|error| {
-                format!("identity.jwks_file: {}: {error}", path.display())
-            })?;
+            let keys = parse_jwks(&bytes)
+                .map_err(|error| format!("identity.jwks_file: {}: {error}", path.display()))?;
             jwks.store(keys);
         }
         Ok(Some(jwks))
@@ -268,9 +269,10 @@ impl Jwks {
 
     /// The keys as of now.
     pub(super) fn current(&self) -> Arc<Vec<VerifyKey>> {
-        self.keys
-            .read()
-            .map_or_else(|poisoned| poisoned.into_inner().clone(), |keys| keys.clone())
+        self.keys.read().map_or_else(
+            |poisoned| poisoned.into_inner().clone(),
+            |keys| keys.clone(),
+        )
     }
 
     fn store(&self, keys: Vec<VerifyKey>) {

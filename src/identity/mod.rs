@@ -441,7 +441,11 @@ impl Identity {
 
     async fn grant_for(&self, token: &str) -> Result<Grant, IdentityError> {
         let claims = self.verify(token).await?;
-        let expires_at = claims.get("exp").and_then(Value::as_u64);
+        // A fractional `exp` (allowed by RFC 7519) counts from its whole second.
+        let expires_at = claims.get("exp").and_then(|exp| {
+            exp.as_u64()
+                .or_else(|| exp.as_f64().filter(|exp| *exp >= 0.0).map(|exp| exp as u64))
+        });
         self.grant(&claims, None, expires_at, true)
     }
 
@@ -478,7 +482,8 @@ impl Identity {
 
     /// Checks the token's signature and registered claims; returns its claims.
     async fn verify(&self, token: &str) -> Result<Map<String, Value>, IdentityError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| IdentityError::TokenMalformed)?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| IdentityError::TokenMalformed)?;
         let kid = header.kid.as_deref();
         let mut validation = self.validation.clone();
         validation.algorithms = vec![header.alg];
@@ -545,9 +550,10 @@ fn claims_error(kind: &ErrorKind) -> IdentityError {
         ErrorKind::InvalidClaimFormat(claim) => {
             IdentityError::InvalidClaims(format!("{claim:?} has the wrong type"))
         }
-        ErrorKind::Json(_) | ErrorKind::Base64(_) | ErrorKind::Utf8(_) | ErrorKind::InvalidToken => {
-            IdentityError::TokenMalformed
-        }
+        ErrorKind::Json(_)
+        | ErrorKind::Base64(_)
+        | ErrorKind::Utf8(_)
+        | ErrorKind::InvalidToken => IdentityError::TokenMalformed,
         _ => IdentityError::BadSignature,
     }
 }
@@ -587,8 +593,8 @@ pub fn scoped_pattern(
     limits: &PatternLimits,
 ) -> Result<Pattern, String> {
     let scope = scope::pattern_value(scope, "Scope").map_err(|error| error.to_string())?;
-    let scope = Pattern::from_value(&scope, limits)
-        .map_err(|error| format!("invalid scope: {error}"))?;
+    let scope =
+        Pattern::from_value(&scope, limits).map_err(|error| format!("invalid scope: {error}"))?;
     Ok(scope.and(&pattern))
 }
 

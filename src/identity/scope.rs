@@ -100,7 +100,12 @@ fn fill(value: &Value, claims: &Map<String, Value>) -> Result<Value, IdentityErr
             let mut values = fill_string(text, claims)?;
             match values.len() {
                 1 => values.remove(0),
-                _ => return Err(IdentityError::ScopeClaimUnusable(text.clone(), "an array outside a value list")),
+                _ => {
+                    return Err(IdentityError::ScopeClaimUnusable(
+                        text.clone(),
+                        "an array outside a value list",
+                    ))
+                }
             }
         }
         Value::Array(items) => {
@@ -247,10 +252,16 @@ mod tests {
         let tenant = template(r#"{"detail":{"tenant":["${tenant}"]}}"#);
         for (value, label) in [
             (json!({}), "scope_claim_missing"),
-            (json!({"tenant": {"anything-but": "x"}}), "scope_claim_unusable"),
+            (
+                json!({"tenant": {"anything-but": "x"}}),
+                "scope_claim_unusable",
+            ),
             (json!({"tenant": ""}), "scope_claim_unusable"),
             (json!({"tenant": null}), "scope_claim_unusable"),
-            (json!({"tenant": [{"exists": true}]}), "scope_claim_unusable"),
+            (
+                json!({"tenant": [{"exists": true}]}),
+                "scope_claim_unusable",
+            ),
             (json!({"tenant": []}), "scope_claim_unusable"),
         ] {
             let error = tenant.fill(&claims(value.clone())).expect_err("refused");

@@ -54,7 +54,10 @@ mod tests {
         let mut out_json = Vec::new();
         let parsed = index.matches_json(&event.to_string(), &mut out_json);
         assert!(parsed.is_ok());
-        assert_eq!(out, out_json, "matches and matches_json disagree on {event}");
+        assert_eq!(
+            out, out_json,
+            "matches and matches_json disagree on {event}"
+        );
         !out.is_empty()
     }
 
