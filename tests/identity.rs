@@ -311,11 +311,7 @@ impl JwksServer {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let addr = serve_on_loopback(app).await;
         format!("http://{addr}/jwks.json")
     }
 
@@ -481,6 +477,29 @@ async fn a_scope_needs_its_claims_and_takes_them_as_values() {
     assert_eq!(client.try_recv(QUIET).await, None);
 }
 
+/// Publishes one `app` event per `(tenant, visibility)`.
+async fn publish_items(server: &Server, items: &[(&str, &str)]) {
+    for (tenant, visibility) in items {
+        server
+            .publish_event(
+                "app",
+                "update",
+                json!({"tenant": tenant, "visibility": visibility}),
+            )
+            .await;
+    }
+}
+
+/// Serves `app` on 127.0.0.1 (a JWKS endpoint, a connect hook); returns its address.
+async fn serve_on_loopback(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
 #[tokio::test]
 async fn a_scope_claim_holds_a_pattern() {
     let server = Server::start(config_with(IdentityConfig {
@@ -493,15 +512,11 @@ async fn a_scope_claim_holds_a_pattern() {
     claims["evg_scope"] = json!({"detail": {"visibility": ["public"]}});
     let mut client = accepted(&server, &hs256(&claims)).await;
     client.subscribe("all", &json!({"source": ["app"]})).await;
-    for (tenant, visibility) in [("t1", "private"), ("t2", "public"), ("t1", "public")] {
-        server
-            .publish_event(
-                "app",
-                "update",
-                json!({"tenant": tenant, "visibility": visibility}),
-            )
-            .await;
-    }
+    publish_items(
+        &server,
+        &[("t1", "private"), ("t2", "public"), ("t1", "public")],
+    )
+    .await;
     let (_, event) = client.next_event().await;
     assert_eq!(
         event["detail"],
@@ -647,11 +662,7 @@ impl HookServer {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let addr = serve_on_loopback(app).await;
         format!("http://{addr}/connect")
     }
 }
@@ -728,15 +739,11 @@ async fn a_connect_hook_allows_denies_and_fails_closed() {
     for client in [&mut t1, &mut public] {
         client.subscribe("all", &json!({"source": ["app"]})).await;
     }
-    for (tenant, visibility) in [("t2", "private"), ("t1", "private"), ("t2", "public")] {
-        server
-            .publish_event(
-                "app",
-                "update",
-                json!({"tenant": tenant, "visibility": visibility}),
-            )
-            .await;
-    }
+    publish_items(
+        &server,
+        &[("t2", "private"), ("t1", "private"), ("t2", "public")],
+    )
+    .await;
     let (_, event) = t1.next_event().await;
     assert_eq!(event["detail"]["tenant"], "t1");
     let (_, event) = public.next_event().await;
