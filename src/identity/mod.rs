@@ -614,6 +614,51 @@ mod tests {
     }
 
     #[test]
+    fn identity_keys_load_from_toml_and_the_environment() {
+        let load = |file: &str, env: &[(&str, &str)]| {
+            crate::config::load(
+                Some(file),
+                env.iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect::<Vec<_>>(),
+                Vec::new(),
+            )
+        };
+        let error = load("dev = true\n[identity]\nmode = \"token\"\n", &[])
+            .expect_err("a token mode without keys");
+        assert!(
+            error.to_string().contains("identity.hmac_secret"),
+            "{error}"
+        );
+        let error = load(
+            "dev = true\n[identity]\nmode = \"token\"\nhmac_secret = \"0123456789abcdef0123456789abcdef\"\nscope = '{\"detail\":\"${tenant}\"}'\n",
+            &[],
+        )
+        .expect_err("a scope that is no pattern");
+        assert!(error.to_string().contains("identity.scope"), "{error}");
+        let config = load(
+            "dev = true\n",
+            &[
+                ("EVENTGATE_IDENTITY_MODE", "token"),
+                (
+                    "EVENTGATE_IDENTITY_HMAC_SECRET",
+                    "0123456789abcdef0123456789abcdef",
+                ),
+                (
+                    "EVENTGATE_IDENTITY_SCOPE",
+                    r#"{"detail":{"tenant":["${tenant}"]}}"#,
+                ),
+                ("EVENTGATE_IDENTITY_EXPIRY_GRACE", "5s"),
+            ],
+        )
+        .expect("valid");
+        let identity = config.identity.expect("an [identity] section");
+        assert_eq!(identity.mode, Mode::Token);
+        assert_eq!(identity.expiry_grace.0, Duration::from_secs(5));
+        assert!(load("dev = true\n[identity]\nbogus = 1\n", &[]).is_err());
+    }
+
+    #[test]
     fn a_token_mode_needs_a_key() {
         let config = IdentityConfig {
             mode: Mode::Token,
