@@ -235,7 +235,10 @@ impl Grant {
     pub fn close_at(&self, grace: Duration) -> Option<tokio::time::Instant> {
         let expires_at = self.expires_at?;
         let left = Duration::from_secs(expires_at.saturating_sub(unix_now()));
-        Some(tokio::time::Instant::now() + left + grace)
+        // An `exp` too far away to be an instant is no deadline (rather than a panic).
+        tokio::time::Instant::now()
+            .checked_add(left)?
+            .checked_add(grace)
     }
 }
 
@@ -656,6 +659,26 @@ mod tests {
         assert_eq!(identity.mode, Mode::Token);
         assert_eq!(identity.expiry_grace.0, Duration::from_secs(5));
         assert!(load("dev = true\n[identity]\nbogus = 1\n", &[]).is_err());
+    }
+
+    #[test]
+    fn deadlines_follow_exp_and_never_overflow() {
+        let grant = |expires_at| Grant {
+            expires_at: Some(expires_at),
+            ..Grant::default()
+        };
+        assert!(Grant::default().close_at(Duration::ZERO).is_none());
+        assert!(grant(u64::MAX).close_at(Duration::MAX).is_none());
+        let soon = grant(unix_now() + 60)
+            .close_at(Duration::from_secs(30))
+            .expect("a deadline");
+        let left = soon.duration_since(tokio::time::Instant::now());
+        assert!(left > Duration::from_secs(80) && left <= Duration::from_secs(90));
+        // Already expired: the grace alone.
+        let past = grant(1)
+            .close_at(Duration::from_secs(5))
+            .expect("a deadline");
+        assert!(past.duration_since(tokio::time::Instant::now()) <= Duration::from_secs(5));
     }
 
     #[test]
