@@ -196,14 +196,14 @@ pub struct Config {
     /// Multi-node fan-out (`[cluster]`); absent = this node alone, in-process.
     #[serde(default)]
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Verified identities and scopes (`[identity]`), see `docs/auth.md`; absent = key only.
+    pub identity: Option<crate::identity::IdentityConfig>,
     /// Serve `https`/`wss` on the listener (`[tls]`); absent = plain HTTP.
     pub tls: Option<TlsConfig>,
     /// File holding `stack_id` (Docker/Kubernetes secrets); excludes `stack_id`.
     pub stack_id_file: Option<PathBuf>,
     /// File holding `ingest_tokens`, one a line; excludes `ingest_tokens`.
     pub ingest_tokens_file: Option<PathBuf>,
-    /// Verified identities and scopes (`[identity]`), see `docs/auth.md`; absent = key only.
-    pub identity: Option<crate::identity::IdentityConfig>,
 }
 
 /// `[tls]`: PEM files of the certificate chain and its private key.
@@ -257,10 +257,10 @@ impl Default for Config {
             limits: Limits::default(),
             sources: Vec::new(),
             cluster: None,
+            identity: None,
             tls: None,
             stack_id_file: None,
             ingest_tokens_file: None,
-            identity: None,
         }
     }
 }
@@ -281,6 +281,22 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("KEEPALIVE_INTERVAL", "keepalive_interval", Kind::Text),
     ("IDLE_TIMEOUT", "idle_timeout", Kind::Text),
     ("SHUTDOWN_GRACE", "shutdown_grace", Kind::Text),
+    ("IDENTITY_MODE", "identity.mode", Kind::Text),
+    ("IDENTITY_HMAC_SECRET", "identity.hmac_secret", Kind::Text),
+    (
+        "IDENTITY_HMAC_SECRET_FILE",
+        "identity.hmac_secret_file",
+        Kind::Text,
+    ),
+    ("IDENTITY_JWKS_URL", "identity.jwks_url", Kind::Text),
+    ("IDENTITY_JWKS_FILE", "identity.jwks_file", Kind::Text),
+    ("IDENTITY_ISSUERS", "identity.issuers", Kind::List),
+    ("IDENTITY_AUDIENCES", "identity.audiences", Kind::List),
+    ("IDENTITY_SCOPE", "identity.scope", Kind::Text),
+    ("IDENTITY_SCOPE_CLAIM", "identity.scope_claim", Kind::Text),
+    ("IDENTITY_LEEWAY", "identity.leeway", Kind::Text),
+    ("IDENTITY_EXPIRY_GRACE", "identity.expiry_grace", Kind::Text),
+    ("IDENTITY_HOOK_URL", "identity.hook.url", Kind::Text),
     ("MAX_FRAME_BYTES", "limits.max_frame_bytes", Kind::Integer),
     (
         "MAX_RULES_PER_CONNECTION",
@@ -353,22 +369,6 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("TLS_RELOAD_INTERVAL", "tls.reload_interval", Kind::Text),
     ("STACK_ID_FILE", "stack_id_file", Kind::Text),
     ("INGEST_TOKENS_FILE", "ingest_tokens_file", Kind::Text),
-    ("IDENTITY_MODE", "identity.mode", Kind::Text),
-    ("IDENTITY_HMAC_SECRET", "identity.hmac_secret", Kind::Text),
-    (
-        "IDENTITY_HMAC_SECRET_FILE",
-        "identity.hmac_secret_file",
-        Kind::Text,
-    ),
-    ("IDENTITY_JWKS_URL", "identity.jwks_url", Kind::Text),
-    ("IDENTITY_JWKS_FILE", "identity.jwks_file", Kind::Text),
-    ("IDENTITY_ISSUERS", "identity.issuers", Kind::List),
-    ("IDENTITY_AUDIENCES", "identity.audiences", Kind::List),
-    ("IDENTITY_SCOPE", "identity.scope", Kind::Text),
-    ("IDENTITY_SCOPE_CLAIM", "identity.scope_claim", Kind::Text),
-    ("IDENTITY_LEEWAY", "identity.leeway", Kind::Text),
-    ("IDENTITY_EXPIRY_GRACE", "identity.expiry_grace", Kind::Text),
-    ("IDENTITY_HOOK_URL", "identity.hook.url", Kind::Text),
 ];
 
 #[derive(Debug, Clone, Copy)]

@@ -191,6 +191,8 @@ pub enum CloseReason {
     ShuttingDown,
     /// 1008: no Hello within `hello_timeout`.
     HelloTimeout,
+    /// 1008: the connection's token expired (plus `identity.expiry_grace`) without a Refresh.
+    TokenExpired,
     /// 1003: binary frames are not part of the protocol.
     BinaryFrame,
     /// 1009: a message over `max_frame_bytes`.
@@ -201,8 +203,6 @@ pub enum CloseReason {
     SlowConsumer,
     /// 1001: nothing heard from the peer within `idle_timeout`.
     Idle,
-    /// 1008: the connection's token expired (plus `identity.expiry_grace`) without a Refresh.
-    TokenExpired,
 }
 
 impl CloseReason {
@@ -222,12 +222,12 @@ impl CloseReason {
         match self {
             CloseReason::ShuttingDown => "server shutting down",
             CloseReason::HelloTimeout => "no Hello received in time",
+            CloseReason::TokenExpired => "token expired",
             CloseReason::BinaryFrame => "binary frames are not supported; send JSON text frames",
             CloseReason::FrameTooLarge => "message too large",
             CloseReason::RateLimited => "too many actions per second",
             CloseReason::SlowConsumer => "client too slow: outbound queue full",
             CloseReason::Idle => "connection idle: no pong received",
-            CloseReason::TokenExpired => "token expired",
         }
     }
 
@@ -236,12 +236,12 @@ impl CloseReason {
         match self {
             CloseReason::ShuttingDown => "shutdown",
             CloseReason::HelloTimeout => "hello_timeout",
+            CloseReason::TokenExpired => "token_expired",
             CloseReason::BinaryFrame => "binary_frame",
             CloseReason::FrameTooLarge => "frame_too_large",
             CloseReason::RateLimited => "rate_limited",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::Idle => "idle",
-            CloseReason::TokenExpired => "token_expired",
         }
     }
 }

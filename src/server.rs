@@ -42,6 +42,8 @@ use crate::{session, telemetry};
 pub struct AppState {
     pub config: Config,
     pub auth: Auth,
+    /// Verified identities and scopes (see `identity`).
+    pub identity: crate::identity::Identity,
     pub hub: Hub,
     pub pattern_limits: PatternLimits,
     /// Every session's stop signal: shutdown closes them all with 1001.
@@ -56,8 +58,6 @@ pub struct AppState {
     pub dev_api_key: Option<String>,
     /// Connection caps and rate limits (see `limits`).
     pub limiter: Arc<crate::limits::Limiter>,
-    /// Verified identities and scopes (see `identity`).
-    pub identity: crate::identity::Identity,
 }
 
 /// Why the gateway stopped with an error.
@@ -280,15 +280,7 @@ async fn test_pattern(State(state): State<Arc<AppState>>, body: axum::body::Byte
             ))
         }
     };
-    let result = match &request.scope {
-        Some(scope) => evaluate_scoped(&request, scope, &state.pattern_limits),
-        None => evaluate_pattern(
-            &request.event_pattern,
-            &request.event,
-            &state.pattern_limits,
-        ),
-    };
-    match result {
+    match evaluate_request(&request, &state.pattern_limits) {
         Ok(result) => Json(json!({ "Result": result })).into_response(),
         Err(message) => bad_request(message),
     }
@@ -327,13 +319,12 @@ fn test_event(event: &Value) -> Result<Value, String> {
     Ok(event)
 }
 
-/// `/test-pattern` with a `Scope`: the pattern ANDed with the scope, as a scoped connection
-/// would subscribe it.
-fn evaluate_scoped(
-    request: &TestPatternRequest,
-    scope: &Value,
-    limits: &PatternLimits,
-) -> Result<bool, String> {
+/// A `/test-pattern` request; with a `Scope`, the pattern is ANDed with it, as a scoped
+/// connection would subscribe it.
+fn evaluate_request(request: &TestPatternRequest, limits: &PatternLimits) -> Result<bool, String> {
+    let Some(scope) = &request.scope else {
+        return evaluate_pattern(&request.event_pattern, &request.event, limits);
+    };
     let pattern = test_pattern_value(&request.event_pattern, limits)?;
     let scoped = crate::identity::scoped_pattern(pattern, scope, limits)?;
     Ok(scoped.matches(&test_event(&request.event)?))

@@ -63,6 +63,21 @@ pub fn auth_failed(reason: &'static str) {
     tracing::info!(reason, "websocket upgrade rejected");
 }
 
+/// A JWKS refresh ended (`ok` or `failed`).
+pub fn jwks_refreshed(outcome: &'static str) {
+    counter!(JWKS_REFRESHES, "outcome" => outcome).increment(1);
+}
+
+/// A Refresh action ended: `ok`, or the refusal's label.
+pub fn token_refreshed(outcome: &'static str) {
+    counter!(TOKEN_REFRESHES, "outcome" => outcome).increment(1);
+}
+
+/// A connect-hook call ended: `allow`, `deny`, `timeout`, `error` or `bad_answer`.
+pub fn hook_called(outcome: &'static str) {
+    counter!(HOOK_CALLS, "outcome" => outcome).increment(1);
+}
+
 pub fn events_ingested(count: u64) {
     counter!(EVENTS_INGESTED).increment(count);
 }
@@ -171,19 +186,4 @@ pub fn limit_rejected(limit: &'static str) {
 
 pub fn tls_reloaded(ok: bool) {
     counter!(TLS_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
-}
-
-/// A JWKS refresh ended (`ok` or `failed`).
-pub fn jwks_refreshed(outcome: &'static str) {
-    counter!(JWKS_REFRESHES, "outcome" => outcome).increment(1);
-}
-
-/// A Refresh action ended: `ok`, or the refusal's label.
-pub fn token_refreshed(outcome: &'static str) {
-    counter!(TOKEN_REFRESHES, "outcome" => outcome).increment(1);
-}
-
-/// A connect-hook call ended: `allow`, `deny`, `timeout`, `error` or `bad_answer`.
-pub fn hook_called(outcome: &'static str) {
-    counter!(HOOK_CALLS, "outcome" => outcome).increment(1);
 }
