@@ -438,7 +438,11 @@ async fn demo_token(State(state): State<Arc<AppState>>, body: axum::body::Bytes)
         })
         .filter(|tenant| !tenant.is_empty() && tenant.len() <= 128);
     let Some(tenant) = tenant else {
-        return bad_request("the body must be {\"tenant\": \"<1 to 128 characters>\"}".into());
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": "the body must be {\"tenant\": \"<1 to 128 characters>\"}" })),
+        )
+            .into_response();
     };
     match state.identity.mint_dev_token(&tenant) {
         Some(token) => Json(json!({ "token": token })).into_response(),
