@@ -225,6 +225,8 @@ pub struct Config {
     /// Multi-node fan-out (`[cluster]`); absent = this node alone, in-process.
     #[serde(default)]
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Verified identities and scopes (`[identity]`), see `docs/auth.md`; absent = key only.
+    pub identity: Option<crate::identity::IdentityConfig>,
     /// Serve `https`/`wss` on the listener (`[tls]`); absent = plain HTTP.
     pub tls: Option<TlsConfig>,
     /// Bearer token of the admin console and API under `/admin/` (plain, at least
@@ -331,6 +333,7 @@ impl Default for Config {
             limits: Limits::default(),
             sources: Vec::new(),
             cluster: None,
+            identity: None,
             tls: None,
             admin_token: None,
             admin_token_file: None,
@@ -439,6 +442,22 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("KEEPALIVE_INTERVAL", "keepalive_interval", Kind::Text),
     ("IDLE_TIMEOUT", "idle_timeout", Kind::Text),
     ("SHUTDOWN_GRACE", "shutdown_grace", Kind::Text),
+    ("IDENTITY_MODE", "identity.mode", Kind::Text),
+    ("IDENTITY_HMAC_SECRET", "identity.hmac_secret", Kind::Text),
+    (
+        "IDENTITY_HMAC_SECRET_FILE",
+        "identity.hmac_secret_file",
+        Kind::Text,
+    ),
+    ("IDENTITY_JWKS_URL", "identity.jwks_url", Kind::Text),
+    ("IDENTITY_JWKS_FILE", "identity.jwks_file", Kind::Text),
+    ("IDENTITY_ISSUERS", "identity.issuers", Kind::List),
+    ("IDENTITY_AUDIENCES", "identity.audiences", Kind::List),
+    ("IDENTITY_SCOPE", "identity.scope", Kind::Text),
+    ("IDENTITY_SCOPE_CLAIM", "identity.scope_claim", Kind::Text),
+    ("IDENTITY_LEEWAY", "identity.leeway", Kind::Text),
+    ("IDENTITY_EXPIRY_GRACE", "identity.expiry_grace", Kind::Text),
+    ("IDENTITY_HOOK_URL", "identity.hook.url", Kind::Text),
     ("MAX_FRAME_BYTES", "limits.max_frame_bytes", Kind::Integer),
     (
         "MAX_RULES_PER_CONNECTION",
@@ -898,6 +917,10 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.validate_serving()?;
+        if let Some(identity) = &self.identity {
+            crate::identity::Identity::new(Some(identity), self.limits.pattern_limits())
+                .map_err(ConfigError::Invalid)?;
+        }
         let fail = |message: String| Err(ConfigError::Invalid(message));
         if !self.dev && self.stack_id.as_deref().is_none_or(str::is_empty) {
             return fail("stack_id is required outside dev mode (or run with --dev)".into());

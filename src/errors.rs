@@ -61,6 +61,8 @@ pub enum UpgradeError {
     Draining,
     #[error("{0}")]
     Limit(LimitError),
+    #[error("{0}")]
+    Identity(crate::identity::IdentityError),
 }
 
 impl UpgradeError {
@@ -80,6 +82,7 @@ impl UpgradeError {
             | UpgradeError::OriginNotAllowed => StatusCode::FORBIDDEN,
             UpgradeError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             UpgradeError::Limit(limit) => limit_status(limit),
+            UpgradeError::Identity(error) => error.status(),
         }
     }
 
@@ -96,6 +99,7 @@ impl UpgradeError {
             UpgradeError::OriginNotAllowed => "origin_not_allowed",
             UpgradeError::Draining => "draining",
             UpgradeError::Limit(limit) => limit.label(),
+            UpgradeError::Identity(error) => error.label(),
         }
     }
 }
@@ -106,6 +110,12 @@ impl IntoResponse for UpgradeError {
             UpgradeError::Limit(limit) => Some(limit),
             _ => None,
         };
+        if let UpgradeError::Identity(error) = &self {
+            // `{"error": .., "reason": <metric label>}`: clients can tell a missing token
+            // from an expired one without parsing the text.
+            let body = serde_json::json!({ "error": error.to_string(), "reason": error.label() });
+            return (self.status(), Json(body)).into_response();
+        }
         let mut response = json_error(self.status(), self.to_string(), limit);
         let headers = response.headers_mut();
         match &self {
@@ -322,6 +332,8 @@ pub enum CloseReason {
     ShuttingDown,
     /// 1008: no Hello within `hello_timeout`.
     HelloTimeout,
+    /// 1008: the connection's token expired (plus `identity.expiry_grace`) without a Refresh.
+    TokenExpired,
     /// 1003: binary frames are not part of the protocol.
     BinaryFrame,
     /// 1009: a message over `max_frame_bytes`.
@@ -346,7 +358,10 @@ impl CloseReason {
     pub fn code(self) -> u16 {
         match self {
             CloseReason::ShuttingDown | CloseReason::Idle => 1001,
-            CloseReason::HelloTimeout | CloseReason::RateLimited | CloseReason::Disconnected => {
+            CloseReason::HelloTimeout
+            | CloseReason::RateLimited
+            | CloseReason::Disconnected
+            | CloseReason::TokenExpired => {
                 1008
             }
             CloseReason::BinaryFrame => 1003,
@@ -361,6 +376,7 @@ impl CloseReason {
         match self {
             CloseReason::ShuttingDown => "server shutting down",
             CloseReason::HelloTimeout => "no Hello received in time",
+            CloseReason::TokenExpired => "token expired",
             CloseReason::BinaryFrame => "binary frames are not supported; send JSON text frames",
             CloseReason::FrameTooLarge => "message too large",
             CloseReason::RateLimited => "too many actions per second",
@@ -378,6 +394,7 @@ impl CloseReason {
         match self {
             CloseReason::ShuttingDown => "shutdown",
             CloseReason::HelloTimeout => "hello_timeout",
+            CloseReason::TokenExpired => "token_expired",
             CloseReason::BinaryFrame => "binary_frame",
             CloseReason::FrameTooLarge => "frame_too_large",
             CloseReason::RateLimited => "rate_limited",

@@ -14,6 +14,7 @@ pub mod handshake;
 pub mod http_body;
 pub mod history;
 pub mod hub;
+pub mod identity;
 pub mod ingest;
 pub mod limits;
 pub mod listener;

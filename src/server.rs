@@ -42,6 +42,8 @@ use crate::{session, telemetry};
 pub struct AppState {
     pub config: Config,
     pub auth: Auth,
+    /// Verified identities and scopes (see `identity`).
+    pub identity: crate::identity::Identity,
     pub hub: Hub,
     pub pattern_limits: PatternLimits,
     /// Every session's stop signal: shutdown closes them all with 1001.
@@ -71,6 +73,8 @@ pub enum RunError {
     MissingStackId,
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    Identity(String),
 }
 
 /// An upgrade that passed every check, holding its connection slot.
@@ -81,13 +85,15 @@ struct Admitted {
     /// Who it is, for the admin console's connection table (boxed, and only while the
     /// console is on: the session's future holds this struct for its whole life).
     listing: Option<Box<crate::admin::registry::Entry>>,
+    /// The connection's scope and token expiry.
+    grant: crate::identity::Grant,
 }
 
 /// Every check of a WebSocket upgrade, in order: the handshake itself, draining, the abuse
 /// limits (new-connection rate, then a slot under the global and per-address caps), the
 /// `Origin`, then the `header` query (host, API key, client id). Both ways an upgrade
 /// arrives call this, so they refuse alike.
-fn admit(
+async fn admit(
     state: &AppState,
     peer: SocketAddr,
     request: &impl UpgradeRequest,
@@ -111,6 +117,11 @@ fn admit(
     let identity = state
         .auth
         .check_header(header.as_deref(), request.header_str("host"))?;
+    let grant = state
+        .identity
+        .admit(header.as_deref(), request)
+        .await
+        .map_err(UpgradeError::Identity)?;
     Ok(Admitted {
         accepted,
         identity,
@@ -122,6 +133,7 @@ fn admit(
                 since: std::time::SystemTime::now(),
             })
         }),
+        grant,
     })
 }
 
@@ -143,7 +155,7 @@ pub async fn accept_websocket(
     head: RequestHead,
     rest: Vec<u8>,
 ) {
-    let admitted = admit(&state, peer, &head, head.query());
+    let admitted = admit(&state, peer, &head, head.query()).await;
     // Not kept for the session's life.
     drop(head);
     match admitted {
@@ -208,7 +220,7 @@ async fn upgrade(
     request: axum::extract::Request,
 ) -> Response {
     let (mut parts, _body) = request.into_parts();
-    let admitted = match admit(&state, peer, &parts, parts.uri.query()) {
+    let admitted = match admit(&state, peer, &parts, parts.uri.query()).await {
         Ok(admitted) => admitted,
         Err(error) => {
             // Closed after the answer, as on the listener's path: an unread body (or
@@ -265,7 +277,7 @@ async fn run_session(state: Arc<AppState>, io: Transport, rest: Vec<u8>, mut adm
         .listing
         .take()
         .map(|entry| state.admin.connections.list(connection, *entry));
-    session::run(socket, state, connection).await;
+    session::run(socket, state, connection, admitted.grant).await;
     drop(listed);
     drop(admitted.slot);
 }
@@ -277,6 +289,9 @@ struct TestPatternRequest {
     event_pattern: Value,
     #[serde(rename = "Event")]
     event: Value,
+    /// A connection's scope: the answer is what a client with this scope would receive.
+    #[serde(rename = "Scope", default)]
+    scope: Option<Value>,
 }
 
 /// `POST /test-pattern`: `{"EventPattern": .., "Event": ..}` → `{"Result": bool}`.
@@ -385,8 +400,7 @@ fn test_pattern_body(
             limit: max_event_bytes,
         });
     }
-    evaluate_pattern(&request.event_pattern, &request.event, limits)
-        .map_err(TestPatternError::BadRequest)
+    evaluate_request(&request, limits).map_err(TestPatternError::BadRequest)
 }
 
 /// Shared by `POST /test-pattern` and `eventgate test-pattern`: a pattern and an event, each
@@ -396,11 +410,21 @@ pub fn evaluate_pattern(
     event: &Value,
     limits: &PatternLimits,
 ) -> Result<bool, String> {
-    let pattern = match pattern {
+    let pattern = test_pattern_value(pattern, limits)?;
+    Ok(pattern.matches(&test_event(event)?))
+}
+
+/// The pattern of a pattern test: a JSON object, or a string holding one.
+fn test_pattern_value(pattern: &Value, limits: &PatternLimits) -> Result<Pattern, String> {
+    match pattern {
         Value::String(text) => Pattern::parse(text, limits),
         other => Pattern::from_value(other, limits),
     }
-    .map_err(|error| format!("invalid pattern: {error}"))?;
+    .map_err(|error| format!("invalid pattern: {error}"))
+}
+
+/// The event of a pattern test: a JSON object, or a string holding one.
+fn test_event(event: &Value) -> Result<Value, String> {
     let event = match event {
         Value::String(text) => serde_json::from_str::<Value>(text)
             .map_err(|error| format!("invalid event: not JSON: {error}"))?,
@@ -409,7 +433,18 @@ pub fn evaluate_pattern(
     if !event.is_object() {
         return Err("invalid event: an event must be a JSON object".to_owned());
     }
-    Ok(pattern.matches(&event))
+    Ok(event)
+}
+
+/// A `/test-pattern` request; with a `Scope`, the pattern is ANDed with it, as a scoped
+/// connection would subscribe it.
+fn evaluate_request(request: &TestPatternRequest, limits: &PatternLimits) -> Result<bool, String> {
+    let Some(scope) = &request.scope else {
+        return evaluate_pattern(&request.event_pattern, &request.event, limits);
+    };
+    let pattern = test_pattern_value(&request.event_pattern, limits)?;
+    let scoped = crate::identity::scoped_pattern(pattern, scope, limits)?;
+    Ok(scoped.matches(&test_event(&request.event)?))
 }
 
 async fn healthz() -> Response {
@@ -502,8 +537,38 @@ async fn demo_config(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
         "url": format!("{ws}://{host}/"),
         "apiKey": state.dev_api_key,
         "ingestUrl": format!("{http}://{host}/events"),
+        "tokens": state.identity.can_mint(),
     }))
     .into_response()
+}
+
+/// `POST /demo/token` (dev mode): `{"tenant": ".."}` → `{"token": ".."}`, a short-lived
+/// token signed with `identity.hmac_secret`, so the demo page can connect as a tenant.
+async fn demo_token(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
+    let tenant = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|value| {
+            value
+                .get("tenant")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .filter(|tenant| !tenant.is_empty() && tenant.len() <= 128);
+    let Some(tenant) = tenant else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": "the body must be {\"tenant\": \"<1 to 128 characters>\"}" })),
+        )
+            .into_response();
+    };
+    match state.identity.mint_dev_token(&tenant) {
+        Some(token) => Json(json!({ "token": token })).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": "no identity.hmac_secret is configured to sign demo tokens" })),
+        )
+            .into_response(),
+    }
 }
 
 fn router(state: Arc<AppState>) -> Router {
@@ -529,6 +594,7 @@ fn router(state: Arc<AppState>) -> Router {
             )
             .route("/demo/", get(demo_index))
             .route("/demo/config.json", get(demo_config))
+            .route("/demo/token", post(demo_token))
             .route(
                 "/demo/{file}",
                 get(|path: Path<String>| demo_file(Some(path))),
@@ -575,6 +641,9 @@ pub async fn run_with_reload(
     let metrics = telemetry::prometheus();
     let tls = config.tls.as_ref().map(crate::tls::Tls::new).transpose()?;
     let auth = Auth::new(&config, &stack_id);
+    let identity =
+        crate::identity::Identity::new(config.identity.as_ref(), config.limits.pattern_limits())
+            .map_err(RunError::Identity)?;
     let background = TaskTracker::new();
     let hub_stop = CancellationToken::new();
     let hub = Hub::spawn(
@@ -627,6 +696,7 @@ pub async fn run_with_reload(
         )),
         config,
         auth,
+        identity,
         hub,
         session_stops: Arc::default(),
         sessions: TaskTracker::new(),
@@ -636,6 +706,9 @@ pub async fn run_with_reload(
         metrics,
     });
     crate::admin::spawn_sampler(&state, hub_stop.child_token(), &background);
+    state
+        .identity
+        .spawn_refresher(hub_stop.child_token(), &background);
     let app = router(state.clone());
     let drain_state = state.clone();
     let drain_sources = sources_stop.clone();

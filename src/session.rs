@@ -105,6 +105,10 @@ struct Session {
     outbox: Option<crate::outbound::Outbox>,
     decode_limits: DecodeLimits,
     rate: RateLimit,
+    /// The identity's scope and token expiry (see `identity`); a Refresh replaces it.
+    grant: crate::identity::Grant,
+    /// When the connection closes with 1008 `token expired` unless refreshed.
+    token_deadline: Option<Instant>,
 }
 
 /// How a bounded write ended.
@@ -202,6 +206,7 @@ pub async fn run(
     mut socket: WebSocketStream<Transport>,
     state: Arc<AppState>,
     connection: ConnectionId,
+    grant: crate::identity::Grant,
 ) {
     telemetry::connection_opened();
     let registration = state.session_stops.register_connection(connection);
@@ -209,6 +214,7 @@ pub async fn run(
         state.config.limits.max_queued_messages,
         Arc::clone(&registration.signal),
     );
+    let token_deadline = grant.close_at(state.identity.expiry_grace);
     let mut session = Session {
         decode_limits: DecodeLimits {
             max_request_id_bytes: 128,
@@ -220,6 +226,8 @@ pub async fn run(
         connection,
         announced: false,
         outbox: Some(outbox),
+        token_deadline,
+        grant,
     };
     let keepalive = session.state.config.keepalive_interval.0;
     let idle_timeout = session.state.config.idle_timeout.0;
@@ -249,6 +257,9 @@ pub async fn run(
         } else {
             hello_deadline.min(next_ping)
         };
+        let next_timer = session
+            .token_deadline
+            .map_or(next_timer, |deadline| deadline.min(next_timer));
         if timer.deadline() != next_timer || timer.is_elapsed() {
             timer.as_mut().reset(next_timer);
             signal.mark();
@@ -364,6 +375,12 @@ pub async fn run(
                 }
                 if now >= last_heard + idle_timeout {
                     break Outcome::Close(CloseReason::Idle);
+                }
+                if session
+                    .token_deadline
+                    .is_some_and(|deadline| now >= deadline)
+                {
+                    break Outcome::Close(CloseReason::TokenExpired);
                 }
                 if now >= next_ping {
                     next_ping = now + keepalive;
@@ -554,8 +571,10 @@ impl Session {
                     ack_text::UNANNOUNCED
                 ))
             }
+            ClientAction::Refresh { token } => self.refresh(&token).await,
             ClientAction::Subscribe { rule, pattern } => {
-                let pattern = self.parse_pattern(pattern)?;
+                // Within the identity's scope before the rule reaches the index.
+                let pattern = self.grant.scoped(self.parse_pattern(pattern)?);
                 self.state
                     .hub
                     .subscribe(self.connection, Arc::from(rule), pattern)
@@ -600,6 +619,23 @@ impl Session {
             Err(error) => {
                 telemetry::action_rejected("resume");
                 wire::ack_resumed(request_id, Err(&error.to_string()), position)
+            }
+        }
+    }
+
+    /// A Refresh: the new token's grant replaces the old one (same scope), or the old stays.
+    async fn refresh(&mut self, token: &str) -> Result<(), String> {
+        let identity = &self.state.identity;
+        match identity.refresh(&self.grant, token).await {
+            Ok(grant) => {
+                telemetry::token_refreshed("ok");
+                self.token_deadline = grant.close_at(identity.expiry_grace);
+                self.grant = grant;
+                Ok(())
+            }
+            Err(error) => {
+                telemetry::token_refreshed(error.label());
+                Err(format!("{}: {error}", ack_text::TOKEN_REFUSED))
             }
         }
     }

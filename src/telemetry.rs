@@ -17,6 +17,10 @@ pub const AUTH_FAILURES: &str = "eventgate_auth_failures_total";
 pub const INGEST_ERRORS: &str = "eventgate_ingest_errors_total";
 pub const ACTION_ERRORS: &str = "eventgate_action_errors_total";
 pub const CONNECTIONS_CLOSED: &str = "eventgate_connections_closed_total";
+// Verified identities (`identity`).
+pub const JWKS_REFRESHES: &str = "eventgate_jwks_refreshes_total";
+pub const TOKEN_REFRESHES: &str = "eventgate_token_refreshes_total";
+pub const HOOK_CALLS: &str = "eventgate_connect_hook_calls_total";
 
 /// Installs the global Prometheus recorder once and returns a handle that renders it.
 /// Later calls (several servers in one test process) share the same recorder. Every
@@ -126,6 +130,11 @@ pub const SERIES: &[Series] = &[
             "rate_limited",
             "slow_consumer",
             "idle",
+            "write_timeout",
+            "protocol_error",
+            "invalid_payload",
+            "disconnected",
+            "token_expired",
         ],
     ),
     labelled(
@@ -141,6 +150,22 @@ pub const SERIES: &[Series] = &[
             "invalid_client_id",
             "origin_not_allowed",
             "draining",
+            "token_missing",
+            "token_malformed",
+            "token_algorithm",
+            "token_unknown_key",
+            "token_bad_signature",
+            "token_expired",
+            "token_not_yet_valid",
+            "token_wrong_issuer",
+            "token_wrong_audience",
+            "token_missing_claim",
+            "token_invalid_claims",
+            "scope_claim_missing",
+            "scope_claim_unusable",
+            "scope_invalid",
+            "hook_denied",
+            "hook_unavailable",
         ],
     ),
     labelled(INGEST_ERRORS, "code", INGEST_ERROR_CODES),
@@ -167,6 +192,34 @@ pub const SERIES: &[Series] = &[
     plain(CLUSTER_RECONNECTS),
     labelled(LIMIT_REJECTIONS, "limit", LIMIT_NAMES),
     labelled(TLS_RELOADS, "result", &["ok", "error"]),
+    labelled(JWKS_REFRESHES, "outcome", &["ok", "failed"]),
+    labelled(
+        TOKEN_REFRESHES,
+        "outcome",
+        &[
+            "ok",
+            "token_malformed",
+            "token_algorithm",
+            "token_unknown_key",
+            "token_bad_signature",
+            "token_expired",
+            "token_not_yet_valid",
+            "token_wrong_issuer",
+            "token_wrong_audience",
+            "token_missing_claim",
+            "token_invalid_claims",
+            "scope_claim_missing",
+            "scope_claim_unusable",
+            "scope_invalid",
+            "token_not_used",
+            "scope_changed",
+        ],
+    ),
+    labelled(
+        HOOK_CALLS,
+        "outcome",
+        &["allow", "deny", "timeout", "error", "bad_answer"],
+    ),
 ];
 
 /// Creates every series of [`SERIES`] without changing its value (several servers in one
@@ -228,6 +281,21 @@ pub fn rules_changed(delta: f64) {
 pub fn auth_failed(reason: &'static str) {
     counter!(AUTH_FAILURES, "reason" => reason).increment(1);
     tracing::info!(reason, "websocket upgrade rejected");
+}
+
+/// A JWKS refresh ended (`ok` or `failed`).
+pub fn jwks_refreshed(outcome: &'static str) {
+    counter!(JWKS_REFRESHES, "outcome" => outcome).increment(1);
+}
+
+/// A Refresh action ended: `ok`, or the refusal's label.
+pub fn token_refreshed(outcome: &'static str) {
+    counter!(TOKEN_REFRESHES, "outcome" => outcome).increment(1);
+}
+
+/// A connect-hook call ended: `allow`, `deny`, `timeout`, `error` or `bad_answer`.
+pub fn hook_called(outcome: &'static str) {
+    counter!(HOOK_CALLS, "outcome" => outcome).increment(1);
 }
 
 pub fn events_ingested(count: u64) {

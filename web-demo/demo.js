@@ -52,6 +52,7 @@ function showState(state) {
   els.disconnect.disabled = !connected;
   els.url.disabled = connected;
   els.apiKey.disabled = connected;
+  if ($('tenant')) $('tenant').disabled = connected;
   if (client) els.connects.textContent = String(client.stats.connects);
   renderRules();
 }
@@ -63,15 +64,20 @@ function connect() {
   els.connNote.className = 'hint';
   if (!/^wss?:\/\//i.test(url)) return note(els.connNote, 'Enter a ws:// or wss:// URL.', 'bad');
   if (!apiKey) return note(els.connNote, 'Enter the API key printed by `eventgate serve`.', 'bad');
+  const tenant = $('tenant')?.value.trim() ?? '';
+  const options = { keepAliveInterval: 30_000 };
+  // Dev mode: a token for the typed tenant, minted again before every connect and refresh.
+  if (tenant) options.token = () => mintToken(tenant);
   try {
-    client = new EventGateClient(url, { apiKey }, { keepAliveInterval: 30_000 });
+    client = new EventGateClient(url, { apiKey }, options);
   } catch (err) {
     return note(els.connNote, err.message, 'bad');
   }
   window.eventgateDemo.client = client;
   client.on('state', (s) => {
     showState(s);
-    if (s === 'open') note(els.connNote, `Connected as ${client.id}`, 'hint');
+    if (s === 'open') note(els.connNote, `Connected as ${client.id}${tenant ? ` (tenant ${tenant})` : ''}`, 'hint');
+    if ($('whoami')) $('whoami').textContent = s === 'open' ? (tenant ? `tenant ${tenant}` : 'API key only: every event') : '';
     if (s === 'reconnecting') note(els.connNote, 'Connection lost — reconnecting with backoff…', 'hint');
   });
   client.on('event', onEvent);
@@ -381,6 +387,35 @@ function note(el, text, cls = 'hint') {
   if (el === els.connNote || el === els.subNote || el === els.pubResult) el.classList.add('hint-line');
 }
 
+// ------------------------------------------------------------------ identity (dev tokens)
+/** A token for `tenant` from the dev-mode server (`POST /demo/token`). */
+async function mintToken(tenant) {
+  const res = await fetch('token', {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ tenant }),
+  });
+  const body = await res.json();
+  if (!res.ok || typeof body.token !== 'string') throw new Error(body.error ?? `token: HTTP ${res.status}`);
+  return body.token;
+}
+
+/** Dev mode with `identity.hmac_secret`: a Tenant field (empty = API key only) and who we are. */
+function addTenantField() {
+  if ($('tenant')) return;
+  const label = document.createElement('label');
+  label.textContent = 'Tenant (dev token; empty = API key only)';
+  const input = document.createElement('input');
+  Object.assign(input, { id: 'tenant', type: 'text', spellcheck: false, placeholder: 't1' });
+  input.dataset.testid = 'tenant';
+  label.append(input);
+  const whoami = document.createElement('p');
+  whoami.id = 'whoami';
+  whoami.className = 'hint';
+  whoami.dataset.testid = 'whoami';
+  const row = els.connForm.querySelector('.row');
+  els.connForm.insertBefore(label, row);
+  els.connForm.insertBefore(whoami, row);
+}
+
 async function loadConfig() {
   // Served by `eventgate serve --dev` at /demo/config.json; absent when opened as static files.
   if (location.protocol === 'file:') return null;
@@ -427,7 +462,9 @@ async function init() {
     els.apiKey.value ||= cfg.apiKey ?? '';
     els.ingest.value ||= cfg.ingestUrl ?? '';
     note(els.connNote, 'Pre-filled from config.json (dev mode).', 'hint');
+    if (cfg.tokens) addTenantField();
   }
+  if (params.get('tenant') && $('tenant')) $('tenant').value = params.get('tenant');
   if (params.get('url')) els.url.value = params.get('url');
   if (params.get('apiKey')) els.apiKey.value = params.get('apiKey');
   document.body.dataset.ready = 'true';

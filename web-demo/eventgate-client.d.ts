@@ -62,6 +62,14 @@ export interface EventGateClientOptions {
   positionStorage?: boolean | Pick<Storage, 'getItem' | 'setItem' | 'removeItem'> | null;
   /** Storage key of the position (default `eventgate:position:<url>`). */
   positionKey?: string;
+  /**
+   * A signed token (JWT) sent as `Token` in the header document, for gateways whose identity
+   * mode is `token` (see docs/auth.md). A function is called before every connect, and
+   * before the token's `exp` to send a `Refresh` on the open connection.
+   */
+  token?: string | (() => string | Promise<string>);
+  /** With a token function: refresh this long before `exp` (at most half the remaining life), in ms (default 60000). */
+  refreshBefore?: number;
 }
 
 /** An EventBridge event as delivered to handlers (parsed from the frame's `Event` string). */
@@ -175,8 +183,10 @@ export class EventGateClient {
 export default EventGateClient;
 
 export function resolveApiKey(credentials: EventGateCredentials | string): string;
-export function buildConnectUrl(url: string, apiKey: string, id: string): string;
-export function encodeHeader(header: { host: string; apiKey: string; id: string }): string;
+export function buildConnectUrl(url: string, apiKey: string, id: string, token?: string): string;
+export function encodeHeader(header: { host: string; apiKey: string; id: string; token?: string }): string;
+/** The `exp` claim of a JWT (seconds since 1970), or null. */
+export function tokenExpiry(token: string): number | null;
 export function hostWithoutPort(url: string): string;
 export function randomUuid(): string;
 export function base64EncodeUtf8(text: string): string;

@@ -14,6 +14,9 @@
 
 /** @typedef {'connecting'|'open'|'reconnecting'|'closed'} EventGateState */
 
+/** A token is refreshed this long before its `exp` (at most half its remaining life), in ms. */
+const DEFAULT_REFRESH_BEFORE = 60_000;
+
 const DEFAULTS = Object.freeze({
   ackTimeout: 10_000,
   keepAliveInterval: 30_000,
@@ -97,18 +100,33 @@ export function hostWithoutPort(url) {
   return new URL(url).hostname;
 }
 
-/** Build the `header` query value (base64 JSON, not yet URL-encoded). */
-export function encodeHeader({ host, apiKey, id }) {
-  return base64EncodeUtf8(JSON.stringify({ Host: host, ApiKey: apiKey, Id: id }));
+/** Build the `header` query value (base64 JSON, not yet URL-encoded); `Token` only when given. */
+export function encodeHeader({ host, apiKey, id, token }) {
+  const document = { Host: host, ApiKey: apiKey, Id: id };
+  if (token) document.Token = token;
+  return base64EncodeUtf8(JSON.stringify(document));
 }
 
 /** Full connection URL: the given URL plus `header=<encodeURIComponent(base64 JSON)>`. */
-export function buildConnectUrl(url, apiKey, id) {
-  const header = encodeHeader({ host: hostWithoutPort(url), apiKey, id });
+export function buildConnectUrl(url, apiKey, id, token) {
+  const header = encodeHeader({ host: hostWithoutPort(url), apiKey, id, token });
   const hashAt = url.indexOf('#');
   const base = hashAt >= 0 ? url.slice(0, hashAt) : url;
   const sep = base.includes('?') ? (base.endsWith('?') || base.endsWith('&') ? '' : '&') : '?';
   return `${base}${sep}header=${encodeURIComponent(header)}`;
+}
+
+/** The `exp` claim of a JWT (seconds since 1970), or null when it has none or is not a JWT. */
+export function tokenExpiry(token) {
+  try {
+    const payload = String(token).split('.')[1];
+    if (!payload) return null;
+    const text = base64DecodeUtf8(payload.replace(/-/g, '+').replace(/_/g, '/'));
+    const exp = JSON.parse(text).exp;
+    return typeof exp === 'number' && Number.isFinite(exp) ? exp : null;
+  } catch {
+    return null;
+  }
 }
 
 /**
@@ -206,6 +224,15 @@ export class EventGateClient {
     this.watchdogTimeout = Math.round(this.keepAliveInterval * (options.watchdogFactor ?? DEFAULTS.watchdogFactor));
     this.backoff = { ...DEFAULTS.backoff, ...(options.backoff ?? {}) };
     this.logger = options.logger === null ? SILENT_LOGGER : { ...SILENT_LOGGER, ...(options.logger ?? DEFAULT_LOGGER) };
+    /** A token (string), or an async function called before every connect and refresh. */
+    this._token = options.token ?? null;
+    if (this._token !== null && typeof this._token !== 'string' && typeof this._token !== 'function') {
+      throw new TypeError('EventGateClient: options.token must be a string or a function returning one');
+    }
+    /** How long before its `exp` a token is refreshed, at most half its remaining life. */
+    this.refreshBefore = options.refreshBefore ?? DEFAULT_REFRESH_BEFORE;
+    this._refreshTimer = null;
+    this._tokenExp = null;
 
     /** @type {EventGateState} */
     this._state = 'connecting';
@@ -363,6 +390,8 @@ export class EventGateClient {
     clearTimeout(this._connectTimer);
     clearTimeout(this._resumeTimer);
     this._reconnectTimer = this._watchdogTimer = this._helloTimer = this._connectTimer = this._resumeTimer = null;
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
     const err = () => new EventGateError('client closed', { code: 'closed' });
     for (const record of this._rules.values()) {
       clearTimeout(record.timer);
@@ -413,9 +442,34 @@ export class EventGateClient {
   _connect() {
     if (this._closed) return;
     this._reconnectTimer = null;
+    if (typeof this._token !== 'function') {
+      this._openSocket(this._token);
+      return;
+    }
+    // A fresh token before every connect: a reconnect never sends an expired one.
+    this._fetchToken().then(
+      (token) => {
+        if (!this._closed && !this._socket) this._openSocket(token);
+      },
+      (err) => {
+        this.logger.warn('the token function failed', err);
+        this._emit('error', err);
+        this._scheduleReconnect();
+      },
+    );
+  }
+
+  async _fetchToken() {
+    const token = await this._token();
+    if (typeof token !== 'string' || token === '') throw new TypeError('the token function must return a non-empty string');
+    return token;
+  }
+
+  _openSocket(token) {
     let socket;
+    this._tokenExp = token ? tokenExpiry(token) : null;
     try {
-      socket = new this._WebSocket(buildConnectUrl(this.url, this.apiKey, this.id));
+      socket = new this._WebSocket(buildConnectUrl(this.url, this.apiKey, this.id, token ?? undefined));
     } catch (err) {
       this.logger.warn('could not create WebSocket', err);
       this._emit('error', err);
@@ -475,6 +529,7 @@ export class EventGateClient {
     this._ready = true;
     this._attempt = 0;
     this._setState('open');
+    this._scheduleRefresh();
     // (Re-)subscribe everything: active rules from before the drop and queued ones.
     for (const record of this._rules.values()) this._sendSubscribe(record);
     if (this.resume) this._sendResume();
@@ -523,6 +578,54 @@ export class EventGateClient {
     } catch {
       /* storage full or unavailable: the in-memory position still works */
     }
+  }
+
+  /** With a token function and a token that expires: a Refresh shortly before `exp`. */
+  _scheduleRefresh() {
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    if (typeof this._token !== 'function' || this._tokenExp === null || this._closed) return;
+    const left = this._tokenExp * 1000 - Date.now();
+    const lead = Math.min(this.refreshBefore, Math.max(0, left) / 2);
+    this._refreshTimer = setTimeout(() => {
+      this._refreshTimer = null;
+      this._refresh();
+    }, Math.max(0, left - lead));
+  }
+
+  async _refresh() {
+    const socket = this._socket;
+    let token;
+    try {
+      token = await this._fetchToken();
+    } catch (err) {
+      this.logger.warn('the token function failed; the server closes the connection at expiry', err);
+      this._emit('error', err);
+      return;
+    }
+    if (socket !== this._socket || !this._ready) return;
+    const requestId = randomUuid();
+    const pending = { kind: 'refresh', token };
+    pending.timer = setTimeout(() => {
+      this._pending.delete(requestId);
+      this.logger.warn(`no ack for Refresh within ${this.ackTimeout} ms`);
+    }, this.ackTimeout);
+    this._pending.set(requestId, pending);
+    this._send({ Action: 'Refresh', RequestId: requestId, Token: token });
+  }
+
+  _onRefreshAck(pending, msg) {
+    clearTimeout(pending.timer);
+    if (msg.Status === 'Ok') {
+      this._tokenExp = tokenExpiry(pending.token);
+      this._scheduleRefresh();
+      return;
+    }
+    const err = new EventGateError(`Refresh rejected: ${msg.Message ?? 'unknown error'}`, {
+      code: 'rejected', serverMessage: msg.Message,
+    });
+    this.logger.warn(err.message);
+    this._emit('error', err);
   }
 
   _sendSubscribe(record) {
@@ -617,6 +720,7 @@ export class EventGateClient {
         }
         this._pending.delete(msg.RequestId);
         if (pending.kind === 'subscribe') this._onSubscribeAck(pending, msg);
+        else if (pending.kind === 'refresh') this._onRefreshAck(pending, msg);
         else {
           clearTimeout(pending.timer);
           if (msg.Status === 'Ok') pending.waiter.resolve();
@@ -709,6 +813,8 @@ export class EventGateClient {
     clearTimeout(this._connectTimer);
     clearTimeout(this._resumeTimer);
     this._watchdogTimer = this._helloTimer = this._connectTimer = this._resumeTimer = null;
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
     this._helloId = null;
     this._resumeId = null;
     // In-flight subscribes are re-sent on the next socket; their promises stay pending.
@@ -718,6 +824,7 @@ export class EventGateClient {
     }
     if (this._rules.size) this._rulesChanged();
     for (const p of this._pending.values()) {
+      if (p.kind === 'refresh') clearTimeout(p.timer);
       if (p.kind !== 'unsubscribe') continue;
       clearTimeout(p.timer);
       // The new socket starts without the rule anyway.

@@ -30,6 +30,10 @@ fuzz_target!(|data: &[u8]| {
                 .is_none_or(|p| p.len() <= eventgate_protocol::wire::MAX_POSITION_BYTES));
             ack_ok(frame.request_id.as_deref())
         }
+        Ok(ClientAction::Refresh { token }) => {
+            assert!(!token.is_empty());
+            ack_ok(frame.request_id.as_deref())
+        }
         Err(error) => {
             let message = error.to_string();
             assert!(!message.is_empty());

@@ -25,11 +25,17 @@ pub mod ack_text {
     pub const POSITION_EXPIRED: &str = "position expired";
     pub const TOO_MANY_MISSED: &str = "too many missed events";
     pub const CANNOT_RESUME: &str = "cannot resume";
+    /// eventgate's: a Refresh whose token was refused (the old token stays).
+    pub const TOKEN_REFUSED: &str = "token refused";
 }
 
 /// Longest `Position` a client may send, in bytes (positions the server hands out are far
 /// shorter).
 pub const MAX_POSITION_BYTES: usize = 64;
+
+/// Longest token a Refresh may carry, in bytes (the whole `header` document is bounded
+/// alike).
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// Where the pattern of a `Subscribe` came from. LambdaSharp clients send the pattern
 /// double-encoded as a JSON string; eventgate also accepts a JSON object.
@@ -58,6 +64,10 @@ pub enum ClientAction {
     Resume {
         position: Option<String>,
     },
+    /// eventgate's: replaces the connection's token before it expires.
+    Refresh {
+        token: String,
+    },
 }
 
 /// Why a frame is not a well-formed action. `Display` is the Ack `Message`.
@@ -77,6 +87,8 @@ pub enum ActionError {
     PatternNotText(&'static str),
     #[error("invalid position: {0}")]
     InvalidPosition(String),
+    #[error("token refused: {0}")]
+    InvalidToken(&'static str),
 }
 
 /// Limits applied while decoding, before any state is touched.
@@ -194,13 +206,24 @@ fn decode_fields(
         "Unsubscribe" => Ok(ClientAction::Unsubscribe {
             rule: rule_name(fields, limits)?,
         }),
+        "Refresh" => match fields.remove("Token") {
+            Some(Value::String(token)) if token.is_empty() => {
+                Err(ActionError::InvalidToken("\"Token\" is empty"))
+            }
+            Some(Value::String(token)) if token.len() > MAX_TOKEN_BYTES => {
+                Err(ActionError::InvalidToken("\"Token\" is too long"))
+            }
+            Some(Value::String(token)) => Ok(ClientAction::Refresh { token }),
+            Some(_) => Err(ActionError::InvalidToken("\"Token\" must be a string")),
+            None => Err(ActionError::InvalidToken("\"Token\" is missing")),
+        },
         other => {
             let mut shown: String = other.chars().take(64).collect();
             if shown.len() < other.len() {
                 shown.push('…');
             }
             Err(ActionError::UnrecognizedAction(format!(
-                "{shown:?} is not one of Hello, Subscribe, Unsubscribe, Resume"
+                "{shown:?} is not one of Hello, Subscribe, Unsubscribe, Resume, Refresh"
             )))
         }
     }
@@ -471,6 +494,40 @@ mod tests {
             let error = decoded.action.expect_err(frame).to_string();
             assert!(error.contains(message), "{frame}: {error}");
         }
+    }
+
+    #[test]
+    fn refresh_carries_a_token() {
+        assert_eq!(
+            decode(r#"{"Action":"Refresh","RequestId":"r","Token":"a.b.c"}"#).action,
+            Ok(ClientAction::Refresh {
+                token: "a.b.c".into()
+            })
+        );
+        for (frame, message) in [
+            (
+                r#"{"Action":"Refresh","RequestId":"r"}"#,
+                "token refused: \"Token\" is missing",
+            ),
+            (
+                r#"{"Action":"Refresh","RequestId":"r","Token":""}"#,
+                "\"Token\" is empty",
+            ),
+            (
+                r#"{"Action":"Refresh","RequestId":"r","Token":7}"#,
+                "\"Token\" must be a string",
+            ),
+        ] {
+            let decoded = decode(frame);
+            assert_eq!(decoded.request_id.as_deref(), Some("r"));
+            let error = decoded.action.expect_err(frame).to_string();
+            assert!(error.contains(message), "{frame}: {error}");
+        }
+        let long = format!(
+            r#"{{"Action":"Refresh","RequestId":"r","Token":"{}"}}"#,
+            "t".repeat(MAX_TOKEN_BYTES + 1)
+        );
+        assert!(decode(&long).action.is_err());
     }
 
     #[test]

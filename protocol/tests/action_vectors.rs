@@ -27,6 +27,7 @@ fn action_vectors() {
                     ClientAction::Resume { .. } => ("Resume", None),
                     ClientAction::Subscribe { rule, .. } => ("Subscribe", Some(rule.as_str())),
                     ClientAction::Unsubscribe { rule } => ("Unsubscribe", Some(rule.as_str())),
+                    ClientAction::Refresh { .. } => ("Refresh", None),
                 };
                 assert_eq!(Some(kind), case["action"].as_str(), "{name}");
                 assert_eq!(rule, case["rule"].as_str(), "{name}");

@@ -5,6 +5,7 @@
 //! See `docs/patterns.md` for the language as implemented and the index design.
 
 mod ast;
+mod combine;
 mod eval;
 mod index;
 mod scan;
