@@ -26,6 +26,7 @@ use serde_json::{Map, Value};
 
 use super::ast::{Bound, FieldPat, Matcher, ObjPat};
 use super::eval::{in_bounds, match_leaf, MAX_ARRAY_NEST};
+use super::negative::{Excl, ExclScratch};
 use super::scan::{scan, Trie};
 use super::values::{fold, mask, parse_ip, Leaf, Num, Wildcard};
 use super::Pattern;
@@ -702,6 +703,59 @@ struct Node {
     key: Box<str>,
     refs: u32,
     m: Option<Box<Matchers>>,
+    /// Clauses evaluated per leaf (see [`NegClause`]).
+    neg: Option<Box<NodeNegs>>,
+}
+
+/// The clauses a positive lookup cannot find, at one path node, and the shared tables of
+/// the values their `anything-but` alternatives exclude.
+#[derive(Default)]
+struct NodeNegs {
+    clauses: Vec<u32>,
+    excl: Excl,
+}
+
+/// A clause with an alternative no positive lookup can find (`anything-but` in every
+/// form, `exists: false`). It is evaluated once per event for every leaf at its node
+/// (and, with `exists: false`, when there is none): the excluded values of all such
+/// clauses at the node come out of one pass over the leaf ([`Excl`]), then each clause
+/// costs one step per alternative. A conjunction without any positively indexable clause
+/// is registered under one of these (`registered`); every one of a conjunction's
+/// negative clauses is confirmed by its per-event stamp, never re-evaluated per rule.
+struct NegClause {
+    node: u32,
+    conj: u32,
+    registered: bool,
+    /// `exists: false` is an alternative: the clause holds where no leaf is.
+    absent_ok: bool,
+    alts: Arc<[Matcher]>,
+    /// Per alternative, its entry in the node's [`Excl`] (`NO_ENT` when it has none).
+    ents: Box<[u32]>,
+}
+
+const NO_ENT: u32 = u32::MAX;
+
+/// Does alternative `m` hold for leaf `v`, given whether the leaf hit its entry?
+fn neg_alt_holds(m: &Matcher, v: &Leaf<'_>, hit: bool) -> bool {
+    match m {
+        Matcher::AbStr(_) | Matcher::AbNum(_) => !hit,
+        Matcher::AbPrefix(_) | Matcher::AbSuffix(_) | Matcher::AbEic(_) | Matcher::AbWildcard(_) => {
+            v.as_str().is_some() && !hit
+        }
+        other => match_leaf(other, v),
+    }
+}
+
+fn has_entry(m: &Matcher) -> bool {
+    matches!(
+        m,
+        Matcher::AbStr(_)
+            | Matcher::AbNum(_)
+            | Matcher::AbPrefix(_)
+            | Matcher::AbSuffix(_)
+            | Matcher::AbEic(_)
+            | Matcher::AbWildcard(_)
+    )
 }
 
 impl Node {
@@ -777,10 +831,13 @@ struct Checks {
 struct RestChecks {
     inline: Box<[u8]>,
     other: Box<[(u32, Arc<[Matcher]>)]>,
+    /// The conjunction's negative clauses ([`NegClause`] ids), held when stamped with the
+    /// event's generation.
+    negs: Box<[u32]>,
 }
 
 impl Checks {
-    fn new(clauses: &[(u32, Arc<[Matcher]>)]) -> Checks {
+    fn new(clauses: &[(u32, Arc<[Matcher]>)], negs: Vec<u32>) -> Checks {
         let mut inline = Vec::new();
         let mut other = Vec::new();
         for (node, alts) in clauses {
@@ -838,23 +895,27 @@ impl Checks {
                 inline.clear();
             }
         }
-        if !inline.is_empty() || !other.is_empty() {
+        if !inline.is_empty() || !other.is_empty() || !negs.is_empty() {
             c.rest = Some(Box::new(RestChecks {
                 inline: inline.into_boxed_slice(),
                 other: other.into_boxed_slice(),
+                negs: negs.into_boxed_slice(),
             }));
         }
         c
     }
 
-    fn holds(&self, leaves: &[(u32, Leaf<'_>)]) -> bool {
+    fn holds(&self, leaves: &[(u32, Leaf<'_>)], held: &[u64], gen: u64) -> bool {
         let small = self
             .small
             .get(..usize::from(self.small_len))
             .unwrap_or_default();
         inline_holds(small, leaves).unwrap_or(false)
             && self.rest.as_deref().is_none_or(|r| {
-                inline_holds(&r.inline, leaves).unwrap_or(false)
+                r.negs
+                    .iter()
+                    .all(|&n| held.get(n as usize) == Some(&gen))
+                    && inline_holds(&r.inline, leaves).unwrap_or(false)
                     && r.other
                         .iter()
                         .all(|(node, alts)| clause_holds(*node, alts, leaves))
@@ -996,9 +1057,11 @@ fn affix_hit(tag: u8, s: &[u8], x: &[u8]) -> bool {
 struct RuleSlot<K> {
     key: K,
     pattern: Pattern,
-    /// (conjunction id, index of its registered clause) per indexed conjunction.
+    /// (conjunction id, index of its positively registered clause, or [`NO_ENT`] when
+    /// it is registered under a negative clause) per conjunction, in expansion order.
     conjs: Vec<(u32, u32)>,
-    always: bool,
+    /// Its [`NegClause`] ids.
+    negs: Vec<u32>,
 }
 
 type Clause<'a> = (Vec<&'a str>, &'a Arc<[Matcher]>);
@@ -1248,6 +1311,14 @@ struct Scratch {
     /// The allocation of the leaves collected by the `matches_json` scanner, kept empty
     /// between events (see [`recycle`]).
     leaves: Vec<(u32, Leaf<'static>)>,
+    /// Per [`NegClause`]: the generation in which it held.
+    held: Vec<u64>,
+    /// Per exclusion entry: the leaf stamp (`lgen`) of the last leaf that hit it.
+    excl: Vec<u64>,
+    lgen: u64,
+    /// Per path node: the generation in which it had a leaf.
+    seen: Vec<u64>,
+    ex: ExclScratch,
 }
 
 /// Empties `v` and hands its allocation over to leaves of another lifetime: the leaves
@@ -1276,9 +1347,15 @@ where
     rules: Vec<Option<RuleSlot<K>>>,
     free_rules: Vec<u32>,
     by_key: HashMap<K, u32, Seeded>,
-    always: Vec<u32>,
     /// Conjunctions flagged `oracle` (they need the event as a `Value`).
     n_oracle: usize,
+    negs: Vec<Option<NegClause>>,
+    free_negs: Vec<u32>,
+    /// Exclusion entry ids handed out (see [`Excl`]) and those free again.
+    n_ents: u32,
+    free_ents: Vec<u32>,
+    /// Nodes with `exists: false` clauses → how many.
+    absent_nodes: HMap<u32, u32>,
 }
 
 impl<K> fmt::Debug for RuleIndex<K>
@@ -1325,6 +1402,7 @@ where
                 key: "".into(),
                 refs: 0,
                 m: None,
+                neg: None,
             }],
             free_nodes: Vec::new(),
             conjs: Vec::new(),
@@ -1332,8 +1410,12 @@ where
             rules: Vec::new(),
             free_rules: Vec::new(),
             by_key: HashMap::with_hasher(hs.clone()),
-            always: Vec::new(),
             n_oracle: 0,
+            negs: Vec::new(),
+            free_negs: Vec::new(),
+            n_ents: 0,
+            free_ents: Vec::new(),
+            absent_nodes: HashMap::with_hasher(hs.clone()),
             hs,
         }
     }
@@ -1363,6 +1445,7 @@ where
                         key: (*seg).into(),
                         refs: 0,
                         m: None,
+                        neg: None,
                     };
                     let id = match self.free_nodes.pop() {
                         Some(id) if (id as usize) < self.nodes.len() => {
@@ -1412,6 +1495,7 @@ where
             if n.refs == 0 {
                 let key = std::mem::take(&mut n.key);
                 n.m = None;
+                n.neg = None;
                 n.children.clear();
                 n.few.clear();
                 if let Some(p) = self.nodes.get_mut(parent as usize) {
@@ -1451,7 +1535,7 @@ where
             key,
             pattern: pattern.clone(),
             conjs: Vec::new(),
-            always: false,
+            negs: Vec::new(),
         };
         let root = pattern.root.clone();
         // Every path the pattern reads is kept in the trie, so `matches_json` can drop
@@ -1465,7 +1549,8 @@ where
         let multi = conjs.len() > 1;
         for conj in conjs {
             // Register the conjunction under its single most selective indexable clause
-            // (cheapest by current posting sizes); the rest is confirmed on a hit.
+            // (cheapest by current posting sizes); the rest is confirmed on a hit. Without
+            // one, it is registered under its first negative clause.
             let mut best: Option<(u64, usize)> = None;
             for (ci, (path, alts)) in conj.iter().enumerate() {
                 if !alts.iter().all(Matcher::indexable) {
@@ -1476,10 +1561,6 @@ where
                     best = Some((cost, ci));
                 }
             }
-            let Some((_, ci)) = best else {
-                slot.always = true;
-                continue;
-            };
             let cid = match self.free_conjs.pop() {
                 Some(c) => c,
                 None => {
@@ -1496,7 +1577,7 @@ where
                     oracle: false,
                 };
             }
-            if let Some((path, alts)) = conj.get(ci) {
+            if let Some((path, alts)) = best.and_then(|(_, ci)| conj.get(ci)) {
                 let node = self.ensure_path(path);
                 let hs = self.hs.clone();
                 if let Some(nd) = self.nodes.get_mut(node as usize) {
@@ -1506,26 +1587,119 @@ where
                     }
                 }
             }
-            let clauses: Vec<(u32, Arc<[Matcher]>)> = conj
-                .iter()
-                .filter_map(|(path, alts)| self.find_path(path).map(|n| (n, Arc::clone(alts))))
-                .collect();
+            let mut clauses: Vec<(u32, Arc<[Matcher]>)> = Vec::with_capacity(conj.len());
+            let mut negs = Vec::new();
+            let mut found = 0usize;
+            for (path, alts) in &conj {
+                if alts.iter().all(Matcher::indexable) {
+                    if let Some(n) = self.find_path(path) {
+                        found += 1;
+                        clauses.push((n, Arc::clone(alts)));
+                    }
+                    continue;
+                }
+                found += 1;
+                let registered = best.is_none() && negs.is_empty();
+                let id = self.add_neg(path, alts, cid, registered);
+                negs.push(id);
+                slot.negs.push(id);
+            }
             if let Some(c) = self.conjs.get_mut(cid as usize) {
-                c.oracle = clauses.len() != conj.len();
+                c.oracle = found != conj.len();
                 if c.oracle {
                     self.n_oracle += 1;
                 }
-                c.checks = Checks::new(&clauses);
+                c.checks = Checks::new(&clauses, negs);
             }
-            slot.conjs.push((cid, ci as u32));
-        }
-        if slot.always {
-            self.always.push(rid);
+            slot.conjs
+                .push((cid, best.map_or(NO_ENT, |(_, ci)| ci as u32)));
         }
         self.by_key.insert(key, rid);
         if let Some(s) = self.rules.get_mut(rid as usize) {
             *s = Some(slot);
         }
+    }
+
+    /// Registers a negative clause of conjunction `conj` at `path`.
+    fn add_neg(&mut self, path: &[&str], alts: &Arc<[Matcher]>, conj: u32, registered: bool) -> u32 {
+        let node = self.ensure_path(path);
+        let mut ents = Vec::with_capacity(alts.len());
+        for alt in alts.iter() {
+            if has_entry(alt) {
+                let e = match self.free_ents.pop() {
+                    Some(e) => e,
+                    None => {
+                        self.n_ents += 1;
+                        self.n_ents - 1
+                    }
+                };
+                ents.push(e);
+            } else {
+                ents.push(NO_ENT);
+            }
+        }
+        let absent_ok = alts.iter().any(|m| matches!(m, Matcher::Exists(false)));
+        let id = match self.free_negs.pop() {
+            Some(id) => id,
+            None => {
+                self.negs.push(None);
+                (self.negs.len() - 1) as u32
+            }
+        };
+        if let Some(nd) = self.nodes.get_mut(node as usize) {
+            let nn = nd.neg.get_or_insert_with(Box::default);
+            for (alt, &e) in alts.iter().zip(&ents) {
+                if e != NO_ENT {
+                    nn.excl.add(alt, e);
+                }
+            }
+            nn.clauses.push(id);
+        }
+        if absent_ok {
+            *self.absent_nodes.entry(node).or_insert(0) += 1;
+        }
+        if let Some(slot) = self.negs.get_mut(id as usize) {
+            *slot = Some(NegClause {
+                node,
+                conj,
+                registered,
+                absent_ok,
+                alts: Arc::clone(alts),
+                ents: ents.into_boxed_slice(),
+            });
+        }
+        id
+    }
+
+    fn remove_neg(&mut self, id: u32) {
+        let Some(c) = self.negs.get_mut(id as usize).and_then(Option::take) else {
+            return;
+        };
+        self.free_negs.push(id);
+        if let Some(nn) = self.nodes.get_mut(c.node as usize).and_then(|n| n.neg.as_mut()) {
+            for (alt, &e) in c.alts.iter().zip(c.ents.iter()) {
+                if e != NO_ENT {
+                    nn.excl.remove(alt, e);
+                }
+            }
+            nn.clauses.retain(|&x| x != id);
+            if nn.clauses.is_empty() && nn.excl.is_empty() {
+                if let Some(n) = self.nodes.get_mut(c.node as usize) {
+                    n.neg = None;
+                }
+            }
+        }
+        self.free_ents
+            .extend(c.ents.iter().copied().filter(|&e| e != NO_ENT));
+        if c.absent_ok {
+            if let Some(n) = self.absent_nodes.get_mut(&c.node) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.absent_nodes.remove(&c.node);
+                }
+            }
+        }
+        self.release_path(c.node);
     }
 
     /// Removes the rule with this key; false when there was none.
@@ -1538,12 +1712,7 @@ where
         };
         let root = slot.pattern.root.clone();
         let conjs = expand(&root, &[]);
-        let mut it = conjs.iter().filter(|c| {
-            c.iter()
-                .any(|(_, alts)| alts.iter().all(Matcher::indexable))
-        });
-        for &(cid, ci) in &slot.conjs {
-            let Some(conj) = it.next() else { break };
+        for (conj, &(cid, ci)) in conjs.iter().zip(&slot.conjs) {
             if let Some((path, alts)) = conj.get(ci as usize) {
                 if let Some(node) = self.find_path(path) {
                     if let Some(m) = self.nodes.get_mut(node as usize).and_then(|n| n.m.as_mut()) {
@@ -1563,8 +1732,8 @@ where
             }
             self.free_conjs.push(cid);
         }
-        if slot.always {
-            self.always.retain(|&r| r != rid);
+        for &id in &slot.negs {
+            self.remove_neg(id);
         }
         let mut paths = Vec::new();
         leaf_paths(&root, &mut Vec::new(), &mut paths);
@@ -1574,7 +1743,16 @@ where
             }
         }
         self.free_rules.push(rid);
+        if self.by_key.is_empty() {
+            self.shrink();
+        }
         true
+    }
+
+    /// With no rule left, gives every table's memory back (slot vectors and free lists
+    /// keep their capacity otherwise).
+    fn shrink(&mut self) {
+        *self = RuleIndex::new();
     }
 
     /// Like [`RuleIndex::matches`] on `serde_json::from_str(text)`, but faster: while
@@ -1584,7 +1762,7 @@ where
         // Fast path: scan the text straight into leaves. Rules that need the reference
         // evaluator need a `Value`, so they (and anything the scanner gives up on) take
         // the serde_json path below.
-        if self.always.is_empty() && self.n_oracle == 0 {
+        if self.n_oracle == 0 {
             let done = SCRATCH.try_with(|cell| match cell.try_borrow_mut() {
                 Ok(mut sc) => {
                     let mut leaves = recycle(std::mem::take(&mut sc.leaves));
@@ -1647,8 +1825,7 @@ where
     }
 
     /// Looks every leaf up, then confirms the candidate conjunctions. `event` is needed
-    /// only when the reference evaluator is (objects inside arrays, `always` rules,
-    /// oracle conjunctions); `matches_json`'s fast path passes `None` and never needs it.
+    /// only when the reference evaluator is (objects inside arrays, oracle conjunctions); `matches_json`'s fast path passes `None` and never needs it.
     fn run_leaves(
         &self,
         sc: &mut Scratch,
@@ -1664,10 +1841,16 @@ where
         }
         if sc.rule.len() < self.rules.len() {
             sc.rule.resize(self.rules.len(), 0);
+        } else if sc.rule.len() > 2 * self.rules.len() + 4096 {
+            // The index shrank: so does the per-thread scratch.
+            sc.rule = vec![0; self.rules.len()];
         }
         sc.cand.clear();
         for (node, v) in leaves {
             self.lookup_leaf(sc, *node, v);
+        }
+        if self.negs.len() > self.free_negs.len() {
+            self.eval_negs(sc, leaves, saw_array_obj);
         }
         let gen = sc.gen;
         let mut cands = std::mem::take(&mut sc.cand);
@@ -1705,7 +1888,7 @@ where
                         out.push(slot.key);
                     }
                 }
-            } else if conj.checks.holds(leaves) {
+            } else if conj.checks.holds(leaves, &sc.held, gen) {
                 *stamp = gen;
                 if let Some(k) = conj.key {
                     out.push(k);
@@ -1713,18 +1896,85 @@ where
             }
         }
         sc.cand = cands;
-        let Some(event) = event else { return };
-        for &r in &self.always {
-            let r = r as usize;
-            match sc.rule.get_mut(r) {
-                Some(stamp) if *stamp != gen => *stamp = gen,
-                _ => continue,
+    }
+
+    /// Evaluates every negative clause at a node with a leaf (and the `exists: false` ones
+    /// at nodes without): stamps those that hold in `sc.held` and adds the conjunctions
+    /// registered under them to the candidates. With objects inside arrays every
+    /// `exists: false` clause is taken as holding (a superset: the reference evaluator
+    /// confirms those candidates).
+    fn eval_negs(&self, sc: &mut Scratch, leaves: &[(u32, Leaf<'_>)], saw_array_obj: bool) {
+        let gen = sc.gen;
+        let sizes = [
+            (&mut sc.held, self.negs.len()),
+            (&mut sc.excl, self.n_ents as usize),
+            (&mut sc.seen, self.nodes.len()),
+        ];
+        for (v, n) in sizes {
+            if v.len() < n {
+                v.resize(n, 0);
+            } else if v.len() > 2 * n + 4096 {
+                *v = vec![0; n];
             }
-            if let Some(Some(slot)) = self.rules.get(r) {
-                if slot.pattern.matches(event) {
-                    out.push(slot.key);
+        }
+        for (node, v) in leaves {
+            let Some(nn) = self
+                .nodes
+                .get(*node as usize)
+                .and_then(|n| n.neg.as_deref())
+            else {
+                continue;
+            };
+            if let Some(seen) = sc.seen.get_mut(*node as usize) {
+                *seen = gen;
+            }
+            sc.lgen = sc.lgen.wrapping_add(1);
+            let lg = sc.lgen;
+            let excl = &mut sc.excl;
+            nn.excl.hits(v, &mut sc.ex, &mut |e| {
+                if let Some(x) = excl.get_mut(e as usize) {
+                    *x = lg;
+                }
+            });
+            for &id in &nn.clauses {
+                if sc.held.get(id as usize) == Some(&gen) {
+                    continue;
+                }
+                let Some(Some(c)) = self.negs.get(id as usize) else {
+                    continue;
+                };
+                let holds = c.alts.iter().zip(c.ents.iter()).any(|(m, &e)| {
+                    let hit = e != NO_ENT && sc.excl.get(e as usize) == Some(&lg);
+                    neg_alt_holds(m, v, hit)
+                });
+                if holds {
+                    self.neg_held(sc, id, c);
                 }
             }
+        }
+        for &node in self.absent_nodes.keys() {
+            if !saw_array_obj && sc.seen.get(node as usize) == Some(&gen) {
+                continue;
+            }
+            let Some(nn) = self.nodes.get(node as usize).and_then(|n| n.neg.as_deref()) else {
+                continue;
+            };
+            for &id in &nn.clauses {
+                if let Some(Some(c)) = self.negs.get(id as usize) {
+                    if c.absent_ok && sc.held.get(id as usize) != Some(&gen) {
+                        self.neg_held(sc, id, c);
+                    }
+                }
+            }
+        }
+    }
+
+    fn neg_held(&self, sc: &mut Scratch, id: u32, c: &NegClause) {
+        if let Some(h) = sc.held.get_mut(id as usize) {
+            *h = sc.gen;
+        }
+        if c.registered {
+            sc.cand.push(c.conj);
         }
     }
 

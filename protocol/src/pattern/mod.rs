@@ -5,14 +5,17 @@
 //! See `docs/patterns.md` for the language as implemented and the index design.
 
 mod ast;
+mod cost;
 mod eval;
 mod index;
+mod negative;
 mod scan;
 mod values;
 
 use std::fmt;
 use std::sync::Arc;
 
+pub use cost::{RuleBudget, RuleCost};
 pub use index::RuleIndex;
 
 /// Limits applied when a pattern is parsed; exceeding any of them is a [`PatternError`].
