@@ -22,6 +22,7 @@
 //! to the index. `protocol/tests/rule_weight.rs` measures the real heap with a counting
 //! allocator and checks that the weight stays above it.
 
+use std::collections::HashSet;
 use std::fmt;
 
 use super::ast::{FieldPat, Matcher, ObjPat};
@@ -62,13 +63,13 @@ pub struct RuleBudget {
 
 impl Default for RuleBudget {
     /// Every pattern of `docs/patterns.md` and `protocol/vectors/patterns.json` fits
-    /// (the largest costs 1,157 and weighs under 100 KiB); see `docs/operations.md` for
-    /// the arithmetic at 100,000 connections.
+    /// alone (the largest costs 258 and weighs 71 KiB), and so do 100 simple rules
+    /// (about 3.4 KiB and 3-5 steps each); see `docs/operations.md` for the arithmetic.
     fn default() -> Self {
         RuleBudget {
-            max_rule_cost: 2_000,
-            max_connection_cost: 4_000,
-            max_connection_rule_bytes: 256 * 1024,
+            max_rule_cost: 1_000,
+            max_connection_cost: 1_000,
+            max_connection_rule_bytes: 512 * 1024,
         }
     }
 }
@@ -125,9 +126,16 @@ impl Pattern {
     /// The rule's matching cost and memory weight.
     pub fn cost(&self) -> RuleCost {
         let t = obj(&self.root);
+        let mut paths = HashSet::new();
+        distinct_paths(&self.root, &mut Vec::new(), &mut paths);
+        let nodes: u64 = paths
+            .iter()
+            .map(|p| NODE_BYTES + 2 * alloc(p.last().map_or(0, |k| k.len() as u64)))
+            .sum();
         RuleCost {
             cost: t.conj_cost.saturating_add(t.conj.saturating_mul(CONJ_STEPS)),
             bytes: RULE_BYTES
+                .saturating_add(nodes)
                 .saturating_add(t.ast_bytes)
                 .saturating_add(t.conj_bytes)
                 .saturating_add(t.conj.saturating_mul(CONJ_BYTES)),
@@ -145,9 +153,11 @@ const RULE_BYTES: u64 = 640;
 /// Per conjunction: its 64-byte record in a vector that may be half empty, its
 /// out-of-line checks box and its slot in the rule's list.
 const CONJ_BYTES: u64 = 256;
-/// Per field of an object level: the AST entry, and a path node (struct, children-map
+/// Per field of an object level: its AST entry.
+const FIELD_BYTES: u64 = 96;
+/// Per distinct path (every prefix of every leaf path): a trie node (struct, children-map
 /// slot in its parent, the short child list, the per-path lookup tables).
-const FIELD_BYTES: u64 = 2_048;
+const NODE_BYTES: u64 = 1_792;
 /// Per object level of the AST.
 const OBJ_BYTES: u64 = 128;
 /// Per alternative: the `Matcher` in its clause array and, when the clause is the one
@@ -212,6 +222,23 @@ impl Tally {
     }
 }
 
+/// Every prefix of every field path of the pattern (the trie nodes it may create).
+fn distinct_paths<'a>(p: &'a ObjPat, prefix: &mut Vec<&'a str>, out: &mut HashSet<Vec<&'a str>>) {
+    for (key, fp) in &p.fields {
+        prefix.push(key);
+        out.insert(prefix.clone());
+        if let FieldPat::Obj(o) = fp {
+            distinct_paths(o, prefix, out);
+        }
+        prefix.pop();
+    }
+    for group in &p.ors {
+        for alt in group {
+            distinct_paths(alt, prefix, out);
+        }
+    }
+}
+
 fn obj(p: &ObjPat) -> Tally {
     let mut t = Tally {
         conj: 1,
@@ -225,8 +252,8 @@ fn obj(p: &ObjPat) -> Tally {
             conj: 1,
             conj_cost: 0,
             conj_bytes: 0,
-            // The AST key, the node's key, its parent's map key and short-list copy.
-            ast_bytes: FIELD_BYTES + 4 * alloc(key_len),
+            // The AST key (the node's own copies count with the node).
+            ast_bytes: FIELD_BYTES + alloc(key_len),
         };
         let sub = match fp {
             FieldPat::Obj(o) => obj(o),
@@ -398,7 +425,7 @@ mod tests {
         assert_eq!(hostile.cost, CONJ_STEPS + 1 + 256 * 2);
         // The attack: a connection at the default budget holds few of them.
         let b = RuleBudget::default();
-        assert!(b.max_connection_cost / hostile.cost <= 8);
+        assert!(b.max_connection_cost / hostile.cost <= 2);
         let strs: Vec<String> = (0..256).map(|i| format!("value-{i}")).collect();
         let ab = cost(json!({"source": [{"anything-but": strs.clone()}]}));
         assert_eq!(ab.cost, CONJ_STEPS + 1 + 16);
@@ -415,7 +442,10 @@ mod tests {
         let many = cost(json!({"a": strs})).bytes;
         assert!(many > 256 * ALT_BYTES);
         let deep = cost(json!({"a": {"b": {"c": ["x"]}}})).bytes;
-        assert!(deep >= small + 2 * FIELD_BYTES);
+        assert!(deep >= small + 2 * NODE_BYTES);
+        // `$or` alternatives on the same paths share their nodes.
+        let ors = cost(json!({"$or": [{"a": ["1"]}, {"a": ["2"]}, {"a": ["3"]}]})).bytes;
+        assert!(ors < small + 2 * NODE_BYTES);
     }
 
     #[test]
