@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use eventgate_protocol::pattern::PatternLimits;
+use eventgate_protocol::pattern::{PatternLimits, RuleBudget};
 
 /// Why configuration could not be loaded; `main` exits with code 64 on any of these.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +116,14 @@ pub struct Limits {
     /// Events per second one ingest token may publish (bursts of as many); beyond it 429
     /// with `Retry-After`.
     pub max_ingest_events_per_second_per_token: u32,
+
+    // Rule budgets (see `docs/operations.md`, "Rule budgets").
+    /// Highest matching cost of one rule (steps per event, worst case).
+    pub max_rule_cost: u64,
+    /// Highest total matching cost of one connection's rules.
+    pub max_connection_cost: u64,
+    /// Highest total memory weight of one connection's rules, in bytes.
+    pub max_connection_rule_bytes: u64,
 }
 
 impl Default for Limits {
@@ -141,6 +149,9 @@ impl Default for Limits {
             new_connections_per_second_per_ip: 0,
             upgrade_timeout: Seconds(Duration::from_secs(10)),
             max_ingest_events_per_second_per_token: 0,
+            max_rule_cost: RuleBudget::default().max_rule_cost,
+            max_connection_cost: RuleBudget::default().max_connection_cost,
+            max_connection_rule_bytes: RuleBudget::default().max_connection_rule_bytes,
         }
     }
 }
@@ -152,6 +163,14 @@ impl Limits {
             max_depth: self.max_pattern_depth,
             max_alternatives: self.max_pattern_alternatives,
             max_wildcard_stars: self.max_wildcard_stars,
+        }
+    }
+
+    pub fn rule_budget(&self) -> RuleBudget {
+        RuleBudget {
+            max_rule_cost: self.max_rule_cost,
+            max_connection_cost: self.max_connection_cost,
+            max_connection_rule_bytes: self.max_connection_rule_bytes,
         }
     }
 }
@@ -350,6 +369,17 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("TLS_RELOAD_INTERVAL", "tls.reload_interval", Kind::Text),
     ("STACK_ID_FILE", "stack_id_file", Kind::Text),
     ("INGEST_TOKENS_FILE", "ingest_tokens_file", Kind::Text),
+    ("MAX_RULE_COST", "limits.max_rule_cost", Kind::Integer),
+    (
+        "MAX_CONNECTION_COST",
+        "limits.max_connection_cost",
+        Kind::Integer,
+    ),
+    (
+        "MAX_CONNECTION_RULE_BYTES",
+        "limits.max_connection_rule_bytes",
+        Kind::Integer,
+    ),
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -554,6 +584,12 @@ impl Config {
             (
                 "limits.max_actions_per_second",
                 limits.max_actions_per_second as usize,
+            ),
+            ("limits.max_rule_cost", limits.max_rule_cost as usize),
+            ("limits.max_connection_cost", limits.max_connection_cost as usize),
+            (
+                "limits.max_connection_rule_bytes",
+                limits.max_connection_rule_bytes as usize,
             ),
         ] {
             if value == 0 {

@@ -14,6 +14,7 @@ pub mod hub;
 pub mod ingest;
 pub mod limits;
 pub mod listener;
+pub mod memory;
 pub mod outbound;
 pub mod readiness;
 pub mod server;

@@ -447,6 +447,7 @@ pub async fn run_with_reload(
             max_rules_per_connection: config.limits.max_rules_per_connection,
             max_queued_bytes: config.limits.max_queued_bytes,
             keepalive_interval: config.keepalive_interval.0,
+            budget: config.limits.rule_budget(),
         },
         hub_stop.clone(),
         &background,

@@ -168,3 +168,13 @@ pub fn limit_rejected(limit: &'static str) {
 pub fn tls_reloaded(ok: bool) {
     counter!(TLS_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
 }
+
+pub const PATTERN_BUDGET_REJECTIONS: &str = "eventgate_pattern_budget_rejections_total";
+
+/// A Subscribe refused because its pattern is over a cost or memory budget (`budget` is
+/// the config key: `max_rule_cost`, `max_connection_cost`, `max_connection_rule_bytes`).
+pub fn pattern_too_complex(budget: &'static str) {
+    counter!(PATTERN_BUDGET_REJECTIONS, "budget" => budget).increment(1);
+    action_rejected("pattern_too_complex");
+    limit_rejected(budget);
+}

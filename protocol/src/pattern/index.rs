@@ -712,6 +712,8 @@ struct Node {
 #[derive(Default)]
 struct NodeNegs {
     clauses: Vec<u32>,
+    /// The clauses conjunctions are registered under (evaluated on every event).
+    registered: Vec<u32>,
     excl: Excl,
 }
 
@@ -831,8 +833,7 @@ struct Checks {
 struct RestChecks {
     inline: Box<[u8]>,
     other: Box<[(u32, Arc<[Matcher]>)]>,
-    /// The conjunction's negative clauses ([`NegClause`] ids), held when stamped with the
-    /// event's generation.
+    /// The conjunction's negative clauses ([`NegClause`] ids).
     negs: Box<[u32]>,
 }
 
@@ -905,17 +906,19 @@ impl Checks {
         c
     }
 
-    fn holds(&self, leaves: &[(u32, Leaf<'_>)], held: &[u64], gen: u64) -> bool {
+    /// The conjunction's negative clauses (evaluated by the index, not here).
+    fn negs(&self) -> &[u32] {
+        self.rest.as_deref().map_or(&[], |r| &r.negs)
+    }
+
+    fn holds(&self, leaves: &[(u32, Leaf<'_>)]) -> bool {
         let small = self
             .small
             .get(..usize::from(self.small_len))
             .unwrap_or_default();
         inline_holds(small, leaves).unwrap_or(false)
             && self.rest.as_deref().is_none_or(|r| {
-                r.negs
-                    .iter()
-                    .all(|&n| held.get(n as usize) == Some(&gen))
-                    && inline_holds(&r.inline, leaves).unwrap_or(false)
+                inline_holds(&r.inline, leaves).unwrap_or(false)
                     && r.other
                         .iter()
                         .all(|(node, alts)| clause_holds(*node, alts, leaves))
@@ -1311,11 +1314,14 @@ struct Scratch {
     /// The allocation of the leaves collected by the `matches_json` scanner, kept empty
     /// between events (see [`recycle`]).
     leaves: Vec<(u32, Leaf<'static>)>,
-    /// Per [`NegClause`]: the generation in which it held.
+    /// Per [`NegClause`]: the generation in which it was evaluated / held.
+    done: Vec<u64>,
     held: Vec<u64>,
-    /// Per exclusion entry: the leaf stamp (`lgen`) of the last leaf that hit it.
-    excl: Vec<u64>,
-    lgen: u64,
+    /// Per leaf of the event: its range in `hit_ents` once its node's exclusion tables
+    /// were probed.
+    leaf_hits: Vec<Option<(u32, u32)>>,
+    /// The exclusion entries hit by the event's leaves.
+    hit_ents: Vec<u32>,
     /// Per path node: the generation in which it had a leaf.
     seen: Vec<u64>,
     ex: ExclScratch,
@@ -1354,7 +1360,7 @@ where
     /// Exclusion entry ids handed out (see [`Excl`]) and those free again.
     n_ents: u32,
     free_ents: Vec<u32>,
-    /// Nodes with `exists: false` clauses → how many.
+    /// Nodes with registered `exists: false` clauses → how many.
     absent_nodes: HMap<u32, u32>,
 }
 
@@ -1654,8 +1660,11 @@ where
                 }
             }
             nn.clauses.push(id);
+            if registered {
+                nn.registered.push(id);
+            }
         }
-        if absent_ok {
+        if absent_ok && registered {
             *self.absent_nodes.entry(node).or_insert(0) += 1;
         }
         if let Some(slot) = self.negs.get_mut(id as usize) {
@@ -1683,6 +1692,7 @@ where
                 }
             }
             nn.clauses.retain(|&x| x != id);
+            nn.registered.retain(|&x| x != id);
             if nn.clauses.is_empty() && nn.excl.is_empty() {
                 if let Some(n) = self.nodes.get_mut(c.node as usize) {
                     n.neg = None;
@@ -1691,7 +1701,7 @@ where
         }
         self.free_ents
             .extend(c.ents.iter().copied().filter(|&e| e != NO_ENT));
-        if c.absent_ok {
+        if c.absent_ok && c.registered {
             if let Some(n) = self.absent_nodes.get_mut(&c.node) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
@@ -1849,7 +1859,9 @@ where
         for (node, v) in leaves {
             self.lookup_leaf(sc, *node, v);
         }
-        if self.negs.len() > self.free_negs.len() {
+        let has_negs = self.negs.len() > self.free_negs.len();
+        if has_negs {
+            self.prepare_negs(sc, leaves.len());
             self.eval_negs(sc, leaves, saw_array_obj);
         }
         let gen = sc.gen;
@@ -1868,56 +1880,43 @@ where
             let r = conj.rule as usize;
             // A rule with one conjunction is reached once (its conjunction is stamped),
             // so only rules with several need the per-rule stamp.
-            let mut unused = 0;
-            let stamp = if conj.multi {
-                match sc.rule.get_mut(r) {
-                    Some(st) => st,
-                    None => continue,
-                }
-            } else {
-                &mut unused
-            };
-            if *stamp == gen {
+            if conj.multi && sc.rule.get(r).is_none_or(|&st| st == gen) {
                 continue;
             }
-            if saw_array_obj || conj.oracle {
+            let matched = if saw_array_obj || conj.oracle {
                 // Objects inside arrays: array consistency needs the full evaluator.
-                *stamp = gen;
-                if let (Some(Some(slot)), Some(e)) = (self.rules.get(r), event) {
-                    if slot.pattern.matches(e) {
-                        out.push(slot.key);
-                    }
+                match (self.rules.get(r), event) {
+                    (Some(Some(slot)), Some(e)) if slot.pattern.matches(e) => Some(slot.key),
+                    _ => None,
                 }
-            } else if conj.checks.holds(leaves, &sc.held, gen) {
-                *stamp = gen;
-                if let Some(k) = conj.key {
-                    out.push(k);
+            } else if conj.checks.holds(leaves)
+                && conj
+                    .checks
+                    .negs()
+                    .iter()
+                    .all(|&n| self.neg_holds(sc, n, leaves, false))
+            {
+                conj.key
+            } else {
+                continue;
+            };
+            if conj.multi {
+                if let Some(st) = sc.rule.get_mut(r) {
+                    *st = gen;
                 }
             }
+            out.extend(matched);
         }
         sc.cand = cands;
     }
 
-    /// Evaluates every negative clause at a node with a leaf (and the `exists: false` ones
-    /// at nodes without): stamps those that hold in `sc.held` and adds the conjunctions
-    /// registered under them to the candidates. With objects inside arrays every
-    /// `exists: false` clause is taken as holding (a superset: the reference evaluator
-    /// confirms those candidates).
+    /// Evaluates the negative clauses that conjunctions are registered under, at every
+    /// node with a leaf (and the `exists: false` ones at nodes without), and adds the
+    /// conjunctions of those that hold to the candidates. The other negative clauses are
+    /// evaluated only when a candidate needs them ([`RuleIndex::neg_holds`]).
     fn eval_negs(&self, sc: &mut Scratch, leaves: &[(u32, Leaf<'_>)], saw_array_obj: bool) {
         let gen = sc.gen;
-        let sizes = [
-            (&mut sc.held, self.negs.len()),
-            (&mut sc.excl, self.n_ents as usize),
-            (&mut sc.seen, self.nodes.len()),
-        ];
-        for (v, n) in sizes {
-            if v.len() < n {
-                v.resize(n, 0);
-            } else if v.len() > 2 * n + 4096 {
-                *v = vec![0; n];
-            }
-        }
-        for (node, v) in leaves {
+        for (node, _) in leaves {
             let Some(nn) = self
                 .nodes
                 .get(*node as usize)
@@ -1928,27 +1927,11 @@ where
             if let Some(seen) = sc.seen.get_mut(*node as usize) {
                 *seen = gen;
             }
-            sc.lgen = sc.lgen.wrapping_add(1);
-            let lg = sc.lgen;
-            let excl = &mut sc.excl;
-            nn.excl.hits(v, &mut sc.ex, &mut |e| {
-                if let Some(x) = excl.get_mut(e as usize) {
-                    *x = lg;
-                }
-            });
-            for &id in &nn.clauses {
-                if sc.held.get(id as usize) == Some(&gen) {
-                    continue;
-                }
-                let Some(Some(c)) = self.negs.get(id as usize) else {
-                    continue;
-                };
-                let holds = c.alts.iter().zip(c.ents.iter()).any(|(m, &e)| {
-                    let hit = e != NO_ENT && sc.excl.get(e as usize) == Some(&lg);
-                    neg_alt_holds(m, v, hit)
-                });
-                if holds {
-                    self.neg_held(sc, id, c);
+            for &id in &nn.registered {
+                if self.neg_holds(sc, id, leaves, saw_array_obj) {
+                    if let Some(Some(c)) = self.negs.get(id as usize) {
+                        sc.cand.push(c.conj);
+                    }
                 }
             }
         }
@@ -1959,23 +1942,101 @@ where
             let Some(nn) = self.nodes.get(node as usize).and_then(|n| n.neg.as_deref()) else {
                 continue;
             };
-            for &id in &nn.clauses {
-                if let Some(Some(c)) = self.negs.get(id as usize) {
-                    if c.absent_ok && sc.held.get(id as usize) != Some(&gen) {
-                        self.neg_held(sc, id, c);
+            for &id in &nn.registered {
+                if self.neg_holds(sc, id, leaves, saw_array_obj) {
+                    if let Some(Some(c)) = self.negs.get(id as usize) {
+                        sc.cand.push(c.conj);
                     }
                 }
             }
         }
     }
 
-    fn neg_held(&self, sc: &mut Scratch, id: u32, c: &NegClause) {
-        if let Some(h) = sc.held.get_mut(id as usize) {
-            *h = sc.gen;
+    /// Sizes the per-event scratch of the negative clauses.
+    fn prepare_negs(&self, sc: &mut Scratch, n_leaves: usize) {
+        let sizes = [
+            (&mut sc.held, self.negs.len()),
+            (&mut sc.done, self.negs.len()),
+            (&mut sc.seen, self.nodes.len()),
+        ];
+        for (v, n) in sizes {
+            if v.len() < n {
+                v.resize(n, 0);
+            } else if v.len() > 2 * n + 4096 {
+                *v = vec![0; n];
+            }
         }
-        if c.registered {
-            sc.cand.push(c.conj);
+        sc.leaf_hits.clear();
+        sc.leaf_hits.resize(n_leaves, None);
+        sc.hit_ents.clear();
+    }
+
+    /// Does negative clause `id` hold for this event? Evaluated once per event (memoised
+    /// in `sc.done` / `sc.held`); the exclusion tables of a leaf's node are probed once
+    /// per leaf and event, whatever the number of clauses reading them.
+    fn neg_holds(
+        &self,
+        sc: &mut Scratch,
+        id: u32,
+        leaves: &[(u32, Leaf<'_>)],
+        saw_array_obj: bool,
+    ) -> bool {
+        let gen = sc.gen;
+        let i = id as usize;
+        if sc.done.get(i) == Some(&gen) {
+            return sc.held.get(i) == Some(&gen);
         }
+        if let Some(d) = sc.done.get_mut(i) {
+            *d = gen;
+        }
+        let Some(Some(c)) = self.negs.get(i) else {
+            return false;
+        };
+        let nn = self.nodes.get(c.node as usize).and_then(|n| n.neg.as_deref());
+        let mut any_leaf = false;
+        let mut holds = false;
+        for (li, (node, v)) in leaves.iter().enumerate() {
+            if *node != c.node {
+                continue;
+            }
+            any_leaf = true;
+            let (start, end) = match sc.leaf_hits.get(li).copied().flatten() {
+                Some(range) => range,
+                None => {
+                    let start = sc.hit_ents.len() as u32;
+                    if let Some(nn) = nn {
+                        let hits = &mut sc.hit_ents;
+                        nn.excl.hits(v, &mut sc.ex, &mut |e| hits.push(e));
+                    }
+                    let range = (start, sc.hit_ents.len() as u32);
+                    if let Some(slot) = sc.leaf_hits.get_mut(li) {
+                        *slot = Some(range);
+                    }
+                    range
+                }
+            };
+            let hit_ents = sc
+                .hit_ents
+                .get(start as usize..end as usize)
+                .unwrap_or_default();
+            if c.alts.iter().zip(c.ents.iter()).any(|(m, &e)| {
+                neg_alt_holds(m, v, e != NO_ENT && hit_ents.contains(&e))
+            }) {
+                holds = true;
+                break;
+            }
+        }
+        // Without a leaf: `exists: false`. With objects inside arrays an element may lack
+        // the field: a superset, which the reference evaluator then confirms.
+        if c.absent_ok && (!any_leaf || saw_array_obj) {
+            holds = true;
+        }
+        if holds {
+            if let Some(h) = sc.held.get_mut(i) {
+                *h = gen;
+            }
+        }
+        holds
     }
 
     /// Looks one leaf up at its path node and marks the conjunctions it completes.
@@ -2178,6 +2239,95 @@ mod tests {
         idx.matches(&json!({"n": 9995}), &mut out);
         out.sort();
         assert_eq!(out, vec![999, 5000, 5002]);
+    }
+
+    #[test]
+    fn shared_wildcard_scan_agrees_with_the_evaluator_through_churn() {
+        // Wildcards over a three-letter alphabet overlap heavily: the automaton levels, the
+        // greedy placement and the rebuild after removals are all exercised.
+        let mut seed = 0x9e37_79b9_u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut word = |len: u64, next: &mut dyn FnMut(u64) -> u64| -> String {
+            (0..len).map(|_| ['a', 'b', 'c'][next(3) as usize]).collect()
+        };
+        let mut wild = |next: &mut dyn FnMut(u64) -> u64| -> String {
+            let segs = 1 + next(4);
+            let mut w = String::new();
+            for i in 0..segs {
+                if i > 0 || next(2) == 0 {
+                    w.push('*');
+                }
+                let len = 1 + next(4);
+                w.push_str(&word(len, next));
+            }
+            if next(2) == 0 {
+                w.push('*');
+            }
+            w
+        };
+        let mut pats = Vec::new();
+        for _ in 0..120 {
+            let n = 1 + next(4);
+            let list: Vec<String> = (0..n).map(|_| wild(&mut next)).collect();
+            let p = if next(3) == 0 {
+                json!({"s": [{"wildcard": list[0].clone()}, {"anything-but": {"wildcard": list}}], "t": [{"exists": false}]})
+            } else {
+                json!({"s": [{"anything-but": {"wildcard": list}}]})
+            };
+            pats.push(pat(p));
+        }
+        let events: Vec<Value> = (0..60)
+            .map(|i| {
+                let len = next(16);
+                let s = word(len, &mut next);
+                if i % 5 == 0 {
+                    json!({"s": [s, "ab"], "t": 1})
+                } else {
+                    json!({"s": s})
+                }
+            })
+            .collect();
+        let mut idx = RuleIndex::new();
+        let mut live: Vec<usize> = Vec::new();
+        let check = |idx: &RuleIndex<usize>, live: &[usize]| {
+            for ev in &events {
+                let mut want: Vec<usize> =
+                    live.iter().copied().filter(|&i| pats[i].matches(ev)).collect();
+                want.sort();
+                let mut got = Vec::new();
+                idx.matches(ev, &mut got);
+                got.sort();
+                assert_eq!(got, want, "{ev}");
+                let mut got = Vec::new();
+                assert!(idx.matches_json(&ev.to_string(), &mut got).is_ok());
+                got.sort();
+                assert_eq!(got, want, "json {ev}");
+            }
+        };
+        for (i, p) in pats.iter().enumerate() {
+            idx.insert(i, p);
+            live.push(i);
+        }
+        check(&idx, &live);
+        for i in 0..100 {
+            assert!(idx.remove(i));
+        }
+        live.retain(|&i| i >= 100);
+        check(&idx, &live);
+        for i in (0..100).step_by(3) {
+            idx.insert(i, &pats[i]);
+            live.push(i);
+        }
+        check(&idx, &live);
+        for &i in &live {
+            idx.remove(i);
+        }
+        assert!(idx.is_empty());
     }
 
     #[test]

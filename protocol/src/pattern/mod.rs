@@ -15,7 +15,7 @@ mod values;
 use std::fmt;
 use std::sync::Arc;
 
-pub use cost::{RuleBudget, RuleCost};
+pub use cost::{BudgetError, RuleBudget, RuleCost};
 pub use index::RuleIndex;
 
 /// Limits applied when a pattern is parsed; exceeding any of them is a [`PatternError`].

@@ -40,7 +40,7 @@ impl Excl {
             && self.nums.is_empty()
             && self.prefix.map.is_empty()
             && self.suffix.map.is_empty()
-            && self.wild.items.is_empty()
+            && self.wild.is_empty()
     }
 
     /// Files the values of one `anything-but` alternative under entry `ent`.
@@ -196,11 +196,24 @@ struct Seg {
 /// log-structured merge: a new segment gets its own level and levels of similar size are
 /// merged, so building costs O(log n) per segment amortised and a leaf is scanned once
 /// per level (O(log n) levels), whatever the number of rules. Occurrences are reported
-/// overlapping, then each wildcard is placed greedily (leftmost occurrence of each middle
-/// segment after the previous one) by binary search, as `Wildcard::matches` does.
+/// overlapping, then only the wildcards whose first middle segment occurs are placed
+/// greedily (leftmost occurrence of each middle segment after the previous one, by binary
+/// search), as `Wildcard::matches` does. Wildcards without a middle segment are found by
+/// their first (or last) segment in an exact prefix (suffix) table.
 #[derive(Default)]
 struct WildSet {
-    items: Vec<WildItem>,
+    items: Vec<Option<WildItem>>,
+    free_items: Vec<u32>,
+    /// Entry -> its items.
+    by_ent: HashMap<u32, Vec<u32>>,
+    /// First middle segment id -> items.
+    by_mid: HashMap<u32, Vec<u32>>,
+    /// Items without a middle segment, by first segment (when not empty) ...
+    by_first: AffixSet,
+    /// ... else by last segment (when not empty) ...
+    by_last: AffixSet,
+    /// ... else (`*`, or the empty string exactly).
+    any: Vec<u32>,
     /// Segment text -> id.
     ids: HashMap<Box<str>, u32>,
     segs: Vec<Seg>,
@@ -210,6 +223,10 @@ struct WildSet {
 }
 
 impl WildSet {
+    fn is_empty(&self) -> bool {
+        self.by_ent.is_empty()
+    }
+
     fn add(&mut self, w: &Wildcard, ent: u32) {
         let n = w.segs.len();
         let (first, last) = match (w.segs.first(), w.segs.last()) {
@@ -222,13 +239,38 @@ impl WildSet {
                 mids.push(self.seg_ref(seg));
             }
         }
-        self.items.push(WildItem {
+        let item = WildItem {
             ent,
             star: n > 1,
             first: first.into(),
             last: if n > 1 { last.into() } else { "".into() },
             mids: mids.into_boxed_slice(),
-        });
+        };
+        let ix = match self.free_items.pop() {
+            Some(ix) => ix,
+            None => {
+                self.items.push(None);
+                (self.items.len() - 1) as u32
+            }
+        };
+        self.file(ix, &item);
+        if let Some(slot) = self.items.get_mut(ix as usize) {
+            *slot = Some(item);
+        }
+        self.by_ent.entry(ent).or_default().push(ix);
+    }
+
+    /// Files item `ix` where a leaf finds it.
+    fn file(&mut self, ix: u32, it: &WildItem) {
+        if let Some(&m) = it.mids.first() {
+            self.by_mid.entry(m).or_default().push(ix);
+        } else if !it.first.is_empty() {
+            self.by_first.add(&it.first, ix);
+        } else if !it.last.is_empty() {
+            self.by_last.add(&it.last, ix);
+        } else {
+            self.any.push(ix);
+        }
     }
 
     fn seg_ref(&mut self, text: &str) -> u32 {
@@ -252,24 +294,38 @@ impl WildSet {
     }
 
     fn remove(&mut self, ent: u32) {
-        let mut released = Vec::new();
-        self.items.retain(|it| {
-            if it.ent == ent {
-                released.extend_from_slice(&it.mids);
-                false
+        let Some(ixs) = self.by_ent.remove(&ent) else {
+            return;
+        };
+        for ix in ixs {
+            let Some(it) = self.items.get_mut(ix as usize).and_then(Option::take) else {
+                continue;
+            };
+            self.free_items.push(ix);
+            if let Some(&m) = it.mids.first() {
+                if let Some(v) = self.by_mid.get_mut(&m) {
+                    v.retain(|&x| x != ix);
+                    if v.is_empty() {
+                        self.by_mid.remove(&m);
+                    }
+                }
+            } else if !it.first.is_empty() {
+                self.by_first.remove(&it.first, ix);
+            } else if !it.last.is_empty() {
+                self.by_last.remove(&it.last, ix);
             } else {
-                true
+                self.any.retain(|&x| x != ix);
             }
-        });
-        for id in released {
-            if let Some(seg) = self.segs.get_mut(id as usize) {
-                seg.refs = seg.refs.saturating_sub(1);
-                if seg.refs == 0 {
-                    self.dead += 1;
+            for &id in it.mids.iter() {
+                if let Some(seg) = self.segs.get_mut(id as usize) {
+                    seg.refs = seg.refs.saturating_sub(1);
+                    if seg.refs == 0 {
+                        self.dead += 1;
+                    }
                 }
             }
         }
-        if self.items.is_empty() {
+        if self.by_ent.is_empty() {
             *self = WildSet::default();
         } else if self.dead > 16 && self.dead * 2 > self.segs.len() {
             self.rebuild();
@@ -286,9 +342,14 @@ impl WildSet {
                 segs.push(seg);
             }
         }
-        for it in &mut self.items {
+        self.by_mid.clear();
+        for (ix, it) in self.items.iter_mut().enumerate() {
+            let Some(it) = it else { continue };
             for m in it.mids.iter_mut() {
                 *m = renum.get(*m as usize).copied().unwrap_or(u32::MAX);
+            }
+            if let Some(&m) = it.mids.first() {
+                self.by_mid.entry(m).or_default().push(ix as u32);
             }
         }
         self.ids = segs
@@ -326,22 +387,44 @@ impl WildSet {
     }
 
     fn hits(&self, s: &str, sc: &mut ExclScratch, f: &mut dyn FnMut(u32)) {
-        if self.items.is_empty() {
+        if self.is_empty() {
             return;
         }
+        let mut check = |ix: u32, occ: &[(u32, u32)]| {
+            if let Some(Some(it)) = self.items.get(ix as usize) {
+                if self.item_matches(it, s, occ) {
+                    f(it.ent);
+                }
+            }
+        };
         sc.occ.clear();
-        for level in &self.levels {
-            for m in level.ac.find_overlapping_iter(s.as_bytes()) {
-                if let Some(&id) = level.ids.get(m.pattern().as_usize()) {
-                    sc.occ.push((id, m.start() as u32));
+        if !self.by_mid.is_empty() {
+            for level in &self.levels {
+                for m in level.ac.find_overlapping_iter(s.as_bytes()) {
+                    if let Some(&id) = level.ids.get(m.pattern().as_usize()) {
+                        sc.occ.push((id, m.start() as u32));
+                    }
+                }
+            }
+            sc.occ.sort_unstable();
+            let occ = &sc.occ;
+            let mut prev = None;
+            for &(id, _) in occ {
+                if prev == Some(id) {
+                    continue;
+                }
+                prev = Some(id);
+                for &ix in self.by_mid.get(&id).map_or(&[][..], Vec::as_slice) {
+                    check(ix, occ);
                 }
             }
         }
-        sc.occ.sort_unstable();
-        for it in &self.items {
-            if self.item_matches(it, s, &sc.occ) {
-                f(it.ent);
-            }
+        let occ = &sc.occ;
+        self.by_first
+            .hits(s.as_bytes(), false, &mut |ix| check(ix, occ));
+        self.by_last.hits(s.as_bytes(), true, &mut |ix| check(ix, occ));
+        for &ix in &self.any {
+            check(ix, occ);
         }
     }
 
