@@ -586,7 +586,10 @@ impl Config {
                 limits.max_actions_per_second as usize,
             ),
             ("limits.max_rule_cost", limits.max_rule_cost as usize),
-            ("limits.max_connection_cost", limits.max_connection_cost as usize),
+            (
+                "limits.max_connection_cost",
+                limits.max_connection_cost as usize,
+            ),
             (
                 "limits.max_connection_rule_bytes",
                 limits.max_connection_rule_bytes as usize,

@@ -402,7 +402,10 @@ impl Dispatcher {
             .ok_or(SubscribeError::ConnectionGone)?;
         if let Some(&id) = entry.rules.get(&rule) {
             // Replace in place: same id, new pattern; the old one's cost is given back.
-            let owner = self.rules.get_mut(id).ok_or(SubscribeError::ConnectionGone)?;
+            let owner = self
+                .rules
+                .get_mut(id)
+                .ok_or(SubscribeError::ConnectionGone)?;
             let others = release(entry.held, owner.cost);
             self.settings
                 .budget

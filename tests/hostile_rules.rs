@@ -169,7 +169,11 @@ async fn budgets_are_configurable() {
     );
     let eleven = json!({"source": [{"wildcard": "a*b*c*d*e"}]});
     let ack = client.subscribe_ack("four", &eleven).await;
-    assert_error(&ack, Some("sub-four"), "pattern too complex: its matching cost is");
+    assert_error(
+        &ack,
+        Some("sub-four"),
+        "pattern too complex: its matching cost is",
+    );
 }
 
 /// Fills one connection to its budgets: one wildcard attack rule, then memory-heavy rules
@@ -200,7 +204,9 @@ async fn hostile_connections_at_full_budget_stay_within_it_and_leave_nothing() {
     let budget = RuleBudget::default();
 
     let mut healthy = server.announced().await;
-    healthy.subscribe("mine", &json!({"source": ["healthy"]})).await;
+    healthy
+        .subscribe("mine", &json!({"source": ["healthy"]}))
+        .await;
     let rules_before = rules_gauge(&server).await;
 
     // Let the runtime and the allocator settle, then take the baseline.

@@ -29,11 +29,10 @@ fn adversary_pattern(conn: usize, k: usize) -> String {
             list.join(",")
         );
     }
-    let list: Vec<String> = (0..256).map(|j| format!("\"a{conn}-{k}-{j:04}\"")).collect();
-    format!(
-        r#"{{"source":[{{"anything-but":[{}]}}]}}"#,
-        list.join(",")
-    )
+    let list: Vec<String> = (0..256)
+        .map(|j| format!("\"a{conn}-{k}-{j:04}\""))
+        .collect();
+    format!(r#"{{"source":[{{"anything-but":[{}]}}]}}"#, list.join(","))
 }
 
 fn main() {

@@ -10,8 +10,8 @@ use serde_json::{json, Map, Value};
 
 const KEYS: &[&str] = &["a", "b", "c"];
 const STRS: &[&str] = &[
-    "", "a", "ab", "abc", "B", "Ab", "10.0.0.1", "10.1.0.1", "::1", "x.png", "ΣΑ", "σα",
-    "abab", "aba", "bab", "baab", "xaxbx",
+    "", "a", "ab", "abc", "B", "Ab", "10.0.0.1", "10.1.0.1", "::1", "x.png", "ΣΑ", "σα", "abab",
+    "aba", "bab", "baab", "xaxbx",
 ];
 /// Wildcards with middle segments (shared Aho-Corasick scan of the negative index).
 const WILDS: &[&str] = &[
@@ -60,9 +60,12 @@ fn filter() -> impl Strategy<Value = Value> {
         1 => short().prop_map(|s| json!({"anything-but": {"equals-ignore-case": s}})),
         1 => prop::sample::select(&["a*", "*b"][..]).prop_map(|s| json!({"anything-but": {"wildcard": s}})),
         2 => prop::collection::vec(prop::sample::select(WILDS), 1..4).prop_map(|ws| json!({"anything-but": {"wildcard": ws}})),
-        1 => prop::collection::vec(short(), 1..4).prop_map(|ps| json!({"anything-but": {"prefix": ps}})),
-        1 => prop::collection::vec(short(), 1..4).prop_map(|ps| json!({"anything-but": {"equals-ignore-case": ps}})),
-        1 => prop::collection::vec(prop::sample::select(STRS), 1..4).prop_map(|ps| json!({"anything-but": ps})),
+        // Short lists are compared in place, lists over 8 go to the shared tables.
+        1 => prop::collection::vec(short(), 1..12).prop_map(|ps| json!({"anything-but": {"prefix": ps}})),
+        1 => prop::collection::vec(short(), 1..12).prop_map(|ps| json!({"anything-but": {"suffix": ps}})),
+        1 => prop::collection::vec(short(), 1..12).prop_map(|ps| json!({"anything-but": {"equals-ignore-case": ps}})),
+        1 => prop::collection::vec(prop::sample::select(STRS), 1..12).prop_map(|ps| json!({"anything-but": ps})),
+        1 => prop::collection::vec(num(), 9..12).prop_map(|ns| json!({"anything-but": ns})),
         1 => prop::sample::select(WILDS).prop_map(|s| json!({"wildcard": s})),
     ]
 }

@@ -15,7 +15,9 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn pattern(v: &Value) -> Pattern {
@@ -47,12 +49,15 @@ fn held(idx: &mut RuleIndex<u32>, n: u32, make: &dyn Fn(u32) -> Value) -> (i64, 
 
 fn hostile_cases() -> Vec<(&'static str, Box<dyn Fn(u32) -> Value>)> {
     vec![
-        ("one exact string", Box::new(|i| json!({"source": [format!("s{i}")]}))),
+        (
+            "one exact string",
+            Box::new(|i| json!({"source": [format!("s{i}")]})),
+        ),
         (
             "256 exact strings",
-            Box::new(|i| {
-                json!({"source": (0..256).map(|j| format!("value-{i}-{j}")).collect::<Vec<_>>()})
-            }),
+            Box::new(
+                |i| json!({"source": (0..256).map(|j| format!("value-{i}-{j}")).collect::<Vec<_>>()}),
+            ),
         ),
         (
             "anything-but 256 wildcards",
@@ -85,9 +90,7 @@ fn hostile_cases() -> Vec<(&'static str, Box<dyn Fn(u32) -> Value>)> {
         ),
         (
             "deep paths",
-            Box::new(|i| {
-                json!({format!("k{i}"): {"b": {"c": {"d": {"e": {"f": {"g": ["x"]}}}}}}})
-            }),
+            Box::new(|i| json!({format!("k{i}"): {"b": {"c": {"d": {"e": {"f": {"g": ["x"]}}}}}}})),
         ),
     ]
 }
@@ -148,7 +151,9 @@ fn vectors() -> Vec<Value> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/patterns.json");
     let text = std::fs::read_to_string(path).expect("read vectors");
     let all: Vec<Value> = serde_json::from_str(&text).expect("vectors are JSON");
-    all.into_iter().filter_map(|c| c.get("pattern").cloned()).collect()
+    all.into_iter()
+        .filter_map(|c| c.get("pattern").cloned())
+        .collect()
 }
 
 /// Every ```json block and every inline `{...}` span of `docs/patterns.md` that is JSON.
@@ -198,7 +203,9 @@ fn defaults_admit_every_documented_pattern() {
         );
         checked += 1;
     }
-    println!("{checked} patterns, worst cost {}, worst weight {} bytes", worst.cost, worst.bytes);
+    println!(
+        "{checked} patterns, worst cost {}, worst weight {} bytes",
+        worst.cost, worst.bytes
+    );
     assert!(checked >= 300, "only {checked} patterns checked");
 }
-

@@ -133,7 +133,9 @@ impl Pattern {
             .map(|p| NODE_BYTES + 2 * alloc(p.last().map_or(0, |k| k.len() as u64)))
             .sum();
         RuleCost {
-            cost: t.conj_cost.saturating_add(t.conj.saturating_mul(CONJ_STEPS)),
+            cost: t
+                .conj_cost
+                .saturating_add(t.conj.saturating_mul(CONJ_STEPS)),
             bytes: RULE_BYTES
                 .saturating_add(nodes)
                 .saturating_add(t.ast_bytes)
@@ -335,9 +337,12 @@ fn alternative(m: &Matcher) -> (u64, u64, u64, bool) {
             let bytes = ALT_BYTES + 2 * (alloc(24 * w.segs.len() as u64) + segs);
             (2 + 2 * stars, bytes, 0, false)
         }
-        Matcher::AbStr(list) | Matcher::AbEic(list) => {
-            (1 + list.len() as u64 / 16, ALT_BYTES + str_list(list), 0, true)
-        }
+        Matcher::AbStr(list) | Matcher::AbEic(list) => (
+            1 + list.len() as u64 / 16,
+            ALT_BYTES + str_list(list),
+            0,
+            true,
+        ),
         Matcher::AbNum(list) => (
             1 + list.len() as u64 / 16,
             ALT_BYTES + alloc(32 * list.len() as u64) + AB_VALUE_BYTES * list.len() as u64,
@@ -460,14 +465,14 @@ mod tests {
             bytes: 1_000,
         };
         assert_eq!(b.admit(RuleCost::default(), rule), Ok(()));
-        let e = b.admit(
-            RuleCost::default(),
-            RuleCost {
+        let e = b.admit(RuleCost::default(), RuleCost { cost: 13, bytes: 1 });
+        assert_eq!(
+            e,
+            Err(BudgetError::RuleCost {
                 cost: 13,
-                bytes: 1,
-            },
+                limit: 10
+            })
         );
-        assert_eq!(e, Err(BudgetError::RuleCost { cost: 13, limit: 10 }));
         let e = match e {
             Err(e) => e,
             Ok(()) => unreachable!(),
@@ -490,6 +495,8 @@ mod tests {
         };
         let e = b.admit(held, rule).err();
         assert_eq!(e.map(|e| e.budget()), Some("max_connection_rule_bytes"));
-        assert!(e.is_some_and(|e| e.to_string().contains("10500 bytes") && e.to_string().ends_with("by 500")));
+        assert!(e.is_some_and(
+            |e| e.to_string().contains("10500 bytes") && e.to_string().ends_with("by 500")
+        ));
     }
 }

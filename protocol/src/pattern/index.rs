@@ -737,27 +737,30 @@ struct NegClause {
 
 const NO_ENT: u32 = u32::MAX;
 
-/// Does alternative `m` hold for leaf `v`, given whether the leaf hit its entry?
-fn neg_alt_holds(m: &Matcher, v: &Leaf<'_>, hit: bool) -> bool {
+/// Does alternative `m`, which has an exclusion entry, hold for leaf `v`, given whether
+/// the leaf hit that entry?
+fn excluded_alt_holds(m: &Matcher, v: &Leaf<'_>, hit: bool) -> bool {
     match m {
         Matcher::AbStr(_) | Matcher::AbNum(_) => !hit,
-        Matcher::AbPrefix(_) | Matcher::AbSuffix(_) | Matcher::AbEic(_) | Matcher::AbWildcard(_) => {
-            v.as_str().is_some() && !hit
-        }
-        other => match_leaf(other, v),
+        _ => v.as_str().is_some() && !hit,
     }
 }
 
+/// `anything-but` lists up to this long are compared in place (cheaper than probing a
+/// shared table, and a popular value in thousands of short lists would make every probe
+/// report thousands of entries); longer lists and every wildcard go to the shared tables.
+const SHORT_LIST: usize = 8;
+
+/// Does this alternative get an entry in its node's shared exclusion tables?
 fn has_entry(m: &Matcher) -> bool {
-    matches!(
-        m,
-        Matcher::AbStr(_)
-            | Matcher::AbNum(_)
-            | Matcher::AbPrefix(_)
-            | Matcher::AbSuffix(_)
-            | Matcher::AbEic(_)
-            | Matcher::AbWildcard(_)
-    )
+    match m {
+        Matcher::AbStr(l) | Matcher::AbPrefix(l) | Matcher::AbSuffix(l) | Matcher::AbEic(l) => {
+            l.len() > SHORT_LIST
+        }
+        Matcher::AbNum(l) => l.len() > SHORT_LIST,
+        Matcher::AbWildcard(_) => true,
+        _ => false,
+    }
 }
 
 impl Node {
@@ -1627,7 +1630,13 @@ where
     }
 
     /// Registers a negative clause of conjunction `conj` at `path`.
-    fn add_neg(&mut self, path: &[&str], alts: &Arc<[Matcher]>, conj: u32, registered: bool) -> u32 {
+    fn add_neg(
+        &mut self,
+        path: &[&str],
+        alts: &Arc<[Matcher]>,
+        conj: u32,
+        registered: bool,
+    ) -> u32 {
         let node = self.ensure_path(path);
         let mut ents = Vec::with_capacity(alts.len());
         for alt in alts.iter() {
@@ -1685,7 +1694,11 @@ where
             return;
         };
         self.free_negs.push(id);
-        if let Some(nn) = self.nodes.get_mut(c.node as usize).and_then(|n| n.neg.as_mut()) {
+        if let Some(nn) = self
+            .nodes
+            .get_mut(c.node as usize)
+            .and_then(|n| n.neg.as_mut())
+        {
             for (alt, &e) in c.alts.iter().zip(c.ents.iter()) {
                 if e != NO_ENT {
                     nn.excl.remove(alt, e);
@@ -1992,7 +2005,11 @@ where
         let Some(Some(c)) = self.negs.get(i) else {
             return false;
         };
-        let nn = self.nodes.get(c.node as usize).and_then(|n| n.neg.as_deref());
+        let nn = self
+            .nodes
+            .get(c.node as usize)
+            .and_then(|n| n.neg.as_deref());
+        let shared = c.ents.iter().any(|&e| e != NO_ENT);
         let mut any_leaf = false;
         let mut holds = false;
         for (li, (node, v)) in leaves.iter().enumerate() {
@@ -2000,27 +2017,36 @@ where
                 continue;
             }
             any_leaf = true;
+            // The leaf's exclusion entries, probed once per leaf and event (sorted).
             let (start, end) = match sc.leaf_hits.get(li).copied().flatten() {
                 Some(range) => range,
-                None => {
-                    let start = sc.hit_ents.len() as u32;
+                None if shared => {
+                    let start = sc.hit_ents.len();
                     if let Some(nn) = nn {
                         let hits = &mut sc.hit_ents;
                         nn.excl.hits(v, &mut sc.ex, &mut |e| hits.push(e));
                     }
-                    let range = (start, sc.hit_ents.len() as u32);
+                    if let Some(new) = sc.hit_ents.get_mut(start..) {
+                        new.sort_unstable();
+                    }
+                    let range = (start as u32, sc.hit_ents.len() as u32);
                     if let Some(slot) = sc.leaf_hits.get_mut(li) {
                         *slot = Some(range);
                     }
                     range
                 }
+                None => (0, 0),
             };
             let hit_ents = sc
                 .hit_ents
                 .get(start as usize..end as usize)
                 .unwrap_or_default();
             if c.alts.iter().zip(c.ents.iter()).any(|(m, &e)| {
-                neg_alt_holds(m, v, e != NO_ENT && hit_ents.contains(&e))
+                if e == NO_ENT {
+                    match_leaf(m, v)
+                } else {
+                    excluded_alt_holds(m, v, hit_ents.binary_search(&e).is_ok())
+                }
             }) {
                 holds = true;
                 break;
@@ -2253,7 +2279,9 @@ mod tests {
             seed % n
         };
         let mut word = |len: u64, next: &mut dyn FnMut(u64) -> u64| -> String {
-            (0..len).map(|_| ['a', 'b', 'c'][next(3) as usize]).collect()
+            (0..len)
+                .map(|_| ['a', 'b', 'c'][next(3) as usize])
+                .collect()
         };
         let mut wild = |next: &mut dyn FnMut(u64) -> u64| -> String {
             let segs = 1 + next(4);
@@ -2296,8 +2324,11 @@ mod tests {
         let mut live: Vec<usize> = Vec::new();
         let check = |idx: &RuleIndex<usize>, live: &[usize]| {
             for ev in &events {
-                let mut want: Vec<usize> =
-                    live.iter().copied().filter(|&i| pats[i].matches(ev)).collect();
+                let mut want: Vec<usize> = live
+                    .iter()
+                    .copied()
+                    .filter(|&i| pats[i].matches(ev))
+                    .collect();
                 want.sort();
                 let mut got = Vec::new();
                 idx.matches(ev, &mut got);

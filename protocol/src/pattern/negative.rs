@@ -78,8 +78,12 @@ impl Excl {
             }
         }
         match m {
-            Matcher::AbStr(list) => list.iter().for_each(|s| drop_ent(&mut self.strs, &s.as_str().into(), ent)),
-            Matcher::AbEic(list) => list.iter().for_each(|s| drop_ent(&mut self.eic, &s.as_str().into(), ent)),
+            Matcher::AbStr(list) => list
+                .iter()
+                .for_each(|s| drop_ent(&mut self.strs, &s.as_str().into(), ent)),
+            Matcher::AbEic(list) => list
+                .iter()
+                .for_each(|s| drop_ent(&mut self.eic, &s.as_str().into(), ent)),
             Matcher::AbNum(list) => list.iter().for_each(|n| drop_ent(&mut self.nums, n, ent)),
             Matcher::AbPrefix(list) => list.iter().for_each(|p| self.prefix.remove(p, ent)),
             Matcher::AbSuffix(list) => list.iter().for_each(|p| self.suffix.remove(p, ent)),
@@ -366,7 +370,11 @@ impl WildSet {
     /// Adds an automaton for the segments `ids`, merging levels while the last is not
     /// larger than the new one.
     fn push_level(&mut self, mut ids: Vec<u32>) {
-        while self.levels.last().is_some_and(|prev| prev.ids.len() <= ids.len()) {
+        while self
+            .levels
+            .last()
+            .is_some_and(|prev| prev.ids.len() <= ids.len())
+        {
             // Dead segments stay (a later wildcard may revive them under the same id);
             // a rebuild drops them.
             let Some(prev) = self.levels.pop() else { break };
@@ -422,7 +430,8 @@ impl WildSet {
         let occ = &sc.occ;
         self.by_first
             .hits(s.as_bytes(), false, &mut |ix| check(ix, occ));
-        self.by_last.hits(s.as_bytes(), true, &mut |ix| check(ix, occ));
+        self.by_last
+            .hits(s.as_bytes(), true, &mut |ix| check(ix, occ));
         for &ix in &self.any {
             check(ix, occ);
         }
