@@ -47,7 +47,10 @@ fn held(idx: &mut RuleIndex<u32>, n: u32, make: &dyn Fn(u32) -> Value) -> (i64, 
     (net, weight)
 }
 
-fn hostile_cases() -> Vec<(&'static str, Box<dyn Fn(u32) -> Value>)> {
+/// A named family of rules: rule `i` of the family.
+type Case = (&'static str, Box<dyn Fn(u32) -> Value>);
+
+fn hostile_cases() -> Vec<Case> {
     vec![
         (
             "one exact string",

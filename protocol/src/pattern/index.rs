@@ -2278,12 +2278,12 @@ mod tests {
             seed ^= seed << 17;
             seed % n
         };
-        let mut word = |len: u64, next: &mut dyn FnMut(u64) -> u64| -> String {
+        let word = |len: u64, next: &mut dyn FnMut(u64) -> u64| -> String {
             (0..len)
                 .map(|_| ['a', 'b', 'c'][next(3) as usize])
                 .collect()
         };
-        let mut wild = |next: &mut dyn FnMut(u64) -> u64| -> String {
+        let wild = |next: &mut dyn FnMut(u64) -> u64| -> String {
             let segs = 1 + next(4);
             let mut w = String::new();
             for i in 0..segs {
