@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use eventgate_protocol::pattern::PatternLimits;
+use eventgate_protocol::pattern::{PatternLimits, RuleBudget};
 
 /// Why configuration could not be loaded; `main` exits with code 64 on any of these.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +138,13 @@ pub struct Limits {
     /// `SO_SNDBUF` of accepted sockets (the kernel doubles it); 0 keeps the kernel's
     /// autotuning, which lets one socket hold up to `net.ipv4.tcp_wmem`'s maximum.
     pub send_buffer_bytes: usize,
+    // Rule budgets (see `docs/operations.md`, "Rule budgets").
+    /// Highest matching cost of one rule (steps per event, worst case).
+    pub max_rule_cost: u64,
+    /// Highest total matching cost of one connection's rules.
+    pub max_connection_cost: u64,
+    /// Highest total memory weight of one connection's rules, in bytes.
+    pub max_connection_rule_bytes: u64,
 }
 
 impl Default for Limits {
@@ -170,6 +177,9 @@ impl Default for Limits {
             max_ingest_backlog_bytes: 32 * 1024 * 1024,
             write_timeout: Seconds(Duration::from_secs(10)),
             send_buffer_bytes: 64 * 1024,
+            max_rule_cost: RuleBudget::default().max_rule_cost,
+            max_connection_cost: RuleBudget::default().max_connection_cost,
+            max_connection_rule_bytes: RuleBudget::default().max_connection_rule_bytes,
         }
     }
 }
@@ -181,6 +191,14 @@ impl Limits {
             max_depth: self.max_pattern_depth,
             max_alternatives: self.max_pattern_alternatives,
             max_wildcard_stars: self.max_wildcard_stars,
+        }
+    }
+
+    pub fn rule_budget(&self) -> RuleBudget {
+        RuleBudget {
+            max_rule_cost: self.max_rule_cost,
+            max_connection_cost: self.max_connection_cost,
+            max_connection_rule_bytes: self.max_connection_rule_bytes,
         }
     }
 }
@@ -566,6 +584,17 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("HISTORY_MAX_BYTES", "history.max_bytes", Kind::Integer),
     ("HISTORY_MAX_AGE", "history.max_age", Kind::Text),
     ("HISTORY_MAX_REPLAY", "history.max_replay", Kind::Integer),
+    ("MAX_RULE_COST", "limits.max_rule_cost", Kind::Integer),
+    (
+        "MAX_CONNECTION_COST",
+        "limits.max_connection_cost",
+        Kind::Integer,
+    ),
+    (
+        "MAX_CONNECTION_RULE_BYTES",
+        "limits.max_connection_rule_bytes",
+        Kind::Integer,
+    ),
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -960,6 +989,15 @@ impl Config {
             (
                 "limits.max_actions_per_second",
                 limits.max_actions_per_second as usize,
+            ),
+            ("limits.max_rule_cost", limits.max_rule_cost as usize),
+            (
+                "limits.max_connection_cost",
+                limits.max_connection_cost as usize,
+            ),
+            (
+                "limits.max_connection_rule_bytes",
+                limits.max_connection_rule_bytes as usize,
             ),
         ] {
             if value == 0 {

@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use eventgate_protocol::envelope::Event;
-use eventgate_protocol::pattern::{Pattern, RuleIndex};
+use eventgate_protocol::pattern::{BudgetError, Pattern, RuleBudget, RuleCost, RuleIndex};
 use eventgate_protocol::wire;
 
 use crate::limits::{Backlog, BacklogHeld, LimitError};
@@ -47,6 +47,9 @@ const MAX_SHARED_FRAMES: usize = 8;
 pub enum SubscribeError {
     #[error("too many rules: this connection already has {0}, the limit")]
     TooManyRules(usize),
+    /// Over a cost or memory budget (see `RuleBudget`); displays as the Ack text.
+    #[error(transparent)]
+    TooComplex(BudgetError),
     #[error("connection gone")]
     ConnectionGone,
 }
@@ -175,6 +178,8 @@ pub struct HubSettings {
     pub history: HistoryConfig,
     /// `limits.max_queued_messages`: caps `history.max_replay`.
     pub max_queued_messages: usize,
+    /// Per-connection budgets on the matching cost and memory weight of its rules.
+    pub budget: RuleBudget,
 }
 
 impl Hub {
@@ -375,12 +380,15 @@ struct ConnectionEntry {
     /// Set from Hello to Resume: the position to resume after (text, `""` = `held_at`) and
     /// the sequence number that was newest when the hold began. No live events meanwhile.
     hold: Option<(String, u64)>,
+    /// Total cost and weight of its rules (checked against `HubSettings::budget`).
+    held: RuleCost,
 }
 
-/// Who holds a rule: the slot of its connection, and its name.
+/// Who holds a rule: the slot of its connection, its name and its cost.
 struct RuleOwner {
     slot: u32,
     name: Arc<str>,
+    cost: RuleCost,
 }
 
 /// Values under small integer ids, reused after removal: a lookup is an array read.
@@ -461,6 +469,14 @@ struct Dispatcher {
     deliveries: Vec<Delivered>,
 }
 
+/// `held` without `rule`.
+fn release(held: RuleCost, rule: RuleCost) -> RuleCost {
+    RuleCost {
+        cost: held.cost.saturating_sub(rule.cost),
+        bytes: held.bytes.saturating_sub(rule.bytes),
+    }
+}
+
 impl Dispatcher {
     async fn run(mut self, mut receiver: mpsc::Receiver<Command>, shutdown: CancellationToken) {
         let mut keepalive = tokio::time::interval(self.settings.keepalive_interval);
@@ -503,6 +519,7 @@ impl Dispatcher {
                     rules: HashMap::new(),
                     notifications: 0,
                     hold: None,
+                    held: RuleCost::default(),
                 };
                 let slot = self.slots.insert(entry);
                 self.slot_of.insert(connection, slot);
@@ -526,6 +543,10 @@ impl Dispatcher {
                     .entry_mut(connection)
                     .and_then(|entry| entry.rules.remove(&rule));
                 if let Some(id) = removed {
+                    let cost = self.rules.get(id).map(|r| r.cost).unwrap_or_default();
+                    if let Some(entry) = self.entry_mut(connection) {
+                        entry.held = release(entry.held, cost);
+                    }
                     self.remove_rule(id);
                     telemetry::rules_changed(-1.0);
                 }
@@ -649,21 +670,39 @@ impl Dispatcher {
             .get(&connection)
             .ok_or(SubscribeError::ConnectionGone)?;
         let max_rules = self.settings.max_rules_per_connection;
+        let cost = pattern.cost();
         let entry = self
             .slots
             .get_mut(slot)
             .ok_or(SubscribeError::ConnectionGone)?;
         if let Some(&id) = entry.rules.get(&rule) {
-            // Replace in place: same id, new pattern.
+            // Replace in place: same id, new pattern; the old one's cost is given back.
+            let owner = self
+                .rules
+                .get_mut(id)
+                .ok_or(SubscribeError::ConnectionGone)?;
+            let others = release(entry.held, owner.cost);
+            self.settings
+                .budget
+                .admit(others, cost)
+                .map_err(SubscribeError::TooComplex)?;
+            entry.held = others + cost;
+            owner.cost = cost;
             self.index.insert(id, pattern);
             return Ok(());
         }
         if entry.rules.len() >= max_rules {
             return Err(SubscribeError::TooManyRules(max_rules));
         }
+        self.settings
+            .budget
+            .admit(entry.held, cost)
+            .map_err(SubscribeError::TooComplex)?;
+        entry.held = entry.held + cost;
         let id = self.rules.insert(RuleOwner {
             slot,
             name: rule.clone(),
+            cost,
         });
         entry.rules.insert(rule, id);
         self.index.insert(id, pattern);
@@ -672,6 +711,9 @@ impl Dispatcher {
     }
 
     /// Takes a rule out of the index and frees its id.
+    ///
+    /// (The connection's `held` total is adjusted by the callers that keep the
+    /// connection; a dropped connection's entry goes with its totals.)
     fn remove_rule(&mut self, id: u32) {
         self.index.remove(id);
         self.rules.remove(id);

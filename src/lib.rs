@@ -18,6 +18,7 @@ pub mod identity;
 pub mod ingest;
 pub mod limits;
 pub mod listener;
+pub mod memory;
 pub mod outbound;
 pub mod readiness;
 pub mod server;

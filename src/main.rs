@@ -8,6 +8,10 @@ use tokio_util::sync::CancellationToken;
 
 use eventgate::config::{self, Config};
 
+/// jemalloc, so that memory freed when connections leave goes back to the system.
+#[global_allocator]
+static GLOBAL: eventgate::memory::Allocator = eventgate::memory::Allocator;
+
 /// Exit code for configuration errors (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
@@ -289,6 +293,10 @@ fn main() -> ExitCode {
         }
         Command::TestPattern { pattern, event } => test_pattern(&pattern, &event),
         Command::Serve(args) => match tokio::runtime::Runtime::new() {
+            Ok(runtime) if !eventgate::memory::start_background_purging() => {
+                eprintln!("eventgate: warning: the allocator's background purging did not start; freed memory is returned more slowly");
+                runtime.block_on(serve(args))
+            }
             Ok(runtime) => runtime.block_on(serve(args)),
             Err(error) => {
                 eprintln!("eventgate: cannot start the runtime: {error}");

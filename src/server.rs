@@ -654,6 +654,7 @@ pub async fn run_with_reload(
             max_ingest_backlog_bytes: config.limits.max_ingest_backlog_bytes,
             history: config.history.clone(),
             max_queued_messages: config.limits.max_queued_messages,
+            budget: config.limits.rule_budget(),
         },
         hub_stop.clone(),
         &background,

@@ -588,6 +588,10 @@ impl Session {
                                 ack_text::TOO_MANY_RULES
                             )
                         }
+                        SubscribeError::TooComplex(error) => {
+                            telemetry::pattern_too_complex(error.budget());
+                            error.to_string()
+                        }
                         SubscribeError::ConnectionGone => "connection gone".to_owned(),
                     })
             }

@@ -530,3 +530,13 @@ pub fn resumed(result: &'static str, replayed: usize) {
     counter!(REPLAYED_EVENTS).increment(replayed as u64);
     tracing::debug!(result, replayed, "resume");
 }
+
+pub const PATTERN_BUDGET_REJECTIONS: &str = "eventgate_pattern_budget_rejections_total";
+
+/// A Subscribe refused because its pattern is over a cost or memory budget (`budget` is
+/// the config key: `max_rule_cost`, `max_connection_cost`, `max_connection_rule_bytes`).
+pub fn pattern_too_complex(budget: &'static str) {
+    counter!(PATTERN_BUDGET_REJECTIONS, "budget" => budget).increment(1);
+    action_rejected("pattern_too_complex");
+    limit_rejected(budget);
+}

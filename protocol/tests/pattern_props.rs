@@ -10,7 +10,13 @@ use serde_json::{json, Map, Value};
 
 const KEYS: &[&str] = &["a", "b", "c"];
 const STRS: &[&str] = &[
-    "", "a", "ab", "abc", "B", "Ab", "10.0.0.1", "10.1.0.1", "::1", "x.png", "ΣΑ", "σα",
+    "", "a", "ab", "abc", "B", "Ab", "10.0.0.1", "10.1.0.1", "::1", "x.png", "ΣΑ", "σα", "abab",
+    "aba", "bab", "baab", "xaxbx",
+];
+/// Wildcards with middle segments (shared Aho-Corasick scan of the negative index).
+const WILDS: &[&str] = &[
+    "*a*", "*ab*", "*b*a*", "a*b*", "*a*a*", "ab*b", "*ba*b", "b*a*b", "*x*b*", "*σ*", "a*", "*b",
+    "*", "aba",
 ];
 const NUMS: &[f64] = &[-1.0, 0.0, 1.0, 2.5, 3.0, 300.0, 1e20];
 
@@ -53,6 +59,14 @@ fn filter() -> impl Strategy<Value = Value> {
         1 => short().prop_map(|s| json!({"anything-but": {"suffix": [s, "z"]}})),
         1 => short().prop_map(|s| json!({"anything-but": {"equals-ignore-case": s}})),
         1 => prop::sample::select(&["a*", "*b"][..]).prop_map(|s| json!({"anything-but": {"wildcard": s}})),
+        2 => prop::collection::vec(prop::sample::select(WILDS), 1..4).prop_map(|ws| json!({"anything-but": {"wildcard": ws}})),
+        // Short lists are compared in place, lists over 8 go to the shared tables.
+        1 => prop::collection::vec(short(), 1..12).prop_map(|ps| json!({"anything-but": {"prefix": ps}})),
+        1 => prop::collection::vec(short(), 1..12).prop_map(|ps| json!({"anything-but": {"suffix": ps}})),
+        1 => prop::collection::vec(short(), 1..12).prop_map(|ps| json!({"anything-but": {"equals-ignore-case": ps}})),
+        1 => prop::collection::vec(prop::sample::select(STRS), 1..12).prop_map(|ps| json!({"anything-but": ps})),
+        1 => prop::collection::vec(num(), 9..12).prop_map(|ns| json!({"anything-but": ns})),
+        1 => prop::sample::select(WILDS).prop_map(|s| json!({"wildcard": s})),
     ]
 }
 

@@ -26,6 +26,13 @@
 //! (unsubscribe)/close (clean or abrupt) until `--duration` ends, while events flow at
 //! `--rate`.
 //!
+//! `--adversaries N` (eventgate): N more connections beside the workload, each filling its
+//! rule budgets with hostile patterns (an `anything-but` list of 256 wildcards on `source`,
+//! then `anything-but` lists of 256 strings on `source` until the gateway answers `pattern too
+//! complex` or `too many rules`). Their rules match every event, so they receive
+//! everything; they read and discard it and are not counted. Run once with and once
+//! without to compare the healthy connections' latency and throughput.
+//!
 //! `--json` prints one JSON object on stdout (human-readable lines go to stderr).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -121,6 +128,9 @@ struct Args {
     /// A label copied into the JSON output.
     #[arg(long, default_value = "")]
     label: String,
+    /// Hostile connections at their full rule budgets beside the workload (eventgate).
+    #[arg(long, default_value_t = 0)]
+    adversaries: usize,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -491,6 +501,72 @@ async fn wait_ack(ws: &mut Ws) -> Result<(), String> {
     }
 }
 
+/// The `k`-th hostile pattern of adversary `conn` (see `--adversaries`).
+fn adversary_pattern(conn: usize, k: usize) -> Value {
+    if k == 0 {
+        let list: Vec<String> = (0..256).map(|j| format!("*a{conn}x{j}*")).collect();
+        return json!({"source": [{"anything-but": {"wildcard": list}}]});
+    }
+    let list: Vec<String> = (0..256).map(|j| format!("a{conn}-{k}-{j:04}")).collect();
+    json!({"source": [{"anything-but": list}]})
+}
+
+/// Opens adversary `conn` and subscribes hostile patterns until the gateway refuses one
+/// for a budget; returns the socket and the number of rules it holds.
+async fn set_up_adversary(args: &Args, conn: usize) -> Result<(Ws, usize), String> {
+    let stream = open_socket(args, conn).await?;
+    let url = format!(
+        "ws://{}/?header={}",
+        args.server,
+        header(&args.server.ip().to_string(), &args.api_key)
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .map_err(|e| format!("upgrade: {e}"))?;
+    ws.send(Message::Text(
+        r#"{"Action":"Hello","RequestId":"h"}"#.into(),
+    ))
+    .await
+    .map_err(|e| e.to_string())?;
+    wait_ack(&mut ws).await?;
+    for k in 0..1000 {
+        let frame = json!({
+            "Action": "Subscribe",
+            "RequestId": format!("a{k}"),
+            "Rule": format!("a{k}"),
+            "Pattern": adversary_pattern(conn, k).to_string(),
+        });
+        ws.send(Message::Text(frame.to_string().into()))
+            .await
+            .map_err(|e| e.to_string())?;
+        match wait_ack(&mut ws).await {
+            Ok(()) => {}
+            Err(e) if e.contains("pattern too complex") || e.contains("too many rules") => {
+                return Ok((ws, k));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err("the gateway accepted 1000 hostile rules: no budget?".into())
+}
+
+/// Sets up `--adversaries` connections; their readers discard everything.
+async fn set_up_adversaries(args: &Args) -> (usize, usize) {
+    let mut held = 0;
+    let mut open = 0;
+    for conn in 0..args.adversaries {
+        match set_up_adversary(args, args.connections + conn).await {
+            Ok((mut ws, rules)) => {
+                held += rules;
+                open += 1;
+                tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} });
+            }
+            Err(e) => eprintln!("adversary {conn}: {e}"),
+        }
+    }
+    (open, held)
+}
+
 /// Counts one delivered frame if it is a notification.
 fn on_frame(target: Target, text: &str, stats: &Stats) {
     if target == Target::Eventgate && !text.starts_with("{\"Action\":\"Event\"") {
@@ -777,6 +853,16 @@ async fn main() {
     // Phase 1: connection storm.
     let setup_cpu_before = cpu_seconds(args.server_pid);
     let (connected, failed, setup_s, errors) = connect_all(&args, &stats).await;
+    let (adversaries, adversary_rules) = if args.adversaries > 0 {
+        let (open, held) = set_up_adversaries(&args).await;
+        say(
+            &args,
+            format!("adversaries: {open} connections at their full budgets, {held} rules"),
+        );
+        (open, held)
+    } else {
+        (0, 0)
+    };
     let setup_cpu = match (setup_cpu_before, cpu_seconds(args.server_pid)) {
         (Some(before), Some(after)) => Some(after - before),
         _ => None,
@@ -844,6 +930,8 @@ async fn main() {
         "rss_after_kib": rss_after,
         "rss_per_connection_kib": opt_round(rss_per_connection, 3),
         "errors": errors,
+        "adversaries": adversaries,
+        "adversary_rules": adversary_rules,
     });
 
     if !args.idle {

@@ -82,3 +82,25 @@ pub fn event(rng: &mut Rng, n_rules: usize) -> String {
         rng.below(10_000),
     )
 }
+
+/// Matches `n_events` of `evs` (round robin) with `matches_json`; returns (µs per event,
+/// matches per event). The profiling drivers' loop (the criterion bench has its own).
+#[allow(dead_code)]
+pub fn match_loop(
+    idx: &eventgate_protocol::pattern::RuleIndex<u32>,
+    evs: &[String],
+    n_events: usize,
+) -> (f64, f64) {
+    let mut out = Vec::with_capacity(256);
+    let mut matched = 0usize;
+    let t = std::time::Instant::now();
+    for i in 0..n_events {
+        out.clear();
+        if idx.matches_json(&evs[i % evs.len()], &mut out).is_err() {
+            panic!("bench event {i} rejected");
+        }
+        matched += std::hint::black_box(out.len());
+    }
+    let n = n_events.max(1) as f64;
+    (t.elapsed().as_secs_f64() * 1e6 / n, matched as f64 / n)
+}

@@ -6,14 +6,17 @@
 
 mod ast;
 mod combine;
+mod cost;
 mod eval;
 mod index;
+mod negative;
 mod scan;
 mod values;
 
 use std::fmt;
 use std::sync::Arc;
 
+pub use cost::{BudgetError, RuleBudget, RuleCost};
 pub use index::RuleIndex;
 
 /// Limits applied when a pattern is parsed; exceeding any of them is a [`PatternError`].
