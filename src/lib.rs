@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod errors;
+pub mod genconfig;
 pub mod handshake;
 pub mod hub;
 pub mod ingest;
