@@ -48,10 +48,11 @@ fi
 NCHAN_SO="$(dpkg -L libnginx-mod-nchan | grep -m1 'ngx_nchan_module.so$')"
 
 # --- build ------------------------------------------------------------------------------
-log "cargo build --release --bins"
-cargo build --release --bins -q
-EG="$ROOT/target/release/eventgate"
-BENCH="$ROOT/target/release/eventgate-bench"
+log "cargo build --profile profiling -p eventgate -p eventgate-bench"
+# The profiling profile: release code with symbols, so perf can be pointed at the server.
+cargo build --profile profiling -p eventgate -p eventgate-bench -q
+EG="$ROOT/target/profiling/eventgate"
+BENCH="$ROOT/target/profiling/eventgate-bench"
 
 # Servers and the tool need far more than the default 1024/20000 open files.
 NR_OPEN="$(cat /proc/sys/fs/nr_open)"

@@ -21,9 +21,10 @@ if [ "$(ulimit -n)" -le $(( PER_NODE + 200 )) ]; then
   echo "idle100k: open-file limit $(ulimit -n) is too low for $PER_NODE connections per node; use more nodes" >&2
   exit 64
 fi
-cargo build --release --bins -q
-EG="$ROOT/target/release/eventgate"
-BENCH="$ROOT/target/release/eventgate-bench"
+# The profiling profile: release code with symbols, so perf can be pointed at the server.
+cargo build --profile profiling -p eventgate -p eventgate-bench -q
+EG="$ROOT/target/profiling/eventgate"
+BENCH="$ROOT/target/profiling/eventgate-bench"
 STACK_ID=11111111-2222-3333-4444-555555555555
 KEY="$("$EG" key --stack-id "$STACK_ID")"
 TMP="$(mktemp -d /tmp/eventgate-idle.XXXXXX)"

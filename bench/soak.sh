@@ -34,9 +34,10 @@ SUMMARY="$OUT/soak-summary.json"
 TMP="$(mktemp -d /tmp/eventgate-soak.XXXXXX)"
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-cargo build --release --bins -q
-EG="$ROOT/target/release/eventgate"
-BENCH="$ROOT/target/release/eventgate-bench"
+# The profiling profile: release code with symbols, so perf can be pointed at the server.
+cargo build --profile profiling -p eventgate -p eventgate-bench -q
+EG="$ROOT/target/profiling/eventgate"
+BENCH="$ROOT/target/profiling/eventgate-bench"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"

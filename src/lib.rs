@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod errors;
+pub mod genconfig;
 pub mod handshake;
 pub mod http_body;
 pub mod history;

@@ -1,4 +1,4 @@
-//! The `eventgate` command: `serve`, `key` and `test-pattern`. Parses the command line,
+//! The `eventgate` command: `serve`, `genconfig`, `key` and `test-pattern`. Parses the command line,
 //! loads configuration and hands over to the library.
 
 use std::process::ExitCode;
@@ -30,8 +30,12 @@ struct Cli {
 enum Command {
     /// Run the gateway.
     Serve(ServeArgs),
+    /// Write a commented, working configuration file with freshly generated secrets (stack
+    /// id, app version id, ingest token) and print the matching API key and a curl line.
+    Genconfig(GenconfigArgs),
     /// Print the API key clients must present.
     Key {
+        /// The server secret (the configuration's `stack_id`).
         #[arg(long)]
         stack_id: String,
         /// Without it, the dev-mode key base64(StackId) is printed.
@@ -64,6 +68,20 @@ Exit codes: 0 after a clean shutdown (SIGTERM, Ctrl-C), 64 for a configuration e
 1 when the server fails while running.";
 
 #[derive(clap::Args)]
+struct GenconfigArgs {
+    /// File to write; `-` prints the configuration on stdout (the key and curl line then go
+    /// to stderr).
+    #[arg(long, short, default_value = "eventgate.toml")]
+    output: std::path::PathBuf,
+    /// Overwrite the file if it exists.
+    #[arg(long)]
+    force: bool,
+    /// The `listen` address written into the file.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+}
+
+#[derive(clap::Args)]
 #[command(after_help = SERVE_ENVIRONMENT_HELP)]
 struct ServeArgs {
     /// TOML configuration file.
@@ -72,13 +90,20 @@ struct ServeArgs {
     /// Dev mode: no config needed, 127.0.0.1:8080, generated stack id, debug logs, demo page.
     #[arg(long)]
     dev: bool,
-    /// Address to bind (127.0.0.1:0 picks a free port).
+    /// Address to bind, beats the file's `listen` and EVENTGATE_LISTEN (127.0.0.1:0 picks a
+    /// free port).
     #[arg(long)]
     listen: Option<String>,
+    /// The server secret every API key derives from (`stack_id`). In dev mode a new one is
+    /// generated at every start, so the dev key changes; pass one to keep the key stable.
     #[arg(long)]
     stack_id: Option<String>,
+    /// Interval of KeepAlive notifications and WebSocket pings, e.g. "30s"
+    /// (`keepalive_interval`).
     #[arg(long)]
     keepalive_interval: Option<String>,
+    /// Time a new connection has to send its Hello before it is closed, e.g. "10s"
+    /// (`hello_timeout`).
     #[arg(long)]
     hello_timeout: Option<String>,
 }
@@ -278,9 +303,42 @@ fn test_pattern(pattern: &str, event: &str) -> ExitCode {
     }
 }
 
+fn genconfig(args: &GenconfigArgs) -> ExitCode {
+    use eventgate::genconfig;
+    if let Err(error) = args.listen.parse::<std::net::SocketAddr>() {
+        eprintln!("eventgate: --listen {:?}: {error}", args.listen);
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let secrets = match genconfig::Secrets::generate() {
+        Ok(secrets) => secrets,
+        Err(error) => {
+            eprintln!("eventgate: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = genconfig::render(&secrets, &args.listen);
+    if args.output.as_os_str() == "-" {
+        print!("{text}");
+        eprint!(
+            "{}",
+            genconfig::next_steps(&secrets, "<file>", &args.listen)
+        );
+        return ExitCode::SUCCESS;
+    }
+    if let Err(error) = genconfig::write(&args.output, &text, args.force) {
+        eprintln!("eventgate: {error}");
+        return ExitCode::FAILURE;
+    }
+    let path = args.output.display().to_string();
+    println!("wrote {path}");
+    print!("{}", genconfig::next_steps(&secrets, &path, &args.listen));
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Genconfig(args) => genconfig(&args),
         Command::Key {
             stack_id,
             app_version,

@@ -1,9 +1,13 @@
-//! The `eventgate` command line: test-pattern, key and serve.
+//! The `eventgate` command line: test-pattern, key, serve and genconfig (the first hour:
+//! `genconfig` writes a configuration that `serve --config` runs with, its printed key and
+//! curl line work, and the README's configuration block loads as written).
 
 mod sources_common;
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use eventgate_protocol::header::encode_base64;
@@ -643,4 +647,188 @@ fn a_second_sigterm_cuts_the_drain_short() {
     let text = String::from_utf8_lossy(&stderr);
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("second signal"), "{text}");
+}
+
+fn scratch_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "eventgate-genconfig-test-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// One HTTP/1.1 request over a plain socket; returns the status code and the body.
+fn http_raw(port: u16, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Kills the server when the test ends, passing or not.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn genconfig_writes_a_configuration_that_serves() {
+    let dir = scratch_dir();
+    let path = dir.join("eventgate.toml");
+    let output = eventgate()
+        .args(["genconfig", "--output"])
+        .arg(&path)
+        .output()
+        .expect("run genconfig");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    let text = std::fs::read_to_string(&path).expect("the file was written");
+    let line = |prefix: &str| {
+        stdout
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line in {stdout}"))
+            .to_owned()
+    };
+    let key = line("api key: ");
+    let curl = line("publish: ");
+    let token = curl
+        .split("Bearer ")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .expect("a bearer token in the curl line")
+        .to_owned();
+    assert!(text.contains(&token), "the printed token is the file's");
+
+    // The key is base64("<app version id>:<stack id>") of the file's values.
+    let value: toml::Table = toml::from_str(&text).expect("the file is TOML");
+    let stack_id = value["stack_id"].as_str().expect("stack_id");
+    let app_version = value["app_version_ids"][0].as_str().expect("app version");
+    assert_eq!(
+        key,
+        eventgate_protocol::header::api_key(stack_id, Some(app_version))
+    );
+
+    // A second run does not overwrite it.
+    let again = eventgate()
+        .args(["genconfig", "--output"])
+        .arg(&path)
+        .output()
+        .expect("run genconfig again");
+    assert_ne!(again.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    assert_eq!(std::fs::read_to_string(&path).expect("file"), text);
+
+    // `serve --config` starts with it and answers.
+    let mut child = eventgate()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let server = Server(child);
+    let mut first = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("first line");
+    let port: u16 = first
+        .trim()
+        .strip_prefix("listening on http://127.0.0.1:")
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("first line {first:?}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (status, _) = loop {
+        let answer = http_raw(
+            port,
+            "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        );
+        if answer.0 == 200 || Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status, 200);
+
+    // The printed token publishes; a wrong one does not.
+    let body = r#"{"source":"demo","detail-type":"hello","detail":{"n":1}}"#;
+    let publish = |token: &str| {
+        http_raw(
+            port,
+            &format!(
+                "POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+                 Authorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    let (status, answer) = publish(&token);
+    assert_eq!(status, 200, "{answer}");
+    let (status, _) = publish("not-the-token");
+    assert_eq!(status, 403);
+    drop(server);
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
+fn genconfig_prints_to_stdout_with_a_dash() {
+    let output = eventgate()
+        .args(["genconfig", "--output", "-", "--listen", "0.0.0.0:9000"])
+        .output()
+        .expect("run genconfig");
+    assert_eq!(output.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let config = eventgate::config::load(Some(&text), Vec::new(), Vec::new()).expect("loads");
+    assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("api key: "), "{stderr}");
+    assert!(stderr.contains("http://127.0.0.1:9000/events"), "{stderr}");
+}
+
+/// The ```toml block under "## Configuration" in README.md, as a user would copy it.
+fn readme_configuration_block() -> String {
+    let readme = include_str!("../README.md");
+    let section = readme
+        .split("\n## Configuration")
+        .nth(1)
+        .expect("a Configuration section");
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("a toml block");
+    block.to_owned()
+}
+
+#[test]
+fn the_readme_configuration_block_loads_as_written() {
+    let block = readme_configuration_block();
+    let config = eventgate::config::load(Some(&block), Vec::new(), Vec::new())
+        .unwrap_or_else(|error| panic!("{error}\n{block}"));
+    assert!(!config.dev);
+    assert!(config.tls.is_none(), "TLS needs files: keep it commented");
+    assert!(config.stack_id.is_some());
+    assert!(!config.ingest_tokens.is_empty());
+    assert!(!config.sources.is_empty() && config.cluster.is_some());
 }

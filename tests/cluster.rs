@@ -9,10 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use sources_common::{broker_available, unique, Client, Gateway, TcpProxy};
-
-const REDIS: &str = "127.0.0.1:6379";
-const NATS: &str = "127.0.0.1:4222";
+use sources_common::{broker_available, unique, Client, Gateway, TcpProxy, NATS, REDIS};
 
 /// How long to listen for a duplicate after the expected notifications arrived.
 const QUIET: Duration = Duration::from_millis(700);
@@ -99,7 +96,7 @@ async fn events_reach_every_matching_client_once(nodes: &[Gateway], source: &str
 
 #[tokio::test]
 async fn redis_backplane_delivers_exactly_once_across_three_nodes() {
-    if !broker_available("redis", REDIS).await {
+    if !broker_available("redis", &REDIS).await {
         return;
     }
     let id = unique();
@@ -124,7 +121,7 @@ async fn redis_backplane_delivers_exactly_once_across_three_nodes() {
 
 #[tokio::test]
 async fn nats_backplane_delivers_exactly_once_across_three_nodes() {
-    if !broker_available("nats", NATS).await {
+    if !broker_available("nats", &NATS).await {
         return;
     }
     let id = unique();
@@ -142,7 +139,7 @@ async fn nats_backplane_delivers_exactly_once_across_three_nodes() {
 
 #[tokio::test]
 async fn a_stream_consumed_by_every_node_reaches_each_client_once() {
-    if !broker_available("redis", REDIS).await {
+    if !broker_available("redis", &REDIS).await {
         return;
     }
     let id = unique();
@@ -214,12 +211,12 @@ async fn a_stream_consumed_by_every_node_reaches_each_client_once() {
 
 #[tokio::test]
 async fn a_node_that_loses_the_backplane_keeps_serving_its_own_clients() {
-    if !broker_available("redis", REDIS).await {
+    if !broker_available("redis", &REDIS).await {
         return;
     }
     let id = unique();
     let channel = format!("eg.{id}");
-    let proxy = TcpProxy::start(REDIS).await;
+    let proxy = TcpProxy::start(&REDIS).await;
     // Node `cut` reaches Redis through the proxy, node `steady` directly.
     let cut = Gateway::start(&format!(
         "{}max_backoff = \"200ms\"\n",

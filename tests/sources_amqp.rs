@@ -16,9 +16,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::{json, Value};
 
-use sources_common::{broker_available, unique, Gateway, TcpProxy, WAIT};
-
-const RABBITMQ: &str = "127.0.0.1:5672";
+use sources_common::{broker_available, unique, Gateway, TcpProxy, RABBITMQ, REDIS, WAIT};
 
 /// `lamassu.certificate.issued` as Lamassu's AMQP event bus publishes it.
 const CERTIFICATE_ISSUED: &str = r#"{"id":"550e8400-e29b-41d4-a716-446655440000","type":"lamassu.certificate.issued","source":"ca-service","specversion":"1.0","time":"2024-01-15T10:30:00Z","datacontenttype":"application/json","data":{"serial_number":"1a2b3c4d5e6f","subject":"CN=device-001,O=Acme Corp","issuer_ca_id":"root-ca","valid_from":"2024-01-15T10:30:00Z","valid_to":"2025-01-15T10:30:00Z"}}"#;
@@ -174,7 +172,7 @@ fn source_toml(name: &str, addr: &str, exchange: &str, queue: &str, extra: &str)
 
 #[tokio::test]
 async fn lamassu_cloudevents_and_plain_json_reach_the_websocket() {
-    if !broker_available("rabbitmq", RABBITMQ).await {
+    if !broker_available("rabbitmq", &RABBITMQ).await {
         return;
     }
     let id = unique();
@@ -194,7 +192,7 @@ async fn lamassu_cloudevents_and_plain_json_reach_the_websocket() {
         .await;
     let gateway = Gateway::start(&source_toml(
         &name,
-        RABBITMQ,
+        &RABBITMQ,
         &exchange,
         &queue,
         "binding_keys = [\"lamassu.certificate.*\"]\nsource = \"lamassu.plain\"\n",
@@ -270,7 +268,7 @@ async fn lamassu_cloudevents_and_plain_json_reach_the_websocket() {
 
 #[tokio::test]
 async fn malformed_messages_are_dead_lettered_with_their_reason() {
-    if !broker_available("rabbitmq", RABBITMQ).await {
+    if !broker_available("rabbitmq", &RABBITMQ).await {
         return;
     }
     let id = unique();
@@ -284,7 +282,7 @@ async fn malformed_messages_are_dead_lettered_with_their_reason() {
         .declare(&exchange, &queue, &["#"], FieldTable::default())
         .await;
     // No `source` configured: plain JSON bodies cannot be mapped.
-    let gateway = Gateway::start(&source_toml(&name, RABBITMQ, &exchange, &queue, "")).await;
+    let gateway = Gateway::start(&source_toml(&name, &RABBITMQ, &exchange, &queue, "")).await;
     let mut ws = gateway
         .subscriber("certificates", &json!({"source": ["ca-service"]}))
         .await;
@@ -343,7 +341,7 @@ async fn malformed_messages_are_dead_lettered_with_their_reason() {
 
 #[tokio::test]
 async fn no_message_is_lost_when_the_connection_is_cut() {
-    if !broker_available("rabbitmq", RABBITMQ).await {
+    if !broker_available("rabbitmq", &RABBITMQ).await {
         return;
     }
     let id = unique();
@@ -356,7 +354,7 @@ async fn no_message_is_lost_when_the_connection_is_cut() {
     rabbit
         .declare(&exchange, &queue, &["#"], FieldTable::default())
         .await;
-    let proxy = TcpProxy::start(RABBITMQ).await;
+    let proxy = TcpProxy::start(&RABBITMQ).await;
     let gateway = Gateway::start(&source_toml(
         &name,
         &proxy.addr.to_string(),
@@ -424,7 +422,7 @@ async fn no_message_is_lost_when_the_connection_is_cut() {
 
 #[tokio::test]
 async fn a_stream_queue_replays_from_first() {
-    if !broker_available("rabbitmq", RABBITMQ).await {
+    if !broker_available("rabbitmq", &RABBITMQ).await {
         return;
     }
     let id = unique();
@@ -453,7 +451,7 @@ async fn a_stream_queue_replays_from_first() {
     }
     let gateway = Gateway::start(&source_toml(
         &name,
-        RABBITMQ,
+        &RABBITMQ,
         &exchange,
         &queue,
         "queue_type = \"stream\"\nstream_offset = \"first\"\nprefetch = 10\nsource = \"supermq\"\n",
@@ -476,9 +474,7 @@ async fn a_stream_queue_replays_from_first() {
 /// cross the backplane, or clients would get them once per node.
 #[tokio::test]
 async fn a_stream_read_by_every_cluster_node_reaches_each_client_once() {
-    if !broker_available("rabbitmq", RABBITMQ).await
-        || !broker_available("redis", "127.0.0.1:6379").await
-    {
+    if !broker_available("rabbitmq", &RABBITMQ).await || !broker_available("redis", &REDIS).await {
         return;
     }
     let id = unique();
@@ -503,7 +499,7 @@ async fn a_stream_read_by_every_cluster_node_reaches_each_client_once() {
             .await;
     }
     let cluster = format!(
-        "[cluster]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379/\"\nchannel = \"eg.{id}\"\n"
+        "[cluster]\nbackend = \"redis\"\nurl = \"redis://{REDIS}/\"\nchannel = \"eg.{id}\"\n"
     );
     let mut nodes = Vec::new();
     for node in 0..2 {
@@ -511,7 +507,7 @@ async fn a_stream_read_by_every_cluster_node_reaches_each_client_once() {
             "{cluster}{}",
             source_toml(
                 &format!("stream-{node}-{id}"),
-                RABBITMQ,
+                &RABBITMQ,
                 &exchange,
                 &queue,
                 "queue_type = \"stream\"\nstream_offset = \"first\"\nprefetch = 10\nsource = \"supermq\"\n",
@@ -576,5 +572,116 @@ fn bad_amqp_configuration_is_refused_at_load() {
     ] {
         let error = load(extra).expect_err(extra).to_string();
         assert!(error.contains(needle), "{extra}: {error}");
+    }
+}
+
+/// The mapping options of the NATS and Redis sources work on AMQP with the same meaning, so a
+/// SuperMQ event maps to the same EventBridge event whichever broker carried it; and every
+/// `time` has one form (UTC, whole seconds), whether it came as a CloudEvents time with a
+/// fraction and an offset or as `occurred_at`.
+#[tokio::test]
+async fn supermq_bodies_map_as_on_every_broker_and_times_have_one_form() {
+    if !broker_available("rabbitmq", &RABBITMQ).await {
+        return;
+    }
+    let id = unique();
+    let (name, exchange, queue) = (
+        format!("amqp-{id}"),
+        format!("supermq-{id}"),
+        format!("eventgate-{id}"),
+    );
+    let rabbit = rabbit().await;
+    rabbit
+        .declare(&exchange, &queue, &["supermq.#"], FieldTable::default())
+        .await;
+    let gateway = Gateway::start(&source_toml(
+        &name,
+        &RABBITMQ,
+        &exchange,
+        &queue,
+        "binding_keys = [\"supermq.#\"]\nsource = \"supermq.users\"\n\
+         detail_type_field = \"operation\"\nbase64_json_fields = [\"metadata\"]\n",
+    ))
+    .await;
+    let mut ws = gateway
+        .subscriber("all", &json!({"source": ["supermq.users", "ca-service"]}))
+        .await;
+
+    rabbit
+        .publish(
+            &exchange,
+            "supermq.users.view",
+            sources_common::SUPERMQ_USER_VIEW_PROFILE.as_bytes(),
+        )
+        .await;
+    let event = ws.next_event().await;
+    assert_eq!(event["source"], "supermq.users", "{event}");
+    assert_eq!(event["detail-type"], "user.view_profile");
+    assert_eq!(event["time"], "2023-10-05T16:41:01Z");
+    assert_eq!(
+        event["detail"],
+        json!({
+            "created_at": "2023-10-05T11:59:02.029606Z",
+            "id": "97466511-6317-4c98-8d58-7bd78bcaf587",
+            "identity": "[email protected]",
+            "metadata": {"role": "admin"},
+            "name": "admin",
+            "occurred_at": 1696524061363472648u64,
+            "operation": "user.view_profile",
+            "status": "enabled",
+        })
+    );
+
+    // A CloudEvent's time with a fraction and an offset: UTC, whole seconds.
+    let mut cloudevent: Value = serde_json::from_str(CERTIFICATE_ISSUED).expect("sample");
+    cloudevent["time"] = json!("2026-12-06T05:41:28.073770+02:00");
+    rabbit
+        .publish(
+            &exchange,
+            "supermq.certs",
+            cloudevent.to_string().as_bytes(),
+        )
+        .await;
+    let event = ws.next_event().await;
+    assert_eq!(event["source"], "ca-service", "{event}");
+    assert_eq!(event["time"], "2026-12-06T03:41:28Z");
+
+    // No `operation`: dead-lettered with the reason naming the field.
+    rabbit
+        .publish(&exchange, "supermq.users.view", br#"{"id":"x"}"#)
+        .await;
+    let dead = rabbit.get(&format!("{queue}.dlq")).await;
+    let reason = header(&dead, "x-eventgate-dlq-reason").expect("reason header");
+    assert!(reason.contains("\"operation\""), "{reason}");
+
+    gateway.shutdown().await;
+    rabbit.delete(&exchange, &queue).await;
+}
+
+#[test]
+fn field_mapping_keys_are_refused_where_they_cannot_apply() {
+    let load = |extra: &str| {
+        eventgate::config::load(
+            Some(&format!(
+                "dev = true\n[[sources]]\nname = \"a\"\nkind = \"amqp\"\n\
+                 url = \"amqp://127.0.0.1:5672/%2f\"\nexchange = \"e\"\nqueue = \"q\"\n{extra}"
+            )),
+            Vec::new(),
+            Vec::new(),
+        )
+    };
+    for extra in [
+        "source = \"s\"\ndetail_type_field = \"operation\"\njson_fields = [\"a\"]\nbase64_json_fields = [\"b\"]\n",
+        "body_format = \"json\"\nsource = \"s\"\ndetail_type_field = \"operation\"\n",
+    ] {
+        assert!(load(extra).is_ok(), "{extra}");
+    }
+    for format in ["cloudevents", "eventbridge"] {
+        let error = load(&format!(
+            "body_format = \"{format}\"\ndetail_type_field = \"operation\"\n"
+        ))
+        .expect_err("refused")
+        .to_string();
+        assert!(error.contains("detail_type_field"), "{error}");
     }
 }

@@ -10,17 +10,15 @@ use async_nats::jetstream;
 use futures_util::StreamExt;
 use serde_json::json;
 
-use sources_common::{broker_available, unique, Gateway, TcpProxy, WAIT};
-
-const NATS: &str = "127.0.0.1:4222";
+use sources_common::{broker_available, unique, whole_seconds_utc, Gateway, TcpProxy, NATS, WAIT};
 
 /// `user.create` exactly as SuperMQ publishes it on `events.supermq.users`.
 const USER_CREATE: &str = r#"{"created_at":"2023-10-05T12:41:04.743529Z","id":"0a5f2e21-1a8b-460e-bfa9-732e570df095","identity":"[email protected]","metadata":"e30=","name":"wizardly_hopper","occurred_at":1696509664755440542,"operation":"user.create","status":"enabled"}"#;
-const USER_VIEW_PROFILE: &str = r#"{"created_at":"2023-10-05T11:59:02.029606Z","id":"97466511-6317-4c98-8d58-7bd78bcaf587","identity":"[email protected]","metadata":"eyJyb2xlIjoiYWRtaW4ifQ==","name":"admin","occurred_at":1696524061363472648,"operation":"user.view_profile","status":"enabled"}"#;
+const USER_VIEW_PROFILE: &str = sources_common::SUPERMQ_USER_VIEW_PROFILE;
 
 #[tokio::test]
 async fn supermq_user_create_reaches_the_websocket_and_bad_messages_are_dead_lettered() {
-    if !broker_available("nats", NATS).await {
+    if !broker_available("nats", &NATS).await {
         return;
     }
     let id = unique();
@@ -31,7 +29,9 @@ async fn supermq_user_create_reaches_the_websocket_and_bad_messages_are_dead_let
     let name = format!("nats-{id}");
     let durable = format!("eventgate-{id}");
 
-    let client = async_nats::connect(NATS).await.expect("nats connects");
+    let client = async_nats::connect(NATS.as_str())
+        .await
+        .expect("nats connects");
     let js = jetstream::new(client.clone());
     js.create_stream(jetstream::stream::Config {
         name: stream_name.clone(),
@@ -149,7 +149,7 @@ async fn supermq_user_create_reaches_the_websocket_and_bad_messages_are_dead_let
 
 #[tokio::test]
 async fn a_missing_stream_is_retried_until_it_exists() {
-    if !broker_available("nats", NATS).await {
+    if !broker_available("nats", &NATS).await {
         return;
     }
     let id = unique();
@@ -166,7 +166,9 @@ async fn a_missing_stream_is_retried_until_it_exists() {
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let client = async_nats::connect(NATS).await.expect("nats connects");
+    let client = async_nats::connect(NATS.as_str())
+        .await
+        .expect("nats connects");
     let js = jetstream::new(client);
     js.create_stream(jetstream::stream::Config {
         name: stream_name.clone(),
@@ -195,7 +197,7 @@ async fn a_missing_stream_is_retried_until_it_exists() {
 
 #[tokio::test]
 async fn a_cut_connection_loses_nothing_and_acks_only_what_was_dispatched() {
-    if !broker_available("nats", NATS).await {
+    if !broker_available("nats", &NATS).await {
         return;
     }
     let id = unique();
@@ -203,7 +205,9 @@ async fn a_cut_connection_loses_nothing_and_acks_only_what_was_dispatched() {
     let subject = format!("events.{id}.supermq.users");
     let name = format!("nats-cut-{id}");
     let durable = format!("eventgate-{id}");
-    let client = async_nats::connect(NATS).await.expect("nats connects");
+    let client = async_nats::connect(NATS.as_str())
+        .await
+        .expect("nats connects");
     let js = jetstream::new(client.clone());
     js.create_stream(jetstream::stream::Config {
         name: stream_name.clone(),
@@ -212,7 +216,7 @@ async fn a_cut_connection_loses_nothing_and_acks_only_what_was_dispatched() {
     })
     .await
     .expect("create stream");
-    let proxy = TcpProxy::start(NATS).await;
+    let proxy = TcpProxy::start(&NATS).await;
     let gateway = Gateway::start(&format!(
         "[[sources]]\nname = \"{name}\"\nkind = \"nats_jetstream\"\nurl = \"nats://{}\"\n\
          stream = \"{stream_name}\"\ndurable = \"{durable}\"\nack_wait = \"2s\"\n\
@@ -276,4 +280,49 @@ async fn a_cut_connection_loses_nothing_and_acks_only_what_was_dispatched() {
     }
     gateway.shutdown().await;
     let _ = js.delete_stream(&stream_name).await;
+}
+
+/// The mapping options every source shares: `json_fields` works on NATS as on Redis and
+/// AMQP, and a message without `occurred_at` gets the receipt time in the one form.
+#[tokio::test]
+async fn json_fields_and_receipt_time_on_nats() {
+    if !broker_available("nats", &NATS).await {
+        return;
+    }
+    let id = unique();
+    let stream_name = format!("EG_{id}");
+    let subject = format!("events.{id}.supermq.clients");
+    let client = async_nats::connect(NATS.as_str())
+        .await
+        .expect("nats connects");
+    let js = jetstream::new(client.clone());
+    js.create_stream(jetstream::stream::Config {
+        name: stream_name.clone(),
+        subjects: vec![subject.clone()],
+        ..Default::default()
+    })
+    .await
+    .expect("create stream");
+    let gateway = Gateway::start(&format!(
+        "[[sources]]\nname = \"nats-{id}\"\nkind = \"nats_jetstream\"\nurl = \"nats://{NATS}\"\n\
+         stream = \"{stream_name}\"\ndurable = \"eventgate-{id}\"\njson_fields = [\"tags\"]\n"
+    ))
+    .await;
+    let mut ws = gateway
+        .subscriber("clients", &json!({"detail-type": ["client.create"]}))
+        .await;
+    js.publish(
+        subject.clone(),
+        r#"{"operation":"client.create","metadata":"e30=","tags":"[\"a\",\"b\"]"}"#.into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored");
+    let event = ws.next_event().await;
+    assert_eq!(event["detail"]["tags"], json!(["a", "b"]), "{event}");
+    assert_eq!(event["detail"]["metadata"], json!({}));
+    assert!(whole_seconds_utc(&event["time"]), "{event}");
+    gateway.shutdown().await;
+    js.delete_stream(&stream_name).await.expect("delete stream");
 }

@@ -10,9 +10,7 @@ use redis::aio::MultiplexedConnection;
 use redis::Value as RedisValue;
 use serde_json::{json, Value};
 
-use sources_common::{broker_available, unique, Gateway, TcpProxy, WAIT};
-
-const REDIS: &str = "127.0.0.1:6379";
+use sources_common::{broker_available, unique, whole_seconds_utc, Gateway, TcpProxy, REDIS, WAIT};
 
 async fn redis() -> MultiplexedConnection {
     redis::Client::open(format!("redis://{REDIS}/"))
@@ -79,7 +77,7 @@ async fn cleanup(conn: &mut MultiplexedConnection, stream: &str) {
 
 #[tokio::test]
 async fn supermq_user_create_reaches_the_websocket_and_bad_entries_are_dead_lettered() {
-    if !broker_available("redis", REDIS).await {
+    if !broker_available("redis", &REDIS).await {
         return;
     }
     let id = unique();
@@ -190,7 +188,7 @@ async fn supermq_user_create_reaches_the_websocket_and_bad_entries_are_dead_lett
 
 #[tokio::test]
 async fn entries_pending_on_a_dead_consumer_are_claimed() {
-    if !broker_available("redis", REDIS).await {
+    if !broker_available("redis", &REDIS).await {
         return;
     }
     let id = unique();
@@ -281,7 +279,7 @@ async fn receive_all_ns(client: &mut sources_common::Client, count: usize) {
 
 #[tokio::test]
 async fn a_cut_connection_loses_nothing_and_acks_only_what_was_dispatched() {
-    if !broker_available("redis", REDIS).await {
+    if !broker_available("redis", &REDIS).await {
         return;
     }
     let id = unique();
@@ -289,7 +287,7 @@ async fn a_cut_connection_loses_nothing_and_acks_only_what_was_dispatched() {
     let group = format!("eventgate-{id}");
     let name = format!("redis-cut-{id}");
     let mut conn = redis().await;
-    let proxy = TcpProxy::start(REDIS).await;
+    let proxy = TcpProxy::start(&REDIS).await;
     let toml = format!(
         "[[sources]]\nname = \"{name}\"\nkind = \"redis_streams\"\nurl = \"redis://{}/\"\n\
          streams = [\"{stream}\"]\ngroup = \"{group}\"\nconsumer = \"gw\"\nstart_id = \"0\"\n\
@@ -359,4 +357,48 @@ async fn wait_for_readyz(gateway: &Gateway, want: u16) -> (u16, Value) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The mapping options every source shares: `base64_json_fields` works on Redis as on NATS
+/// and AMQP, and an entry without `occurred_at` gets the receipt time in the one form.
+#[tokio::test]
+async fn base64_json_fields_and_receipt_time_on_redis() {
+    if !broker_available("redis", &REDIS).await {
+        return;
+    }
+    let id = unique();
+    let stream = format!("supermq.clients.{id}");
+    let group = format!("eventgate-{id}");
+    let name = format!("redis-{id}");
+    let mut conn = redis().await;
+    let gateway = Gateway::start(&source_toml(
+        &name,
+        &stream,
+        &group,
+        "json_fields = [\"tags\"]\nbase64_json_fields = [\"metadata\"]\ndetail_type_field = \"op\"\n",
+    ))
+    .await;
+    let mut client = gateway
+        .subscriber("clients", &json!({"detail-type": ["client.create"]}))
+        .await;
+    xadd(
+        &mut conn,
+        &stream,
+        &[
+            ("op", "client.create"),
+            ("metadata", "eyJyb2xlIjoiYWRtaW4ifQ=="),
+            ("tags", "[\"a\",\"b\"]"),
+        ],
+    )
+    .await;
+    let event = client.next_event().await;
+    assert_eq!(
+        event["detail"]["metadata"],
+        json!({"role": "admin"}),
+        "{event}"
+    );
+    assert_eq!(event["detail"]["tags"], json!(["a", "b"]));
+    assert!(whole_seconds_utc(&event["time"]), "{event}");
+    gateway.shutdown().await;
+    cleanup(&mut conn, &stream).await;
 }

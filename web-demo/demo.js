@@ -468,7 +468,10 @@ async function init() {
   if (params.get('url')) els.url.value = params.get('url');
   if (params.get('apiKey')) els.apiKey.value = params.get('apiKey');
   document.body.dataset.ready = 'true';
-  if (params.has('autoconnect') && els.url.value && els.apiKey.value) connect();
+  // Dev mode (config.json filled the fields) connects by itself; `?autoconnect` does the same
+  // for fields given in the URL, `?autoconnect=0` turns it off.
+  const auto = params.has('autoconnect') ? params.get('autoconnect') !== '0' : Boolean(cfg);
+  if (auto && els.url.value && els.apiKey.value) connect();
 }
 
 init();

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the web-demo tests need (idempotent) and run them.
-# Assumes target/debug/eventgate was built already (or EVENTGATE_BIN points to a binary).
+# Assumes target/release/eventgate was built already (or EVENTGATE_BIN points to a binary).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -20,11 +20,13 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   exit 1
 fi
 
-BIN="${EVENTGATE_BIN:-../target/debug/eventgate}"
+BIN="${EVENTGATE_BIN:-../target/release/eventgate}"
 if [ ! -x "$BIN" ]; then
-  echo "web-demo: eventgate binary not found at $BIN (run 'cargo build --bin eventgate' first)" >&2
+  echo "web-demo: eventgate binary not found at $BIN (run 'cargo build --release --bin eventgate' first)" >&2
   exit 1
 fi
+EVENTGATE_BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
+export EVENTGATE_BIN
 
 npm ci --no-audit --no-fund --loglevel=error
 

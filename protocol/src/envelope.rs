@@ -301,6 +301,24 @@ pub fn from_binary_cloudevent(
     )
 }
 
+/// The one rule for `time`, whatever the event came from (HTTP ingest, any broker): an
+/// RFC 3339 time with any offset and fraction becomes UTC with whole seconds
+/// (`2026-12-06T03:41:28Z`), the form EventBridge uses; anything else is refused.
+pub fn normalize_time(text: &str) -> Result<String, EntryError> {
+    use time::format_description::well_known::Rfc3339;
+    let bad = || {
+        invalid(format!(
+            "time {text:?} is not an RFC 3339 time (e.g. 2026-01-01T00:00:00Z)"
+        ))
+    };
+    let parsed = time::OffsetDateTime::parse(text.trim(), &Rfc3339).map_err(|_| bad())?;
+    let utc = parsed
+        .to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .map_err(|_| bad())?;
+    utc.format(&Rfc3339).map_err(|_| bad())
+}
+
 const MAX_SOURCE: usize = 256;
 const MAX_DETAIL_TYPE: usize = 256;
 
@@ -325,7 +343,10 @@ fn build(parts: Parts<'_>, fill: &Fill) -> Result<Event, EntryError> {
         .id
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| fill.id.clone());
-    let time = parts.time.unwrap_or_else(|| fill.time.clone());
+    let time = match parts.time.as_deref() {
+        Some(text) => normalize_time(text)?,
+        None => fill.time.clone(),
+    };
     let account = parts.account.unwrap_or_else(|| fill.account.clone());
     let region = parts.region.unwrap_or_else(|| fill.region.clone());
     let version = parts.version.unwrap_or_else(|| "0".to_owned());
@@ -361,6 +382,34 @@ fn build(parts: Parts<'_>, fill: &Fill) -> Result<Event, EntryError> {
         json,
         value,
     })
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::*;
+
+    #[test]
+    fn every_time_becomes_utc_whole_seconds() {
+        for (given, expected) in [
+            ("2026-12-06T03:41:28.073770+00:00", "2026-12-06T03:41:28Z"),
+            ("2026-12-06T03:41:28Z", "2026-12-06T03:41:28Z"),
+            ("2026-12-06T05:41:28.9+02:00", "2026-12-06T03:41:28Z"),
+            ("2026-12-05T23:41:28-04:00", "2026-12-06T03:41:28Z"),
+            ("2026-12-06t03:41:28z", "2026-12-06T03:41:28Z"),
+        ] {
+            assert_eq!(normalize_time(given).as_deref(), Ok(expected), "{given}");
+        }
+        for bad in [
+            "yesterday",
+            "2026-12-06",
+            "1733456488",
+            "2026-12-06T03:41:28",
+            "",
+        ] {
+            let error = normalize_time(bad).unwrap_err();
+            assert!(error.to_string().contains("RFC 3339"), "{bad}: {error}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -30,11 +30,14 @@ use lapin::{
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use eventgate_protocol::envelope::{self, EntryError, Event, Fill};
 
-use super::{default_batch_size, Backoff, MapError, SourceContext, SourceError};
+use super::{
+    decode_fields, default_batch_size, time_from_epoch_nanos, Backoff, MapError, SourceContext,
+    SourceError,
+};
 use crate::config::Seconds;
 use crate::telemetry;
 
@@ -214,6 +217,16 @@ pub struct AmqpSettings {
     /// `source` of events made from plain JSON bodies (required for them).
     #[serde(default)]
     pub source: Option<String>,
+    /// Plain JSON bodies: the body field whose value becomes `detail-type` (default: the
+    /// routing key).
+    #[serde(default)]
+    pub detail_type_field: Option<String>,
+    /// Plain JSON bodies: fields holding JSON text, decoded into `detail`.
+    #[serde(default)]
+    pub json_fields: Vec<String>,
+    /// Plain JSON bodies: fields holding base64 of JSON text, decoded into `detail`.
+    #[serde(default)]
+    pub base64_json_fields: Vec<String>,
     /// Dead-letter exchange (default `<exchange>.dlx`), declared durable, type topic.
     #[serde(default)]
     pub dead_letter_exchange: Option<String>,
@@ -275,6 +288,20 @@ impl AmqpSettings {
         if self.body_format == BodyFormat::Json && self.source.is_none() {
             return Err(format!(
                 "source {name:?}: body_format = \"json\" needs `source` (the event source)"
+            ));
+        }
+        let maps_fields = self.detail_type_field.is_some()
+            || !self.json_fields.is_empty()
+            || !self.base64_json_fields.is_empty();
+        if maps_fields
+            && matches!(
+                self.body_format,
+                BodyFormat::Cloudevents | BodyFormat::Eventbridge
+            )
+        {
+            return Err(format!(
+                "source {name:?}: detail_type_field, json_fields and base64_json_fields map plain \
+                 JSON bodies; they do not apply with body_format = \"cloudevents\" or \"eventbridge\""
             ));
         }
         if self.stream_offset.is_some() && self.queue_type != QueueType::Stream {
@@ -759,22 +786,70 @@ fn map_delivery(
                 (_, Some(offset)) => format!("{}-{offset}", config.queue),
                 _ => fill.id.clone(),
             };
-            let time = (*properties.timestamp())
-                .and_then(unix_seconds_rfc3339)
-                .map(|time| format!("\"time\":{},", quote(&time)))
-                .unwrap_or_default();
-            let envelope = format!(
-                "{{\"id\":{},\"source\":{},\"detail-type\":{},{time}\"detail\":{}}}",
-                quote(&id),
-                quote(source),
-                quote(delivery.routing_key.as_str()),
-                raw.get()
-            );
-            let envelope = RawValue::from_string(envelope)
-                .map_err(|error| MapError::BodyNotObject(error.to_string()))?;
-            Ok(envelope::from_eventbridge(&envelope, fill)?)
+            map_plain_json(config, source, id, delivery, raw, &fields, fill)
         }
     }
+}
+
+/// A plain JSON object body, mapped as every source maps one (docs/sources.md): `detail-type`
+/// from `detail_type_field` (else the routing key), `time` from `occurred_at` (else the AMQP
+/// `timestamp` property), `json_fields` / `base64_json_fields` decoded; `detail` stays the
+/// body byte for byte when there is nothing to decode.
+fn map_plain_json(
+    config: &AmqpSettings,
+    source: &str,
+    id: String,
+    delivery: &Delivery,
+    raw: &RawValue,
+    fields: &BTreeMap<String, &RawValue>,
+    fill: &Fill,
+) -> Result<Event, MapError> {
+    let detail_type = match config.detail_type_field.as_deref() {
+        Some(field) => match fields
+            .get(field)
+            .map(|value| serde_json::from_str::<Value>(value.get()))
+        {
+            Some(Ok(Value::String(text))) if !text.is_empty() => text,
+            _ => return Err(MapError::MissingDetailType(field.to_owned())),
+        },
+        None => delivery.routing_key.as_str().to_owned(),
+    };
+    let time = match fields.get("occurred_at") {
+        Some(value) => {
+            let value: Value = serde_json::from_str(value.get())
+                .map_err(|error| MapError::BodyNotObject(error.to_string()))?;
+            Some(time_from_epoch_nanos(&value)?)
+        }
+        None => (*delivery.properties.timestamp()).and_then(unix_seconds_rfc3339),
+    };
+    let decodes = config
+        .json_fields
+        .iter()
+        .chain(&config.base64_json_fields)
+        .any(|field| fields.contains_key(field));
+    let decoded;
+    let detail = if decodes {
+        let mut detail: Map<String, Value> = serde_json::from_str(raw.get())
+            .map_err(|error| MapError::BodyNotObject(error.to_string()))?;
+        decode_fields(&mut detail, &config.json_fields, &config.base64_json_fields)?;
+        decoded = Value::Object(detail).to_string();
+        decoded.as_str()
+    } else {
+        raw.get()
+    };
+    let time = time
+        .map(|time| format!("\"time\":{},", quote(&time)))
+        .unwrap_or_default();
+    let envelope = format!(
+        "{{\"id\":{},\"source\":{},\"detail-type\":{},{time}\"detail\":{}}}",
+        quote(&id),
+        quote(source),
+        quote(&detail_type),
+        detail
+    );
+    let envelope = RawValue::from_string(envelope)
+        .map_err(|error| MapError::BodyNotObject(error.to_string()))?;
+    Ok(envelope::from_eventbridge(&envelope, fill)?)
 }
 
 /// Maps a batch, hands the good events to the hub, dead-letters the rest, then acks all
@@ -982,6 +1057,53 @@ mod tests {
         let mut bytes = delivery("rk", "");
         bytes.data = vec![0xff, 0xfe];
         assert!(map_delivery(&config, &fill(), &bytes).is_err());
+    }
+
+    #[test]
+    fn plain_json_takes_the_field_mapping_of_every_source() {
+        let config = settings(
+            "source = \"supermq.users\"\ndetail_type_field = \"operation\"\n\
+             base64_json_fields = [\"metadata\"]\njson_fields = [\"tags\"]",
+        );
+        let body = r#"{"operation":"user.create","metadata":"eyJhIjoxfQ==","tags":"[1]","occurred_at":"1693307171925834295","n":1.50}"#;
+        let event = map_delivery(&config, &fill(), &delivery("rk", body)).unwrap();
+        assert_eq!(event.value["detail-type"], "user.create");
+        assert_eq!(event.value["time"], "2023-08-29T11:06:11Z");
+        assert_eq!(
+            event.value["detail"]["metadata"],
+            serde_json::json!({"a": 1})
+        );
+        assert_eq!(event.value["detail"]["tags"], serde_json::json!([1]));
+        // Nothing to decode: the body stays byte for byte, time from occurred_at still.
+        let event = map_delivery(
+            &config,
+            &fill(),
+            &delivery("rk", r#"{"operation":"x","n":1.50}"#),
+        )
+        .unwrap();
+        assert!(
+            event
+                .json
+                .contains(r#""detail":{"operation":"x","n":1.50}"#),
+            "{}",
+            event.json
+        );
+        assert_eq!(event.value["time"], "2026-01-01T00:00:00Z");
+        // The field is missing, empty or not a string: dead-lettered with the field's name.
+        for body in [r#"{"n":1}"#, r#"{"operation":""}"#, r#"{"operation":7}"#] {
+            let error = map_delivery(&config, &fill(), &delivery("rk", body)).unwrap_err();
+            assert!(
+                error.to_string().contains("\"operation\""),
+                "{body}: {error}"
+            );
+        }
+        let error = map_delivery(
+            &config,
+            &fill(),
+            &delivery("rk", r#"{"operation":"x","metadata":"%%"}"#),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("base64"), "{error}");
     }
 
     #[test]

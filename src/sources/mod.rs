@@ -254,10 +254,7 @@ pub(crate) fn time_from_epoch_nanos(value: &Value) -> Result<String, MapError> {
 }
 
 /// Replaces the string field `field` of `detail` by the JSON it holds.
-pub(crate) fn decode_json_field(
-    detail: &mut Map<String, Value>,
-    field: &str,
-) -> Result<(), MapError> {
+fn decode_json_field(detail: &mut Map<String, Value>, field: &str) -> Result<(), MapError> {
     let Some(value) = detail.get_mut(field) else {
         return Ok(());
     };
@@ -275,10 +272,7 @@ pub(crate) fn decode_json_field(
 }
 
 /// Replaces the string field `field` of `detail` by the JSON its base64 text holds.
-pub(crate) fn decode_base64_json_field(
-    detail: &mut Map<String, Value>,
-    field: &str,
-) -> Result<(), MapError> {
+fn decode_base64_json_field(detail: &mut Map<String, Value>, field: &str) -> Result<(), MapError> {
     let Some(value) = detail.get_mut(field) else {
         return Ok(());
     };
@@ -299,6 +293,24 @@ pub(crate) fn decode_base64_json_field(
             error: error.to_string(),
         })?;
     *value = decoded;
+    Ok(())
+}
+
+/// The field decoding every source offers with the same meaning (`json_fields`,
+/// `base64_json_fields`): each named field of `detail` that is present (a string) is replaced
+/// by the JSON it holds; an absent field is left alone, a field that does not decode is a
+/// [`MapError`] (the message is dead-lettered).
+pub(crate) fn decode_fields(
+    detail: &mut Map<String, Value>,
+    json_fields: &[String],
+    base64_json_fields: &[String],
+) -> Result<(), MapError> {
+    for field in json_fields {
+        decode_json_field(detail, field)?;
+    }
+    for field in base64_json_fields {
+        decode_base64_json_field(detail, field)?;
+    }
     Ok(())
 }
 

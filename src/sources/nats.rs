@@ -14,8 +14,8 @@ use serde_json::{Map, Value};
 use eventgate_protocol::envelope::Event;
 
 use super::{
-    decode_base64_json_field, default_batch_size, default_detail_type_field, to_event, Backoff,
-    MapError, Mapped, SourceContext, SourceError,
+    decode_fields, default_batch_size, default_detail_type_field, to_event, Backoff, MapError,
+    Mapped, SourceContext, SourceError,
 };
 use crate::config::Seconds;
 use crate::telemetry;
@@ -72,6 +72,9 @@ pub struct NatsConfig {
     /// Field whose value becomes `detail-type`.
     #[serde(default = "default_detail_type_field")]
     pub detail_type_field: String,
+    /// Fields holding JSON text, decoded into `detail`.
+    #[serde(default)]
+    pub json_fields: Vec<String>,
     /// Fields holding base64 of JSON text, decoded into `detail`.
     #[serde(default = "default_base64_json_fields")]
     pub base64_json_fields: Vec<String>,
@@ -218,9 +221,7 @@ fn map_message(
         }
         Err(error) => return Err(MapError::BodyNotObject(error.to_string())),
     };
-    for field in &config.base64_json_fields {
-        decode_base64_json_field(&mut detail, field)?;
-    }
+    decode_fields(&mut detail, &config.json_fields, &config.base64_json_fields)?;
     let id = match message.info() {
         Ok(info) => format!("{}-{}", info.stream, info.stream_sequence),
         Err(_) => context.fill().id,

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use eventgate_protocol::envelope::Event;
 
 use super::{
-    decode_json_field, default_batch_size, default_detail_type_field, to_event, Backoff, MapError,
+    decode_fields, default_batch_size, default_detail_type_field, to_event, Backoff, MapError,
     Mapped, SourceContext, SourceError,
 };
 use crate::config::Seconds;
@@ -56,6 +56,9 @@ pub struct RedisStreamsConfig {
     /// Fields holding JSON text, decoded into `detail`.
     #[serde(default = "default_json_fields")]
     pub json_fields: Vec<String>,
+    /// Fields holding base64 of JSON text, decoded into `detail`.
+    #[serde(default)]
+    pub base64_json_fields: Vec<String>,
     /// Longest wait between reconnect attempts.
     #[serde(default = "default_max_backoff")]
     pub max_backoff: Seconds,
@@ -386,9 +389,7 @@ fn map_entry(
         let value = std::str::from_utf8(value).map_err(|_| MapError::NotUtf8(key.clone()))?;
         detail.insert(key.clone(), Value::String(value.to_owned()));
     }
-    for field in &config.json_fields {
-        decode_json_field(&mut detail, field)?;
-    }
+    decode_fields(&mut detail, &config.json_fields, &config.base64_json_fields)?;
     to_event(
         Mapped {
             id: entry.id.clone(),

@@ -19,8 +19,55 @@ use eventgate_protocol::header::{api_key, encode_base64};
 pub const STACK_ID: &str = "9d3c1f5e-7a2b-4c8d-9e0f-1a2b3c4d5e6f";
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// A broker's address for the tests: `host:port` from the environment variable `var`,
+/// else `default`. Derefs to `&str` and prints as the address, so it fits `format!`.
+pub struct BrokerAddr {
+    var: &'static str,
+    default: &'static str,
+    value: std::sync::OnceLock<String>,
+}
+
+impl BrokerAddr {
+    pub const fn new(var: &'static str, default: &'static str) -> Self {
+        Self {
+            var,
+            default,
+            value: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.value.get_or_init(|| {
+            std::env::var(self.var)
+                .ok()
+                .filter(|value| !value.trim().is_empty())
+                .unwrap_or_else(|| self.default.to_owned())
+        })
+    }
+}
+
+impl std::ops::Deref for BrokerAddr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for BrokerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The brokers the source and cluster tests use (`scripts/test.sh` checks the same ones).
+pub static REDIS: BrokerAddr = BrokerAddr::new("EVENTGATE_TEST_REDIS", "127.0.0.1:6379");
+pub static RABBITMQ: BrokerAddr = BrokerAddr::new("EVENTGATE_TEST_RABBITMQ", "127.0.0.1:5672");
+pub static NATS: BrokerAddr = BrokerAddr::new("EVENTGATE_TEST_NATS", "127.0.0.1:4222");
+
 /// True when the broker answers on `addr`. When it does not: in CI (`CI=true`) the test
-/// fails, elsewhere it prints a loud SKIPPED line and the caller returns.
+/// fails; elsewhere the test is skipped (the caller returns), which is printed and, when
+/// `EVENTGATE_TEST_SKIPS` names a file, appended to it as one line so `scripts/test.sh`
+/// can show every skip in its summary (the test runner itself reports a skip as a pass).
 pub async fn broker_available(kind: &str, addr: &str) -> bool {
     let reachable = matches!(
         tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await,
@@ -32,9 +79,49 @@ pub async fn broker_available(kind: &str, addr: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
         panic!("{kind} not reachable at {addr}, and brokers are mandatory in CI (CI=true)");
     }
-    eprintln!("\n*** SKIPPED: {kind} not reachable at {addr} ***\n");
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a broker test")
+        .to_owned();
+    let line = format!("{test}: {kind} not reachable at {addr}");
+    eprintln!("\n*** SKIPPED {line} ***\n");
+    if let Some(path) = std::env::var_os("EVENTGATE_TEST_SKIPS") {
+        use std::io::Write as _;
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| writeln!(file, "{line}"));
+        if let Err(error) = written {
+            panic!(
+                "cannot record the skip in {}: {error}",
+                path.to_string_lossy()
+            );
+        }
+    }
     false
 }
+
+/// True for `YYYY-MM-DDTHH:MM:SSZ`, the one form of every event's `time`.
+pub fn whole_seconds_utc(time: &Value) -> bool {
+    let Some(text) = time.as_str() else {
+        return false;
+    };
+    let bytes = text.as_bytes();
+    bytes.len() == 20
+        && bytes[19] == b'Z'
+        && bytes.iter().enumerate().all(|(index, byte)| match index {
+            4 | 7 => *byte == b'-',
+            10 => *byte == b'T',
+            13 | 16 => *byte == b':',
+            19 => true,
+            _ => byte.is_ascii_digit(),
+        })
+}
+
+/// `user.view_profile` as SuperMQ publishes it on JetStream (`operation`, base64
+/// `metadata`, `occurred_at`), and with the same body to RabbitMQ.
+pub const SUPERMQ_USER_VIEW_PROFILE: &str = r#"{"created_at":"2023-10-05T11:59:02.029606Z","id":"97466511-6317-4c98-8d58-7bd78bcaf587","identity":"[email protected]","metadata":"eyJyb2xlIjoiYWRtaW4ifQ==","name":"admin","occurred_at":1696524061363472648,"operation":"user.view_profile","status":"enabled"}"#;
 
 /// A unique suffix for stream, group and consumer names.
 pub fn unique() -> String {

@@ -37,7 +37,7 @@ async function checkEmbeddedDemo() {
   }
   if (staleDemo.length) {
     console.error(`\n!!! ${server.httpUrl}/demo/ serves older copies of ${staleDemo.join(', ')} than web-demo/: ` +
-      'rebuild eventgate (cargo build --bin eventgate) to test the current files in dev mode !!!\n');
+      'rebuild eventgate (cargo build --release --bin eventgate) to test the current files in dev mode !!!\n');
   }
 }
 
@@ -68,7 +68,7 @@ after(async () => {
 const state = () => page.getAttribute('[data-testid="state"]', 'data-state');
 const events = () => page.locator('[data-testid="events"] > li');
 
-test('demo page is served and pre-filled from /demo/config.json', async (t) => {
+test('demo page is served, pre-filled from /demo/config.json and connects by itself', async (t) => {
   if (staleDemo.length) t.diagnostic(`embedded demo files older than web-demo/: ${staleDemo.join(', ')}`);
   const res = await page.goto(server.demoUrl);
   assert.equal(res.status(), 200);
@@ -80,10 +80,53 @@ test('demo page is served and pre-filled from /demo/config.json', async (t) => {
     const r = await page.request.get(`${server.httpUrl}/demo/${f}`);
     assert.equal(r.status(), 200, f);
   }
+  // Dev mode: the fields are filled, so the page connects without a click.
+  await page.waitForSelector('[data-testid="state"][data-state="open"]', { timeout: 10_000 });
+});
+
+test('layout: a phone gets one column with no sideways scroll, a laptop sees the publish form', async () => {
+  const p2 = await page.context().newPage();
+  try {
+    await p2.setViewportSize({ width: 390, height: 844 });
+    await p2.goto(`${server.demoUrl}?autoconnect=0`);
+    await p2.waitForSelector('body[data-ready="true"]');
+    const phone = await p2.evaluate(() => {
+      const sidebar = document.querySelector('.sidebar');
+      return {
+        scrollWidth: document.documentElement.scrollWidth,
+        sidebarWidth: sidebar.getBoundingClientRect().width,
+        sidebarScrolls: sidebar.scrollHeight > sidebar.clientHeight + 1,
+        emptyText: document.getElementById('events-empty').textContent,
+      };
+    });
+    assert.ok(phone.scrollWidth <= 390, `page is ${phone.scrollWidth} px wide at 390`);
+    assert.ok(phone.sidebarWidth >= 340, `side panel squeezed to ${phone.sidebarWidth} px`);
+    assert.equal(phone.sidebarScrolls, false, 'the side panel is not a scroll box on a phone');
+    assert.doesNotMatch(phone.emptyText, /on the left/);
+    await p2.screenshot({ path: path.join(ARTIFACTS, 'demo-390.png'), fullPage: true });
+
+    await p2.setViewportSize({ width: 1280, height: 800 });
+    await p2.goto(`${server.demoUrl}?autoconnect=0`);
+    await p2.waitForSelector('body[data-ready="true"]');
+    const laptop = await p2.evaluate(() => ({
+      scrollWidth: document.documentElement.scrollWidth,
+      publish: document.querySelector('[data-testid="publish"]').getBoundingClientRect().bottom,
+      detail: document.querySelector('[data-testid="pub-detail"]').getBoundingClientRect().bottom,
+      subscribe: document.querySelector('[data-testid="subscribe"]').getBoundingClientRect().bottom,
+      connect: document.querySelector('[data-testid="connect"]').getBoundingClientRect().bottom,
+    }));
+    assert.ok(laptop.scrollWidth <= 1280, `page is ${laptop.scrollWidth} px wide at 1280`);
+    for (const [name, bottom] of Object.entries(laptop)) {
+      if (name !== 'scrollWidth') assert.ok(bottom <= 800, `${name} ends at ${bottom}, below the fold of 800`);
+    }
+    assert.equal(await p2.getAttribute('[data-testid="state"]', 'data-state'), 'idle', '?autoconnect=0 stays idle');
+    await p2.screenshot({ path: path.join(ARTIFACTS, 'demo-1280.png') });
+  } finally {
+    await p2.close();
+  }
 });
 
 test('connect, subscribe with an example, publish over HTTP, see the event', async () => {
-  await page.click('[data-testid="connect"]');
   await page.waitForSelector('[data-testid="state"][data-state="open"]', { timeout: 10_000 });
 
   // an invalid pattern shows the server's Ack message inline

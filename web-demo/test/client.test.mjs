@@ -1,4 +1,4 @@
-// EventGateClient against a real eventgate (target/debug/eventgate, or $EVENTGATE_BIN).
+// EventGateClient against a real eventgate (target/release/eventgate, or $EVENTGATE_BIN).
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';

@@ -3,7 +3,7 @@
 // (e.g. a server that acks but never sends KeepAlive, for the client watchdog) and for
 // developing the page without the Rust binary. It implements the same wire protocol
 // with a small subset of EventBridge patterns. It is NOT the reference: the real tests
-// run against target/debug/eventgate.
+// run against target/release/eventgate.
 //
 // Library:  const srv = await startFakeServer({ keepAliveMs: 0 }); ... await srv.close();
 // CLI:      node test/fake-eventgate.mjs serve --dev --listen 127.0.0.1:0 [--stack-id S]

@@ -9,7 +9,7 @@ export const WEB_DEMO = path.resolve(path.dirname(fileURLToPath(import.meta.url)
 export const REPO_ROOT = path.resolve(WEB_DEMO, '..');
 export const EVENTGATE_BIN = process.env.EVENTGATE_BIN
   ? path.resolve(process.env.EVENTGATE_BIN)
-  : path.join(REPO_ROOT, 'target', 'debug', 'eventgate');
+  : path.join(REPO_ROOT, 'target', 'release', 'eventgate');
 export const ARTIFACTS = path.join(REPO_ROOT, 'test-artifacts');
 
 /** A fixed stack id, so that a restarted server hands out the same api key. */
@@ -18,7 +18,7 @@ export const STACK_ID = '6f1c1c4e-4b7a-4f6e-9a57-2f0d7f0c0e11';
 export function assertBinary() {
   if (!fs.existsSync(EVENTGATE_BIN)) {
     throw new Error(
-      `eventgate binary not found at ${EVENTGATE_BIN}: run \`cargo build --bin eventgate\` in ${REPO_ROOT} ` +
+      `eventgate binary not found at ${EVENTGATE_BIN}: run \`cargo build --release --bin eventgate\` in ${REPO_ROOT} ` +
         'or set EVENTGATE_BIN',
     );
   }
