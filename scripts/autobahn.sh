@@ -9,7 +9,7 @@
 # 2.7.18 from pyenv, installed with pyenv when missing); later runs reuse it. The report is
 # kept in test-artifacts/autobahn/ (HTML per case, index.json, the server's log).
 #
-# Environment: EVENTGATE_BIN (default target/debug/eventgate, built when missing),
+# Environment: EVENTGATE_BIN (default target/release/eventgate, built when missing),
 # AUTOBAHN_CASES (a comma-separated list of case patterns instead of the checked-in ones,
 # for a quick look at one section: AUTOBAHN_CASES='7.*' bash scripts/autobahn.sh).
 set -euo pipefail
@@ -20,7 +20,7 @@ SUITE_VERSION=0.8.2
 VENV=target/autobahn-venv
 TOOLS=target/autobahn-tools
 ARTIFACTS=test-artifacts/autobahn
-BIN=${EVENTGATE_BIN:-target/debug/eventgate}
+BIN=${EVENTGATE_BIN:-target/release/eventgate}
 PYENV_ROOT=${PYENV_ROOT:-$HOME/.pyenv}
 
 # --- the test suite, once ---------------------------------------------------------------------
@@ -49,7 +49,7 @@ export PYTHONWARNINGS=ignore
 
 # --- the gateway in echo mode -----------------------------------------------------------------
 if [[ ! -x $BIN ]]; then
-  cargo build --bin eventgate
+  cargo build --release --bin eventgate
 fi
 rm -rf "$ARTIFACTS"
 mkdir -p "$ARTIFACTS"
