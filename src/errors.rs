@@ -361,9 +361,7 @@ impl CloseReason {
             CloseReason::HelloTimeout
             | CloseReason::RateLimited
             | CloseReason::Disconnected
-            | CloseReason::TokenExpired => {
-                1008
-            }
+            | CloseReason::TokenExpired => 1008,
             CloseReason::BinaryFrame => 1003,
             CloseReason::FrameTooLarge => 1009,
             CloseReason::SlowConsumer | CloseReason::WriteTimeout => 1013,

@@ -28,8 +28,8 @@ use eventgate_protocol::envelope::Event;
 use eventgate_protocol::pattern::{BudgetError, Pattern, RuleBudget, RuleCost, RuleIndex};
 use eventgate_protocol::wire;
 
-use crate::limits::{Backlog, BacklogHeld, LimitError};
 use crate::history::{HistoryConfig, MemoryLog, ResumeError, Resumed};
+use crate::limits::{Backlog, BacklogHeld, LimitError};
 use crate::outbound::{Offer, Outbox};
 use crate::stop::StopReason;
 use crate::telemetry;
