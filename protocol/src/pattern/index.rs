@@ -737,13 +737,12 @@ struct NegClause {
 
 const NO_ENT: u32 = u32::MAX;
 
-/// Does alternative `m`, which has an exclusion entry, hold for leaf `v`, given whether
-/// the leaf hit that entry?
-fn excluded_alt_holds(m: &Matcher, v: &Leaf<'_>, hit: bool) -> bool {
-    match m {
-        Matcher::AbStr(_) | Matcher::AbNum(_) => !hit,
-        _ => v.as_str().is_some() && !hit,
-    }
+/// Does an alternative with an exclusion entry hold for a leaf, given whether the leaf hit
+/// that entry? Every `anything-but` form holds unless its values exclude the leaf: as in
+/// EventBridge, a number, boolean or null has no string prefix, suffix, folded form or glob
+/// match, so the string forms accept it (the tables report no hit for such a leaf).
+fn excluded_alt_holds(hit: bool) -> bool {
+    !hit
 }
 
 /// `anything-but` lists up to this long are compared in place (cheaper than probing a
@@ -2051,7 +2050,7 @@ where
                 if e == NO_ENT {
                     match_leaf(m, v)
                 } else {
-                    excluded_alt_holds(m, v, hit_ents.binary_search(&e).is_ok())
+                    excluded_alt_holds(hit_ents.binary_search(&e).is_ok())
                 }
             }) {
                 holds = true;
