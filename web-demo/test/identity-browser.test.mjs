@@ -44,7 +44,8 @@ after(async () => {
 async function tab(tenant) {
   const page = await context.newPage();
   page.on('pageerror', (err) => pageErrors.push(String(err)));
-  await page.goto(`${server.demoUrl}?tenant=${tenant}`);
+  // The tenant is typed in before connecting, so the page must not connect by itself.
+  await page.goto(`${server.demoUrl}?tenant=${tenant}&autoconnect=0`);
   await page.waitForSelector('body[data-ready="true"]');
   assert.equal(await page.inputValue('[data-testid="tenant"]'), tenant);
   await page.click('[data-testid="connect"]');
