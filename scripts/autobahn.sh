@@ -24,7 +24,8 @@ BIN=${EVENTGATE_BIN:-target/release/eventgate}
 PYENV_ROOT=${PYENV_ROOT:-$HOME/.pyenv}
 
 # --- the test suite, once ---------------------------------------------------------------------
-if [[ ! -x $VENV/bin/wstest ]]; then
+# A virtualenv moved from another folder keeps its old paths: install again when it does not run.
+if ! "$VENV/bin/python" -c 'import autobahntestsuite' 2>/dev/null; then
   python2=$PYENV_ROOT/versions/$PYTHON_VERSION/bin/python
   if [[ ! -x $python2 ]]; then
     if command -v pyenv >/dev/null; then
@@ -92,7 +93,7 @@ EOF
 
 echo "autobahn: wstest -m fuzzingclient against ws://$address/ (cases: ${AUTOBAHN_CASES:-tests/autobahn/fuzzingclient.json})"
 started=$(date +%s)
-(cd "$ARTIFACTS" && "$OLDPWD/$VENV/bin/wstest" -m fuzzingclient -s fuzzingclient.json >wstest.log 2>&1) || {
+(cd "$ARTIFACTS" && "$OLDPWD/$VENV/bin/python" "$OLDPWD/$VENV/bin/wstest" -m fuzzingclient -s fuzzingclient.json >wstest.log 2>&1) || {
   echo "autobahn: wstest failed:" >&2
   tail -30 "$ARTIFACTS/wstest.log" >&2
   exit 1
