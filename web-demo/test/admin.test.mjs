@@ -10,14 +10,9 @@ import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { chromium } from 'playwright-core';
 import WebSocket from 'ws';
-import { startEventgate, publish, waitFor, ARTIFACTS } from './helpers.mjs';
+import { startEventgate, publish, waitFor, ARTIFACTS, CHROMIUM, CHROMIUM_ARGS as ARGS } from './helpers.mjs';
 import { buildConnectUrl } from '../eventgate-client.js';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync',
-];
 const ADMIN_TOKEN = 'browser-test-admin-token-0123';
 
 let server;

@@ -12,6 +12,13 @@ export const EVENTGATE_BIN = process.env.EVENTGATE_BIN
   : path.join(REPO_ROOT, 'target', 'release', 'eventgate');
 export const ARTIFACTS = path.join(REPO_ROOT, 'test-artifacts');
 
+/** Debian's Chromium and the flags it needs here: headless, as root, on a closed network. */
+export const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+export const CHROMIUM_ARGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+];
+
 /** A fixed stack id, so that a restarted server hands out the same api key. */
 export const STACK_ID = '6f1c1c4e-4b7a-4f6e-9a57-2f0d7f0c0e11';
 
