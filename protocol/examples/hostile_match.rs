@@ -9,10 +9,10 @@
 //! Run: `cargo run --release -p eventgate-protocol --example hostile_match --
 //! [adversaries] [events] [rules] [state_bytes]` (defaults 10, 2000, 10000, 0).
 
-use eventgate_protocol::pattern::{Pattern, PatternLimits, RuleIndex};
+use eventgate_protocol::pattern::{Pattern, PatternLimits};
 
 mod workload;
-use workload::{event, match_loop, rule, Rng};
+use workload::{event, match_loop, mixed_index, Rng};
 
 /// Rules one adversary holds at the default budgets (1,000 steps, 512 KiB): the
 /// wildcard list (cost 515) and seven string lists (cost 19 and about 66 KiB each) fit.
@@ -39,13 +39,7 @@ fn main() {
     let n_rules: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let state_bytes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
     let limits = PatternLimits::default();
-    let mut idx = RuleIndex::new();
-    for i in 0..n_rules {
-        match Pattern::parse(&rule(i), &limits) {
-            Ok(p) => idx.insert(i as u32, &p),
-            Err(e) => panic!("bench rule {i} rejected: {e}"),
-        }
-    }
+    let mut idx = mixed_index(n_rules);
     let mut key = n_rules as u32;
     for conn in 0..adversaries {
         for k in 0..RULES_PER_ADVERSARY {

@@ -6,23 +6,14 @@
 //! Run: `cargo run --release -p eventgate-protocol --example match_loop -- [rules] [events]`
 //! (defaults 10000 rules, 200000 events); prints the time per event and the matches.
 
-use eventgate_protocol::pattern::{Pattern, PatternLimits, RuleIndex};
-
 mod workload;
-use workload::{event, match_loop, rule, Rng};
+use workload::{event, match_loop, mixed_index, Rng};
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let n_rules: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let n_events: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(200_000);
-    let limits = PatternLimits::default();
-    let mut idx = RuleIndex::new();
-    for i in 0..n_rules {
-        match Pattern::parse(&rule(i), &limits) {
-            Ok(p) => idx.insert(i as u32, &p),
-            Err(e) => panic!("bench rule {i} rejected: {e}"),
-        }
-    }
+    let idx = mixed_index(n_rules);
     let mut rng = Rng(0x1234_5678_9abc_def1);
     let evs: Vec<String> = (0..512).map(|_| event(&mut rng, n_rules)).collect();
     let (us, matches) = match_loop(&idx, &evs, n_events);

@@ -83,6 +83,20 @@ pub fn event(rng: &mut Rng, n_rules: usize) -> String {
     )
 }
 
+/// An index of rules `0..n_rules` (ids as rule numbers): the profiling drivers' index.
+#[allow(dead_code)]
+pub fn mixed_index(n_rules: usize) -> eventgate_protocol::pattern::RuleIndex<u32> {
+    let limits = eventgate_protocol::pattern::PatternLimits::default();
+    let mut idx = eventgate_protocol::pattern::RuleIndex::new();
+    for i in 0..n_rules {
+        match eventgate_protocol::pattern::Pattern::parse(&rule(i), &limits) {
+            Ok(p) => idx.insert(i as u32, &p),
+            Err(e) => panic!("bench rule {i} rejected: {e}"),
+        }
+    }
+    idx
+}
+
 /// Matches `n_events` of `evs` (round robin) with `matches_json`; returns (µs per event,
 /// matches per event). The profiling drivers' loop (the criterion bench has its own).
 #[allow(dead_code)]
