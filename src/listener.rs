@@ -233,6 +233,11 @@ struct Shared {
     builder: auto::Builder<TokioExecutor>,
     deadlines: Arc<Deadlines>,
     head_timeout: Duration,
+    /// Cancelled when the server stops accepting: a connection that has not sent its first
+    /// request head yet is dropped then (it has nothing in flight), instead of holding the
+    /// graceful shutdown for up to `shutdown_grace` (an HTTP client's pool opens such
+    /// connections ahead of need).
+    stopping: CancellationToken,
 }
 
 /// Most bytes read while looking for the first request head; a longer head is left to
@@ -378,6 +383,10 @@ async fn serve_io(mut io: Transport, peer: SocketAddr, shared: Arc<Shared>, watc
             tracing::debug!(%peer, "no complete request head in time; disconnected");
             return;
         }
+        () = shared.stopping.cancelled() => {
+            tracing::debug!(%peer, "no request yet at shutdown; disconnected");
+            return;
+        }
     };
     let unread = match first {
         FirstRequest::Head(head, rest) if shared.websocket.takes(&head) => {
@@ -515,6 +524,7 @@ pub async fn serve(
         builder,
         deadlines: Arc::clone(&deadlines),
         head_timeout: serving.upgrade_timeout,
+        stopping: CancellationToken::new(),
     });
     let tick =
         (serving.upgrade_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
@@ -586,13 +596,16 @@ pub async fn serve(
         }
     }
     drop(listener);
-    sweeper.abort();
+    shared.stopping.cancel();
+    // The sweeper runs on through the graceful shutdown: a connection whose request head is
+    // still arriving is ended by its deadline, not kept until `grace`.
     if tokio::time::timeout(serving.grace, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!("grace period over with HTTP connections still open");
     }
+    sweeper.abort();
     Ok(())
 }
 

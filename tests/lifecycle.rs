@@ -55,6 +55,33 @@ async fn shutdown_with_an_idle_http_keepalive_connection() {
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
+/// A connection that has not sent a request yet (an HTTP client's pool opens them ahead of
+/// need) is dropped at shutdown: it does not hold the graceful wait for `shutdown_grace`.
+#[tokio::test]
+async fn shutdown_with_a_connection_that_sent_nothing() {
+    let server = Server::start(Config {
+        shutdown_grace: ms(60_000),
+        ..dev_config()
+    })
+    .await;
+    let mut silent = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    // Accepted and waiting for its first request head.
+    let (status, _) = server.get("/readyz").await;
+    assert_eq!(status, 200);
+    let started = Instant::now();
+    server.shutdown().await.expect("run returns Ok");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut byte = [0u8; 1];
+    let read = tokio::io::AsyncReadExt::read(&mut silent, &mut byte).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "the server closed it");
+}
+
 #[tokio::test]
 async fn metrics_after_activity() {
     let server = Server::dev().await;
