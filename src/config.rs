@@ -399,9 +399,10 @@ impl Config {
             })?;
         }
         if let Some(cluster) = &self.cluster {
-            let parsed = match cluster.backend {
-                crate::cluster::Backend::Redis => redis_url(&cluster.url),
-                crate::cluster::Backend::Nats => nats_url(&cluster.url),
+            let parsed = if cluster.backend.redis() {
+                redis_url(&cluster.url)
+            } else {
+                nats_url(&cluster.url)
             };
             parsed.map_err(|error| ConfigError::Invalid(format!("cluster.url: {error}")))?;
         }
@@ -524,6 +525,7 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("CLUSTER_BACKEND", "cluster.backend", Kind::Text),
     ("CLUSTER_URL", "cluster.url", Kind::Text),
     ("CLUSTER_CHANNEL", "cluster.channel", Kind::Text),
+    ("CLUSTER_STREAM", "cluster.stream", Kind::Text),
     ("CLUSTER_NODE_ID", "cluster.node_id", Kind::Text),
     ("MAX_CONNECTIONS", "limits.max_connections", Kind::Integer),
     (
@@ -755,6 +757,12 @@ pub fn load(
 }
 
 fn redis_url(url: &str) -> Result<(), String> {
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    if !matches!(scheme, "redis" | "rediss" | "unix" | "redis+unix") {
+        return Err(format!(
+            "{url:?} is not a Redis URL (scheme {scheme:?}); write redis://host:6379/"
+        ));
+    }
     redis::Client::open(url)
         .map(drop)
         .map_err(|error| format!("{url:?} is not a Redis URL ({error}); write redis://host:6379/"))
@@ -906,6 +914,25 @@ impl Config {
             }
         }
         self.history.validate().map_err(ConfigError::Invalid)?;
+        if let Some(cluster) = &self.cluster {
+            if cluster.backend.shared_log() && !self.history.enabled {
+                return fail(
+                    "cluster.backend = \"redis_stream\" or \"jetstream\" is a shared event log: it needs history.enabled = true (its [history] keys set the log's retention)"
+                        .into(),
+                );
+            }
+            if cluster.backend == crate::cluster::Backend::Jetstream
+                && (cluster.stream.is_empty()
+                    || cluster
+                        .stream
+                        .contains(|c: char| c.is_whitespace() || ".*>/\\".contains(c)))
+            {
+                return fail(format!(
+                    "cluster.stream: {:?} is not a JetStream stream name (no spaces, '.', '*', '>', '/' or '\\')",
+                    cluster.stream
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -1178,6 +1205,42 @@ mod tests {
                 "{file}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn shared_log_keys() {
+        let config = load(
+            Some(
+                "dev = true\n[cluster]\nbackend = \"jetstream\"\nurl = \"nats://127.0.0.1:4222\"\n",
+            ),
+            env(&[("EVENTGATE_CLUSTER_STREAM", "EG_PROD")]),
+            vec![],
+        )
+        .expect("valid");
+        let cluster = config.cluster.expect("cluster");
+        assert!(cluster.backend.shared_log());
+        assert_eq!(cluster.stream, "EG_PROD");
+        for (file, key) in [
+            (
+                "dev = true\n[history]\nenabled = false\n[cluster]\nbackend = \"redis_stream\"\nurl = \"redis://127.0.0.1/\"\n",
+                "history.enabled",
+            ),
+            (
+                "dev = true\n[cluster]\nbackend = \"jetstream\"\nurl = \"nats://127.0.0.1:4222\"\nstream = \"a.b\"\n",
+                "cluster.stream",
+            ),
+        ] {
+            let error = load(Some(file), env(&[]), vec![]).expect_err(file);
+            assert!(error.to_string().contains(key), "{file}: {error}");
+        }
+        // URLs are checked before the server listens.
+        let file =
+            "dev = true\n[cluster]\nbackend = \"redis_stream\"\nurl = \"nats://127.0.0.1:4222\"\n";
+        let error = load(Some(file), env(&[]), vec![])
+            .expect("loads")
+            .preflight()
+            .expect_err("a NATS URL for a Redis backend");
+        assert!(error.to_string().contains("cluster.url"), "{error}");
     }
 
     #[test]

@@ -165,6 +165,8 @@ pub enum IngestError {
     UnsupportedMediaType(String),
     #[error("the server is shutting down")]
     Unavailable,
+    #[error("the shared event log is {0}; nothing was accepted; retry later")]
+    LogUnavailable(&'static str),
     #[error("{0}")]
     Limit(LimitError),
 }
@@ -177,7 +179,9 @@ impl IngestError {
             IngestError::MalformedJson(_) | IngestError::BadRequest(_) => StatusCode::BAD_REQUEST,
             IngestError::Body(error) => error.status(),
             IngestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            IngestError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::Unavailable | IngestError::LogUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             IngestError::Limit(limit) => limit_status(limit),
         }
     }
@@ -192,6 +196,12 @@ impl IntoResponse for IngestError {
         let mut response = json_error(self.status(), self.to_string(), limit);
         if matches!(self, IngestError::Body(_)) {
             close_after(&mut response);
+        }
+        if matches!(self, IngestError::LogUnavailable(_)) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
         }
         response
     }
@@ -352,6 +362,9 @@ pub enum CloseReason {
     InvalidUtf8,
     /// 1008 unless the operator chose another code: closed through the admin API.
     Disconnected,
+    /// 1012: this node could not read part of the shared log; the client resumes elsewhere
+    /// or later and learns of the gap.
+    LogGap,
 }
 
 impl CloseReason {
@@ -367,6 +380,7 @@ impl CloseReason {
             CloseReason::SlowConsumer | CloseReason::WriteTimeout => 1013,
             CloseReason::Protocol(_) => 1002,
             CloseReason::InvalidUtf8 => 1007,
+            CloseReason::LogGap => 1012,
         }
     }
 
@@ -384,6 +398,7 @@ impl CloseReason {
             CloseReason::Protocol(text) => text,
             CloseReason::InvalidUtf8 => "invalid UTF-8 in a text message or close reason",
             CloseReason::Disconnected => "disconnected by the operator",
+            CloseReason::LogGap => "events were missed on this node: reconnect and resume",
         }
     }
 
@@ -402,6 +417,7 @@ impl CloseReason {
             CloseReason::Protocol(_) => "protocol_error",
             CloseReason::InvalidUtf8 => "invalid_payload",
             CloseReason::Disconnected => "disconnected",
+            CloseReason::LogGap => "log_gap",
         }
     }
 }

@@ -129,9 +129,10 @@ ingest_tokens = ["{ingest_token}"]
 # cert = "/etc/eventgate/tls/cert.pem"
 # key = "/etc/eventgate/tls/key.pem"
 
-# Several gateways share events over Redis or NATS.
+# Several gateways share events over Redis or NATS. "redis_stream" and "jetstream" are a
+# shared log: clients resume on any node and across restarts; "redis" and "nats" are pub/sub.
 # [cluster]
-# backend = "redis"                # or "nats"
+# backend = "redis_stream"         # or "jetstream", "redis", "nats"
 # url = "redis://127.0.0.1:6379/"
 # channel = "eventgate.events"
 

@@ -10,8 +10,11 @@
 //! (`limits::Backlog`) until it has been matched: ingest is refused and sources wait while
 //! the backlog is full. Does not own sockets (see `session`) or ingest parsing.
 //!
-//! History (see `history`): every published event is appended to the in-memory log when it
-//! enters this task's order and its notifications carry its `Position`. A connection that
+//! History (see `history`): every published event is appended to the log when it enters this
+//! task's order and its notifications carry its `Position`. On a cluster node with a shared
+//! log (`cluster::log`), published events go to the shared log instead, and this task's order
+//! is the shared log's: the log reader hands every event in with its id, this node's own
+//! events included. A connection that
 //! announced a position in Hello is *held* (gets no live events) until its `Resume`, which
 //! replays the missed events matching its rules here, in the same order: no gap and no
 //! duplicate at the seam.
@@ -28,7 +31,7 @@ use eventgate_protocol::envelope::Event;
 use eventgate_protocol::pattern::{BudgetError, Pattern, RuleBudget, RuleCost, RuleIndex};
 use eventgate_protocol::wire;
 
-use crate::history::{HistoryConfig, MemoryLog, ResumeError, Resumed};
+use crate::history::{HistoryConfig, Ids, LogId, Logged, MemoryLog, ResumeError, Resumed};
 use crate::limits::{Backlog, BacklogHeld, LimitError};
 use crate::outbound::{Offer, Outbox};
 use crate::stop::StopReason;
@@ -82,6 +85,22 @@ enum Command {
         events: Vec<Arc<Event>>,
         /// The batch's room in the ingest backlog, freed once it has been matched.
         held: BacklogHeld,
+    },
+    /// Events read from the shared log, in its order, with their ids.
+    PublishLogged {
+        events: Vec<Logged>,
+    },
+    /// What the shared log holds when its reader starts: replaces the log's content.
+    LoadLog {
+        ids: Ids,
+        floor: LogId,
+        events: Vec<Logged>,
+    },
+    /// The shared log's reader could not read some events (trimmed while it was away): the
+    /// log resumes after `floor` and every announced connection is closed so that its client
+    /// resumes (and learns of the gap).
+    LogGap {
+        floor: LogId,
     },
     Inspect {
         query: Inspect,
@@ -157,6 +176,10 @@ pub struct Hub {
 pub enum PublishError {
     #[error("{0}")]
     Busy(LimitError),
+    /// The shared log (`cluster.backend = "redis_stream" | "jetstream"`) is unreachable:
+    /// nothing was accepted.
+    #[error("the shared event log is {0}; nothing was accepted; retry later")]
+    LogUnavailable(&'static str),
     #[error(transparent)]
     Stopped(#[from] HubStopped),
 }
@@ -178,6 +201,9 @@ pub struct HubSettings {
     pub history: HistoryConfig,
     /// `limits.max_queued_messages`: caps `history.max_replay`.
     pub max_queued_messages: usize,
+    /// The history is a shared log's tail, read by `cluster::log` (filled by
+    /// [`Hub::load_log`], positions are the shared log's ids).
+    pub shared_log: bool,
     /// Per-connection budgets on the matching cost and memory weight of its rules.
     pub budget: RuleBudget,
 }
@@ -191,10 +217,13 @@ impl Hub {
     ) -> Hub {
         let (commands, receiver) = mpsc::channel(8192);
         let backlog = Backlog::new(settings.max_ingest_backlog_bytes);
-        let history = settings
-            .history
-            .enabled
-            .then(|| MemoryLog::start(settings.history.clone()));
+        let history = settings.history.enabled.then(|| {
+            if settings.shared_log {
+                MemoryLog::shared(settings.history.clone(), Ids::Stream)
+            } else {
+                MemoryLog::start(settings.history.clone())
+            }
+        });
         let dispatcher = Dispatcher {
             history,
             settings,
@@ -304,6 +333,9 @@ impl Hub {
             return Ok(());
         }
         let held = self.backlog.hold(Backlog::weight(&events)).await;
+        if let Some(log) = forwarder.and_then(crate::cluster::Forwarder::log) {
+            return log.append(events, held).await;
+        }
         let permit = self.commands.reserve().await.map_err(|_| HubStopped)?;
         if let Some(forwarder) = forwarder {
             forwarder.forward(&events);
@@ -322,6 +354,13 @@ impl Hub {
             .backlog
             .try_hold(Backlog::weight(&events))
             .map_err(PublishError::Busy)?;
+        if let Some(log) = self
+            .forwarder
+            .as_ref()
+            .and_then(crate::cluster::Forwarder::log)
+        {
+            return log.try_append(events, held);
+        }
         let permit = self.commands.try_reserve().map_err(|error| match error {
             mpsc::error::TrySendError::Full(()) => {
                 PublishError::Busy(LimitError::IngestBacklogFull {
@@ -335,6 +374,31 @@ impl Hub {
         }
         permit.send(Command::Publish { events, held });
         Ok(())
+    }
+
+    /// Events read from the shared log, in its order: waits for room in the dispatcher's
+    /// queue (the reader slows down), not for the ingest backlog (they were admitted when
+    /// they were appended).
+    pub async fn publish_logged(&self, events: Vec<Logged>) -> Result<(), HubStopped> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.send(Command::PublishLogged { events }).await
+    }
+
+    /// Fills the log with what the shared log holds (its reader's start).
+    pub async fn load_log(
+        &self,
+        ids: Ids,
+        floor: LogId,
+        events: Vec<Logged>,
+    ) -> Result<(), HubStopped> {
+        self.send(Command::LoadLog { ids, floor, events }).await
+    }
+
+    /// The shared log's reader skipped events: see `Command::LogGap`.
+    pub async fn log_gap(&self, floor: LogId) -> Result<(), HubStopped> {
+        self.send(Command::LogGap { floor }).await
     }
 
     /// Holds back the connection's live events until it resumes after `position` (`""`: after
@@ -378,8 +442,12 @@ struct ConnectionEntry {
     /// Event notifications queued for it (for the admin console).
     notifications: u64,
     /// Set from Hello to Resume: the position to resume after (text, `""` = `held_at`) and
-    /// the sequence number that was newest when the hold began. No live events meanwhile.
-    hold: Option<(String, u64)>,
+    /// the id that was newest when the hold began. No live events meanwhile.
+    hold: Option<(String, LogId)>,
+    /// A shared log's position this node had not read yet when the connection resumed from
+    /// it (the client came from a node that had read further): live events up to it were
+    /// delivered already, on the other node, and are skipped.
+    skip_until: Option<LogId>,
     /// Total cost and weight of its rules (checked against `HubSettings::budget`).
     held: RuleCost,
 }
@@ -519,6 +587,7 @@ impl Dispatcher {
                     rules: HashMap::new(),
                     notifications: 0,
                     hold: None,
+                    skip_until: None,
                     held: RuleCost::default(),
                 };
                 let slot = self.slots.insert(entry);
@@ -554,9 +623,36 @@ impl Dispatcher {
             }
             Command::Publish { events, held } => {
                 for event in events {
-                    self.dispatch(&event);
+                    self.dispatch(&event, None);
                 }
                 drop(held);
+            }
+            Command::PublishLogged { events } => {
+                for logged in events {
+                    self.dispatch(&logged.event, Some((logged.id, logged.at)));
+                }
+            }
+            Command::LoadLog { ids, floor, events } => {
+                if let Some(log) = &mut self.history {
+                    log.load(ids, floor, events);
+                }
+            }
+            Command::LogGap { floor } => {
+                if let Some(log) = &mut self.history {
+                    log.skip_to(floor);
+                }
+                telemetry::history_log_gap();
+                let ids: Vec<ConnectionId> = self.slots.iter().map(|(_, entry)| entry.id).collect();
+                tracing::warn!(
+                    connections = ids.len(),
+                    "the shared log moved past events this node had not read; closing every connection so that its client resumes"
+                );
+                for id in ids {
+                    if let Some(entry) = self.entry_mut(id) {
+                        entry.outbox.stop(StopReason::LogGap);
+                    }
+                    self.drop_connection(id);
+                }
             }
             Command::Inspect { query, reply } => {
                 let _ = reply.send(self.inspect(query));
@@ -565,7 +661,7 @@ impl Dispatcher {
                 connection,
                 position,
             } => {
-                let newest = self.history.as_ref().map_or(0, |log| log.newest().seq);
+                let newest = self.history.as_ref().map_or(LogId::ZERO, MemoryLog::newest);
                 if let Some(entry) = self.entry_mut(connection) {
                     entry.hold = Some((position, newest));
                 }
@@ -580,7 +676,15 @@ impl Dispatcher {
                     replayed.as_ref().map_or_else(ResumeError::label, |_| "ok"),
                     *replayed.as_ref().unwrap_or(&0),
                 );
-                let position = self.history.as_ref().map(|log| log.newest().to_string());
+                // Live from the newest event, or from the client's position when this node has
+                // not read up to it yet.
+                let skip = self
+                    .entry_mut(connection)
+                    .and_then(|entry| entry.skip_until);
+                let position = self
+                    .history
+                    .as_ref()
+                    .map(|log| log.text(log.newest().max(skip.unwrap_or_default())));
                 let _ = reply.send(Resumed { replayed, position });
             }
         }
@@ -732,11 +836,23 @@ impl Dispatcher {
         telemetry::rules_changed(-(entry.rules.len() as f64));
     }
 
-    fn dispatch(&mut self, event: &Arc<Event>) {
-        let position = self
-            .history
-            .as_mut()
-            .map(|log| log.append(event, std::time::Instant::now()));
+    /// Matches one event and queues its notifications. `logged`: its id in the shared log and
+    /// when it entered it (`None`: the gateway's own log numbers it).
+    fn dispatch(&mut self, event: &Arc<Event>, logged: Option<(LogId, std::time::Instant)>) {
+        let id = match (&mut self.history, logged) {
+            (Some(log), Some((id, at))) => {
+                if !log.append_at(id, event, at) {
+                    // Read before (the reader re-read after reconnecting): delivered then.
+                    return;
+                }
+                Some(id)
+            }
+            (Some(log), None) if !log.is_shared() => {
+                Some(log.append(event, std::time::Instant::now()))
+            }
+            (None, Some((id, _))) => Some(id),
+            _ => None,
+        };
         self.matched.clear();
         self.index.matches(&event.value, &mut self.matched);
         if self.matched.is_empty() {
@@ -754,7 +870,7 @@ impl Dispatcher {
         // Group by connection: one notification per connection, listing every rule of it
         // that matched.
         deliveries.sort_unstable();
-        let position = position.map(|position| position.to_string());
+        let position = id.and_then(|id| Some(self.history.as_ref()?.text(id)));
         let tail = wire::event_tail_at(
             position.as_deref(),
             &event.source,
@@ -800,6 +916,13 @@ impl Dispatcher {
             if entry.hold.is_some() {
                 // Resuming: the replay will carry this event.
                 continue;
+            }
+            if let Some(skip) = entry.skip_until {
+                if id.is_some_and(|id| id <= skip) {
+                    // Delivered on the node the client resumed from.
+                    continue;
+                }
+                entry.skip_until = None;
             }
             match entry.outbox.offer(frame, self.settings.max_queued_bytes) {
                 Offer::Queued => {
@@ -854,6 +977,12 @@ impl Dispatcher {
         } else {
             log.resolve(&position)?
         };
+        if after > log.newest() {
+            // A shared log's position this node has not read up to yet: nothing to replay,
+            // and the live events up to it are skipped.
+            entry.skip_until = Some(after);
+            return Ok(0);
+        }
         // Matching runs over the whole index (as for a live event); the cost is bounded by
         // the retained events, and a connection resumes at most once.
         let max_replay = self
@@ -868,7 +997,7 @@ impl Dispatcher {
         let mut bytes = 0usize;
         let mut matched = std::mem::take(&mut self.matched);
         let mut refused = None;
-        for (position, event) in log.after(after) {
+        for (id, event) in log.after(after) {
             matched.clear();
             self.index.matches(&event.value, &mut matched);
             let mut names: Vec<&str> = matched
@@ -886,7 +1015,7 @@ impl Dispatcher {
                 break;
             }
             names.sort_unstable();
-            let position = position.to_string();
+            let position = log.text(id);
             let tail = wire::event_tail_at(
                 Some(&position),
                 &event.source,

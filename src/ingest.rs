@@ -269,6 +269,7 @@ async fn ingest(
                 IngestError::Limit(limit)
             }
             PublishError::Stopped(_) => IngestError::Unavailable,
+            PublishError::LogUnavailable(state) => IngestError::LogUnavailable(state),
         })?;
     telemetry::events_ingested(count);
     let body: Value = json!({ "FailedEntryCount": failed, "Entries": entries });

@@ -655,6 +655,10 @@ pub async fn run_with_reload(
             history: config.history.clone(),
             max_queued_messages: config.limits.max_queued_messages,
             budget: config.limits.rule_budget(),
+            shared_log: config
+                .cluster
+                .as_ref()
+                .is_some_and(|cluster| cluster.backend.shared_log()),
         },
         hub_stop.clone(),
         &background,
@@ -666,6 +670,7 @@ pub async fn run_with_reload(
         Some(cluster) => {
             let forwarder = crate::cluster::start(
                 cluster,
+                &config.history,
                 hub.clone(),
                 &readiness,
                 cluster_stop.clone(),

@@ -143,6 +143,7 @@ fn stop_close(reason: StopReason) -> CloseReason {
         StopReason::ShuttingDown => CloseReason::ShuttingDown,
         StopReason::SlowConsumer => CloseReason::SlowConsumer,
         StopReason::Disconnected => CloseReason::Disconnected,
+        StopReason::LogGap => CloseReason::LogGap,
     }
 }
 

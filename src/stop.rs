@@ -25,6 +25,9 @@ pub enum StopReason {
     /// An operator closed it through the admin API, with the code and reason recorded by
     /// [`SessionStops::disconnect`].
     Disconnected,
+    /// The shared log moved past events this node had not read (1012): the client must
+    /// resume to learn of the gap.
+    LogGap,
 }
 
 /// The close frame an operator chose for one connection.
@@ -38,6 +41,7 @@ const RUNNING: u8 = 0;
 const SLOW_CONSUMER: u8 = 1;
 const SHUTTING_DOWN: u8 = 2;
 const DISCONNECTED: u8 = 3;
+const LOG_GAP: u8 = 4;
 
 /// One connection's stop flag, and the waker its session hands to its socket and timer.
 ///
@@ -71,6 +75,7 @@ impl StopSignal {
             StopReason::SlowConsumer => SLOW_CONSUMER,
             StopReason::ShuttingDown => SHUTTING_DOWN,
             StopReason::Disconnected => DISCONNECTED,
+            StopReason::LogGap => LOG_GAP,
         };
         let _ = self
             .reason
@@ -84,6 +89,7 @@ impl StopSignal {
             SLOW_CONSUMER => Some(StopReason::SlowConsumer),
             SHUTTING_DOWN => Some(StopReason::ShuttingDown),
             DISCONNECTED => Some(StopReason::Disconnected),
+            LOG_GAP => Some(StopReason::LogGap),
             _ => None,
         }
     }

@@ -185,9 +185,15 @@ pub const SERIES: &[Series] = &[
     labelled(
         CLUSTER_NOT_FORWARDED,
         "reason",
-        &["backplane_down", "queue_full", "publish_failed"],
+        &[
+            "backplane_down",
+            "queue_full",
+            "publish_failed",
+            "log_unavailable",
+        ],
     ),
     plain(CLUSTER_RECEIVED),
+    plain(HISTORY_LOG_GAPS),
     labelled(CLUSTER_ERRORS, "kind", &["connection", "bad_message"]),
     plain(CLUSTER_RECONNECTS),
     labelled(LIMIT_REJECTIONS, "limit", LIMIT_NAMES),
@@ -522,6 +528,13 @@ pub fn history_retained(events: usize, bytes: usize, evicted: [(&'static str, u6
             counter!(HISTORY_EVICTED, "reason" => reason).increment(count);
         }
     }
+}
+
+pub const HISTORY_LOG_GAPS: &str = "eventgate_history_log_gaps_total";
+
+/// The shared log's reader found events trimmed before it could read them.
+pub fn history_log_gap() {
+    counter!(HISTORY_LOG_GAPS).increment(1);
 }
 
 /// A `Resume` answered: `result` is `ok` or the refusal's label.

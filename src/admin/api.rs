@@ -377,10 +377,7 @@ async fn cluster(_: Authorized, State(state): State<Arc<AppState>>) -> Response 
         .collect();
     Json(json!({
         "enabled": true,
-        "backend": match config.backend {
-            crate::cluster::Backend::Redis => "redis",
-            crate::cluster::Backend::Nats => "nats",
-        },
+        "backend": config.backend.name(),
         "channel": config.channel,
         "node_id": peers.map(|peers| &*peers.node_id),
         "peers": heard,

@@ -1,19 +1,29 @@
-//! Multi-node fan-out over an existing engine (`[cluster] backend = "redis" | "nats"`).
+//! Multi-node fan-out over an existing engine (`[cluster] backend = "redis" | "nats" |
+//! "redis_stream" | "jetstream"`).
 //!
-//! Every event a node accepts (HTTP ingest or a broker source) is delivered to that node's
+//! Two kinds of backplane. The shared logs (`redis_stream`, `jetstream`, see `log`) put every
+//! accepted event in one log that every node reads in the same order, so positions are the
+//! log's ids, valid on every node and across restarts: a client resumes anywhere. The
+//! pub/sub backplanes (`redis`, `nats`) are cheaper and keep no history between nodes:
+//! every event a node accepts (HTTP ingest or a broker source) is delivered to that node's
 //! own clients at once and also published once to the backplane (a Redis pub/sub channel or
 //! a NATS subject), stamped with the node's id. Every node delivers what it hears on the
 //! backplane to its own matching clients, skipping its own messages, so each matching
 //! connection gets an event exactly once whichever node accepted it. Subscriptions stay
 //! local to each node: nothing about rules crosses the backplane.
 //!
-//! Owns the `[cluster]` configuration, the backplane message format, the forwarding queue
+//! Owns the `[cluster]` configuration, the pub/sub message format, the forwarding queue
 //! (bounded; when it is full or the backplane is down, events are counted as not forwarded
 //! and local delivery goes on) and the backplane tasks' readiness. Does not own matching or
 //! fan-out (the hub does).
 
+mod jetstream;
+mod log;
 mod nats;
 mod redis;
+mod redis_stream;
+
+pub use log::LogAppender;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +37,7 @@ use tokio_util::task::TaskTracker;
 use eventgate_protocol::envelope::{self, Event, Fill};
 
 use crate::config::Seconds;
+use crate::history::HistoryConfig;
 use crate::hub::Hub;
 use crate::readiness::Readiness;
 use crate::telemetry;
@@ -35,8 +46,36 @@ use crate::telemetry;
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Backend {
+    /// Redis pub/sub (no shared history).
     Redis,
+    /// NATS core subjects (no shared history).
     Nats,
+    /// A Redis Stream as the shared log.
+    RedisStream,
+    /// A NATS JetStream stream as the shared log.
+    Jetstream,
+}
+
+impl Backend {
+    /// Events go through a shared log that every node reads (positions valid everywhere).
+    pub fn shared_log(self) -> bool {
+        matches!(self, Backend::RedisStream | Backend::Jetstream)
+    }
+
+    /// Its name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Redis => "redis",
+            Backend::Nats => "nats",
+            Backend::RedisStream => "redis_stream",
+            Backend::Jetstream => "jetstream",
+        }
+    }
+
+    /// Its `url` is a Redis one (else a NATS one).
+    pub fn redis(self) -> bool {
+        matches!(self, Backend::Redis | Backend::RedisStream)
+    }
 }
 
 /// `[cluster]`.
@@ -46,9 +85,13 @@ pub struct ClusterConfig {
     pub backend: Backend,
     /// `redis://127.0.0.1:6379/` or `nats://127.0.0.1:4222`.
     pub url: String,
-    /// Redis channel or NATS subject shared by the nodes.
+    /// Redis channel, NATS subject, Redis stream key (`redis_stream`) or the subject of the
+    /// JetStream stream (`jetstream`) shared by the nodes.
     #[serde(default = "default_channel")]
     pub channel: String,
+    /// `jetstream`: the stream's name (created when missing, its limits set from `[history]`).
+    #[serde(default = "default_stream")]
+    pub stream: String,
     /// This node's id on the backplane (default: a fresh UUID at start-up); must differ
     /// between nodes.
     #[serde(default)]
@@ -63,6 +106,10 @@ pub struct ClusterConfig {
 
 fn default_channel() -> String {
     "eventgate.events".to_owned()
+}
+
+fn default_stream() -> String {
+    "EVENTGATE".to_owned()
 }
 
 fn default_forward_queue() -> usize {
@@ -96,10 +143,11 @@ pub enum DecodeError {
     },
 }
 
-/// The hub's end of the forwarding queue.
+/// The hub's end of the backplane: the forwarding queue (pub/sub) or the queue to the
+/// shared log.
 #[derive(Debug, Clone)]
 pub struct Forwarder {
-    sender: mpsc::Sender<Vec<Arc<Event>>>,
+    route: Route,
     /// This node's id and the nodes heard on the backplane (for the admin console).
     pub peers: Arc<Peers>,
 }
@@ -159,12 +207,31 @@ impl Peers {
     }
 }
 
+#[derive(Debug, Clone)]
+enum Route {
+    /// Pub/sub: events are delivered locally and also forwarded.
+    Broadcast(mpsc::Sender<Vec<Arc<Event>>>),
+    /// Shared log: events are only appended; every node delivers what it reads.
+    Log(LogAppender),
+}
+
 impl Forwarder {
-    /// Queues events for the backplane without waiting; counts them as not forwarded when
-    /// the queue is full.
+    /// Queues events for a pub/sub backplane without waiting; counts them as not forwarded
+    /// when the queue is full. (Nothing to do with a shared log: see [`Forwarder::log`].)
     pub fn forward(&self, events: &[Arc<Event>]) {
-        if self.sender.try_send(events.to_vec()).is_err() {
-            telemetry::cluster_not_forwarded(events.len() as u64, "queue_full");
+        if let Route::Broadcast(sender) = &self.route {
+            if sender.try_send(events.to_vec()).is_err() {
+                telemetry::cluster_not_forwarded(events.len() as u64, "queue_full");
+            }
+        }
+    }
+
+    /// The queue to the shared log, when the backplane is one: published events go there
+    /// instead of to this node's dispatcher.
+    pub fn log(&self) -> Option<&LogAppender> {
+        match &self.route {
+            Route::Log(appender) => Some(appender),
+            Route::Broadcast(_) => None,
         }
     }
 }
@@ -203,6 +270,25 @@ pub fn decode(own_node: &str, payload: &[u8]) -> Result<Option<Vec<Arc<Event>>>,
     Ok(decode_from(own_node, payload)?.map(|(_, events)| events))
 }
 
+/// An event as a shared log holds it: the exact JSON clients receive, complete.
+fn event_from_log(payload: &[u8]) -> Result<Arc<Event>, DecodeError> {
+    let raw: &RawValue = serde_json::from_slice(payload)
+        .map_err(|error| DecodeError::Malformed(error.to_string()))?;
+    envelope::from_eventbridge(raw, &complete())
+        .map(Arc::new)
+        .map_err(|error| DecodeError::Event { index: 0, error })
+}
+
+/// Events on the backplane are complete: nothing is filled in.
+fn complete() -> Fill {
+    Fill {
+        id: String::new(),
+        time: String::new(),
+        account: String::new(),
+        region: String::new(),
+    }
+}
+
 /// The id of the node that sent a backplane message, and its events.
 type FromNode = (String, Vec<Arc<Event>>);
 
@@ -213,13 +299,7 @@ fn decode_from(own_node: &str, payload: &[u8]) -> Result<Option<FromNode>, Decod
     if message.node == own_node {
         return Ok(None);
     }
-    // Events on the backplane are complete: nothing is filled in.
-    let fill = Fill {
-        id: String::new(),
-        time: String::new(),
-        account: String::new(),
-        region: String::new(),
-    };
+    let fill = complete();
     let mut events = Vec::with_capacity(message.events.len());
     for (index, raw) in message.events.into_iter().enumerate() {
         let event = envelope::from_eventbridge(raw, &fill)
@@ -234,6 +314,8 @@ fn decode_from(own_node: &str, payload: &[u8]) -> Result<Option<FromNode>, Decod
 struct Node {
     id: Arc<str>,
     config: ClusterConfig,
+    /// `[history]`: the shared log's retention and how much of it a node loads.
+    retention: HistoryConfig,
     hub: Hub,
     shutdown: CancellationToken,
     peers: Arc<Peers>,
@@ -261,6 +343,7 @@ impl Node {
 /// received events go to.
 pub fn start(
     config: &ClusterConfig,
+    retention: &HistoryConfig,
     hub: Hub,
     readiness: &Readiness,
     shutdown: CancellationToken,
@@ -272,7 +355,6 @@ pub fn start(
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
         .into();
     tracing::info!(node = %id, backend = ?config.backend, channel = %config.channel, "joining the cluster");
-    let (sender, receiver) = mpsc::channel(config.forward_queue.max(1));
     let peers = Arc::new(Peers {
         node_id: Arc::clone(&id),
         heard: std::sync::Mutex::default(),
@@ -280,11 +362,53 @@ pub fn start(
     let node = Node {
         id,
         config: config.clone(),
+        retention: retention.clone(),
         hub,
         shutdown,
         peers: Arc::clone(&peers),
     };
-    match config.backend {
+    let route = match config.backend {
+        Backend::Redis | Backend::Nats => {
+            let (sender, receiver) = mpsc::channel(config.forward_queue.max(1));
+            start_broadcast(node, receiver, readiness, tracker);
+            Route::Broadcast(sender)
+        }
+        Backend::RedisStream | Backend::Jetstream => {
+            let (appender, receiver, up) = LogAppender::new(config.forward_queue);
+            let up = log::Up(up);
+            if config.backend == Backend::RedisStream {
+                tracker.spawn(redis_stream::append(
+                    node.clone(),
+                    receiver,
+                    up,
+                    readiness.component("cluster:append"),
+                ));
+                tracker.spawn(redis_stream::read(
+                    node,
+                    readiness.component("cluster:read"),
+                ));
+            } else {
+                tracker.spawn(jetstream::append(
+                    node.clone(),
+                    receiver,
+                    up,
+                    readiness.component("cluster:append"),
+                ));
+                tracker.spawn(jetstream::read(node, readiness.component("cluster:read")));
+            }
+            Route::Log(appender)
+        }
+    };
+    Forwarder { route, peers }
+}
+
+fn start_broadcast(
+    node: Node,
+    receiver: mpsc::Receiver<Vec<Arc<Event>>>,
+    readiness: &Readiness,
+    tracker: &TaskTracker,
+) {
+    match node.config.backend {
         Backend::Redis => {
             tracker.spawn(redis::publish(
                 node.clone(),
@@ -296,11 +420,10 @@ pub fn start(
                 readiness.component("cluster:subscribe"),
             ));
         }
-        Backend::Nats => {
+        _ => {
             tracker.spawn(nats::run(node, receiver, readiness.component("cluster")));
         }
     }
-    Forwarder { sender, peers }
 }
 
 /// Most events carried in one backplane message.

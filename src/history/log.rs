@@ -1,9 +1,16 @@
-//! The in-memory log of a single gateway: the retained events in acceptance order, bounded
-//! by count, bytes of event JSON and age, and dropped from the oldest end.
+//! The dispatcher's log: the retained events in the dispatcher's order, each under its
+//! [`LogId`], bounded by count, bytes of event JSON and age, and dropped from the oldest end.
 //!
-//! Owns retention and the mapping between positions and retained events. It is owned by the
-//! dispatcher task (no lock): appending is a push and a few comparisons. Does not own
-//! matching or delivery.
+//! On a single gateway it is the whole history: it numbers the events itself. On a cluster
+//! node with a shared log (`cluster.backend = "redis_stream" | "jetstream"`) it holds the
+//! tail of the shared log as this node has read it, under the shared log's own ids, so a
+//! resume is answered here, in the dispatcher's order, whichever node the client was on.
+//!
+//! Owns retention, the mapping between positions and retained events, and the *floor*: the
+//! newest id known to be missing from the log (evicted, trimmed before it was read, or
+//! skipped over). A position at or after the floor can be resumed from; one before it is
+//! expired. It is owned by the dispatcher task (no lock): appending is a push and a few
+//! comparisons. Does not own matching, delivery or reading the shared log.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -11,10 +18,11 @@ use std::time::Instant;
 
 use eventgate_protocol::envelope::Event;
 
-use super::{HistoryConfig, Position, ResumeError};
+use super::{HistoryConfig, Ids, LogId, ResumeError};
 
 struct Entry {
     at: Instant,
+    id: LogId,
     event: Arc<Event>,
 }
 
@@ -26,14 +34,25 @@ pub struct Evictions {
     pub age: u64,
 }
 
+/// An event read from a shared log, with the time it entered that log.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub id: LogId,
+    pub event: Arc<Event>,
+    pub at: Instant,
+}
+
 /// See the module comment.
 pub struct MemoryLog {
-    epoch: u64,
+    ids: Ids,
+    /// The ids come from a shared log (not numbered here).
+    shared: bool,
     config: HistoryConfig,
     entries: VecDeque<Entry>,
-    /// Sequence number the next event gets; the retained ones are the `entries.len()`
-    /// numbers before it.
-    next_seq: u64,
+    /// Positions at or after it can be resumed from.
+    floor: LogId,
+    /// The newest id appended (the floor while nothing was).
+    newest: LogId,
     bytes: usize,
     evictions: Evictions,
 }
@@ -44,32 +63,66 @@ fn event_bytes(event: &Event) -> usize {
 }
 
 impl MemoryLog {
-    /// An empty log with a fresh random epoch.
+    /// An empty single-gateway log with a fresh random epoch.
     pub fn start(config: HistoryConfig) -> MemoryLog {
         let epoch = uuid::Uuid::new_v4().as_u64_pair().0;
         MemoryLog::with_epoch(config, epoch)
     }
 
+    /// An empty single-gateway log whose positions name `epoch`.
     pub fn with_epoch(config: HistoryConfig, epoch: u64) -> MemoryLog {
+        MemoryLog::new(config, Ids::Sequence { epoch }, false)
+    }
+
+    /// An empty mirror of a shared log, to be filled by [`MemoryLog::load`].
+    pub fn shared(config: HistoryConfig, ids: Ids) -> MemoryLog {
+        MemoryLog::new(config, ids, true)
+    }
+
+    fn new(config: HistoryConfig, ids: Ids, shared: bool) -> MemoryLog {
         MemoryLog {
-            epoch,
+            ids,
+            shared,
             config,
             entries: VecDeque::new(),
-            next_seq: 1,
+            floor: LogId::ZERO,
+            newest: LogId::ZERO,
             bytes: 0,
             evictions: Evictions::default(),
         }
     }
 
-    /// Retains `event` and returns its position; drops the oldest events beyond the bounds.
-    pub fn append(&mut self, event: &Arc<Event>, now: Instant) -> Position {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.bytes += event_bytes(event);
-        self.entries.push_back(Entry {
-            at: now,
-            event: Arc::clone(event),
-        });
+    /// The log's ids come from a shared log.
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Retains `event` under the next sequence number and returns its id (single gateway).
+    pub fn append(&mut self, event: &Arc<Event>, now: Instant) -> LogId {
+        let id = LogId {
+            major: 0,
+            minor: self.newest.minor + 1,
+        };
+        self.push(id, Arc::clone(event), now);
+        self.expire(now);
+        id
+    }
+
+    /// Retains an event read from the shared log; `false` (and nothing retained) when its id
+    /// is not after the newest one: the reader saw it before.
+    pub fn append_at(&mut self, id: LogId, event: &Arc<Event>, at: Instant) -> bool {
+        if id <= self.newest {
+            return false;
+        }
+        self.push(id, Arc::clone(event), at);
+        self.expire(Instant::now());
+        true
+    }
+
+    fn push(&mut self, id: LogId, event: Arc<Event>, at: Instant) {
+        self.newest = id;
+        self.bytes += event_bytes(&event);
+        self.entries.push_back(Entry { at, id, event });
         while self.entries.len() > self.config.max_events {
             self.pop();
             self.evictions.count += 1;
@@ -79,11 +132,31 @@ impl MemoryLog {
             self.pop();
             self.evictions.bytes += 1;
         }
-        self.expire(now);
-        Position {
-            epoch: self.epoch,
-            seq,
+    }
+
+    /// Replaces the content with what a shared log holds now: `events` oldest first, all
+    /// after `floor` (see the module comment), under the shared log's `ids`.
+    pub fn load(&mut self, ids: Ids, floor: LogId, events: Vec<Logged>) {
+        self.ids = ids;
+        self.entries.clear();
+        self.bytes = 0;
+        self.floor = floor;
+        self.newest = floor;
+        for logged in events {
+            if logged.id > self.newest {
+                self.push(logged.id, logged.event, logged.at);
+            }
         }
+        self.expire(Instant::now());
+    }
+
+    /// Forgets every retained event and resumes after `floor`: the reader could not read
+    /// some events of the shared log (they were trimmed while it was away).
+    pub fn skip_to(&mut self, floor: LogId) {
+        self.entries.clear();
+        self.bytes = 0;
+        self.floor = floor.max(self.newest);
+        self.newest = self.floor;
     }
 
     /// Drops the events older than `history.max_age`.
@@ -103,65 +176,41 @@ impl MemoryLog {
     fn pop(&mut self) {
         if let Some(entry) = self.entries.pop_front() {
             self.bytes -= event_bytes(&entry.event);
+            self.floor = entry.id;
         }
     }
 
-    /// The newest event's position (sequence 0 before the first event).
-    pub fn newest(&self) -> Position {
-        Position {
-            epoch: self.epoch,
-            seq: self.next_seq - 1,
-        }
+    /// The newest event's id (the floor when the log never held one).
+    pub fn newest(&self) -> LogId {
+        self.newest
     }
 
-    fn first_seq(&self) -> u64 {
-        self.next_seq - self.entries.len() as u64
+    /// The text form of `id` (what a client receives as `Position`).
+    pub fn text(&self, id: LogId) -> String {
+        self.ids.text(id)
     }
 
-    /// The sequence number a client's position stands for, when every event after it is
-    /// still retained.
-    pub fn resolve(&self, text: &str) -> Result<u64, ResumeError> {
-        let position = Position::parse(text).ok_or_else(|| ResumeError::Invalid(text.into()))?;
-        if position.epoch != self.epoch {
-            let start = Position {
-                epoch: self.epoch,
-                seq: 0,
-            };
-            return Err(ResumeError::OtherEpoch(text.into(), start.to_string()));
+    /// The id a client's position stands for, when every event after it is still retained.
+    /// On a shared log a position may be ahead of what this node has read (the client was on
+    /// a node that read further): the caller skips the live events up to it.
+    pub fn resolve(&self, text: &str) -> Result<LogId, ResumeError> {
+        let id = self.ids.parse(text)?;
+        if id > self.newest && !self.shared {
+            return Err(ResumeError::Ahead(text.into(), self.text(self.newest)));
         }
-        let newest = self.newest();
-        if position.seq > newest.seq {
-            return Err(ResumeError::Ahead(text.into(), newest.to_string()));
+        if id < self.floor {
+            let oldest = self.entries.front().map_or(self.newest, |entry| entry.id);
+            return Err(ResumeError::Expired(text.into(), self.text(oldest)));
         }
-        let first = self.first_seq();
-        if position.seq + 1 < first {
-            let oldest = Position {
-                epoch: self.epoch,
-                seq: first,
-            };
-            return Err(ResumeError::Expired(text.into(), oldest.to_string()));
-        }
-        Ok(position.seq)
+        Ok(id)
     }
 
-    /// The retained events after sequence number `seq`, oldest first.
-    pub fn after(&self, seq: u64) -> impl Iterator<Item = (Position, &Arc<Event>)> {
-        let first = self.first_seq();
-        let skip = seq.saturating_add(1).saturating_sub(first) as usize;
-        let epoch = self.epoch;
+    /// The retained events after `id`, oldest first.
+    pub fn after(&self, id: LogId) -> impl Iterator<Item = (LogId, &Arc<Event>)> {
+        let skip = self.entries.partition_point(|entry| entry.id <= id);
         self.entries
-            .iter()
-            .enumerate()
-            .skip(skip)
-            .map(move |(index, entry)| {
-                (
-                    Position {
-                        epoch,
-                        seq: first + index as u64,
-                    },
-                    &entry.event,
-                )
-            })
+            .range(skip..)
+            .map(|entry| (entry.id, &entry.event))
     }
 
     pub fn len(&self) -> usize {
@@ -205,31 +254,34 @@ mod tests {
         Arc::new(from_eventbridge(&raw, &fill).unwrap())
     }
 
+    fn config(max_events: usize, max_bytes: usize, max_age: Duration) -> HistoryConfig {
+        HistoryConfig {
+            enabled: true,
+            max_events,
+            max_bytes,
+            max_age: Seconds(max_age),
+            max_replay: 10,
+        }
+    }
+
     fn log(max_events: usize, max_bytes: usize, max_age: Duration) -> MemoryLog {
-        MemoryLog::with_epoch(
-            HistoryConfig {
-                enabled: true,
-                max_events,
-                max_bytes,
-                max_age: Seconds(max_age),
-                max_replay: 10,
-            },
-            7,
-        )
+        MemoryLog::with_epoch(config(max_events, max_bytes, max_age), 7)
     }
 
     fn seqs(log: &MemoryLog, after: u64) -> Vec<u64> {
-        log.after(after).map(|(position, _)| position.seq).collect()
+        log.after(LogId::seq(after))
+            .map(|(id, _)| id.minor)
+            .collect()
     }
 
     #[test]
     fn positions_count_up_and_the_count_bound_drops_the_oldest() {
         let mut log = log(3, usize::MAX, Duration::from_secs(60));
         let now = Instant::now();
-        assert_eq!(log.newest().to_string(), "0000000000000007:0");
-        assert_eq!(log.resolve("0000000000000007:0"), Ok(0));
+        assert_eq!(log.text(log.newest()), "0000000000000007:0");
+        assert_eq!(log.resolve("0000000000000007:0"), Ok(LogId::seq(0)));
         for n in 1..=5 {
-            assert_eq!(log.append(&event(n, 0), now).seq, n as u64);
+            assert_eq!(log.append(&event(n, 0), now).minor, n as u64);
         }
         assert_eq!(log.len(), 3);
         assert_eq!(seqs(&log, 2), [3, 4, 5]);
@@ -237,7 +289,7 @@ mod tests {
         assert!(seqs(&log, 5).is_empty());
         assert_eq!(log.take_evictions().count, 2);
         // After 2 the client needs 3.. (retained); after 1 it needs 2 (gone).
-        assert_eq!(log.resolve("0000000000000007:2"), Ok(2));
+        assert_eq!(log.resolve("0000000000000007:2"), Ok(LogId::seq(2)));
         assert!(matches!(
             log.resolve("0000000000000007:1"),
             Err(ResumeError::Expired(..))
@@ -251,6 +303,11 @@ mod tests {
             Err(ResumeError::Ahead(..))
         ));
         assert!(matches!(log.resolve("x"), Err(ResumeError::Invalid(_))));
+        // A stream id is from another kind of log: another epoch.
+        assert!(matches!(
+            log.resolve("1765000000000-0"),
+            Err(ResumeError::OtherEpoch(..))
+        ));
     }
 
     #[test]
@@ -281,10 +338,80 @@ mod tests {
         assert_eq!(log.bytes(), 0);
         assert_eq!(log.take_evictions().age, 2);
         // Nothing retained: only the newest position is still good.
-        assert_eq!(log.resolve("0000000000000007:2"), Ok(2));
+        assert_eq!(log.resolve("0000000000000007:2"), Ok(LogId::seq(2)));
         assert!(matches!(
             log.resolve("0000000000000007:1"),
             Err(ResumeError::Expired(..))
         ));
+    }
+
+    fn stream(ms: u64, seq: u64) -> LogId {
+        LogId {
+            major: ms,
+            minor: seq,
+        }
+    }
+
+    #[test]
+    fn a_shared_log_keeps_its_ids_skips_what_it_saw_and_accepts_positions_ahead() {
+        let now = Instant::now();
+        let mut log =
+            MemoryLog::shared(config(3, usize::MAX, Duration::from_secs(60)), Ids::Stream);
+        log.load(
+            Ids::Stream,
+            stream(100, 0),
+            vec![
+                Logged {
+                    id: stream(100, 1),
+                    event: event(1, 0),
+                    at: now,
+                },
+                Logged {
+                    id: stream(105, 0),
+                    event: event(2, 0),
+                    at: now,
+                },
+            ],
+        );
+        assert_eq!(log.text(log.newest()), "105-0");
+        // Seen before: not retained twice.
+        assert!(!log.append_at(stream(105, 0), &event(2, 0), now));
+        assert!(log.append_at(stream(107, 3), &event(3, 0), now));
+        let after = |log: &MemoryLog, id| log.after(id).map(|(id, _)| id).collect::<Vec<_>>();
+        assert_eq!(
+            after(&log, stream(100, 1)),
+            [stream(105, 0), stream(107, 3)]
+        );
+        // A position between two ids replays what follows it.
+        assert_eq!(
+            after(&log, stream(104, 9)),
+            [stream(105, 0), stream(107, 3)]
+        );
+        assert_eq!(log.resolve("100-0"), Ok(stream(100, 0)));
+        assert!(matches!(log.resolve("99-9"), Err(ResumeError::Expired(..))));
+        // Ahead of this node's reader: accepted (the caller skips up to it).
+        assert_eq!(log.resolve("200-0"), Ok(stream(200, 0)));
+        assert!(matches!(
+            log.resolve("0000000000000007:2"),
+            Err(ResumeError::OtherEpoch(..))
+        ));
+        assert!(matches!(log.resolve("105-"), Err(ResumeError::Invalid(_))));
+        // The count bound moves the floor to the evicted id: a client that saw it can still
+        // resume, one that saw only what came before it cannot.
+        assert!(log.append_at(stream(108, 0), &event(4, 0), now));
+        assert_eq!(log.resolve("100-1"), Ok(stream(100, 1)));
+        assert!(matches!(
+            log.resolve("100-0"),
+            Err(ResumeError::Expired(..))
+        ));
+        assert_eq!(log.resolve("105-0"), Ok(stream(105, 0)));
+        // A gap: everything before the skip is expired.
+        log.skip_to(stream(300, 0));
+        assert!(log.is_empty());
+        assert!(matches!(
+            log.resolve("108-0"),
+            Err(ResumeError::Expired(..))
+        ));
+        assert_eq!(log.resolve("300-0"), Ok(stream(300, 0)));
     }
 }

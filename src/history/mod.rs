@@ -2,12 +2,13 @@
 //! stays retained for a while, so a client that lost its connection can resume and receive
 //! what it missed (the `Resume` action, see `protocol/README.md` §7).
 //!
-//! Owns the `[history]` configuration, positions (their text form and what a client's
-//! position means to this gateway), the in-memory log ([`MemoryLog`], bounded by count,
-//! bytes and age) and the resume errors with their Ack texts. Does not own matching,
+//! Owns the `[history]` configuration, log ids and their text forms (positions), what a
+//! client's position means to this gateway, the dispatcher's log ([`MemoryLog`], bounded by
+//! count, bytes and age: the whole history of a single gateway, or the tail of a shared log
+//! that `cluster` reads) and the resume errors with their Ack texts. Does not own matching,
 //! delivery or the hold of a resuming connection's live events: the hub does, because a
 //! replay must happen inside the dispatcher's order to have no gap and no duplicate at the
-//! seam.
+//! seam. Does not own reading or appending to a shared log (`cluster::log`).
 
 mod log;
 
@@ -17,7 +18,7 @@ use serde::Deserialize;
 
 use crate::config::Seconds;
 
-pub use log::MemoryLog;
+pub use log::{Logged, MemoryLog};
 
 /// `[history]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -74,32 +75,92 @@ impl HistoryConfig {
     }
 }
 
-/// A position: the `epoch` of the log (a random id chosen at start, so a position from
-/// before a restart is recognised) and the event's sequence number in it (from 1; 0 is
-/// "before the first event"). Its text form is `<epoch as 16 hex digits>:<seq>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Position {
-    pub epoch: u64,
-    pub seq: u64,
+/// An event's place in a log, ordered: `(0, seq)` in the gateway's own log and in a
+/// JetStream stream (`seq` from 1; 0 is "before the first event"), `(ms, seq)` in a Redis
+/// stream (its entry id).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LogId {
+    pub major: u64,
+    pub minor: u64,
 }
 
-impl std::fmt::Display for Position {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:016x}:{}", self.epoch, self.seq)
+impl LogId {
+    pub const ZERO: LogId = LogId { major: 0, minor: 0 };
+
+    /// The id of a sequence-numbered log's event.
+    pub fn seq(seq: u64) -> LogId {
+        LogId {
+            major: 0,
+            minor: seq,
+        }
+    }
+
+    /// The id just before this one.
+    pub fn before(self) -> LogId {
+        match (self.major, self.minor) {
+            (major, 0) if major > 0 => LogId {
+                major: major - 1,
+                minor: u64::MAX,
+            },
+            (major, minor) => LogId {
+                major,
+                minor: minor.saturating_sub(1),
+            },
+        }
     }
 }
 
-impl Position {
-    /// Parses the text form; `None` when `text` is not one.
-    pub fn parse(text: &str) -> Option<Position> {
-        let (epoch, seq) = text.split_once(':')?;
-        if epoch.len() != 16 || seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
+/// How a log writes its ids as positions (the opaque `Position` strings clients keep).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ids {
+    /// `<epoch as 16 hex digits>:<seq>`: the gateway's own log (a random epoch at every
+    /// start, so a position from before a restart is recognised) and a JetStream stream (the
+    /// epoch comes from the stream's creation time, so a recreated stream is recognised).
+    Sequence { epoch: u64 },
+    /// A Redis stream's entry ids as Redis writes them: `<ms>-<seq>`.
+    Stream,
+}
+
+impl Ids {
+    pub fn text(&self, id: LogId) -> String {
+        match self {
+            Ids::Sequence { epoch } => format!("{epoch:016x}:{}", id.minor),
+            Ids::Stream => format!("{}-{}", id.major, id.minor),
         }
-        Some(Position {
-            epoch: u64::from_str_radix(epoch, 16).ok()?,
-            seq: seq.parse().ok()?,
-        })
+    }
+
+    /// Reads a client's position: `Invalid` when it is not a position at all, `OtherEpoch`
+    /// when it is one of another log (another epoch, or another kind of log).
+    pub fn parse(&self, text: &str) -> Result<LogId, ResumeError> {
+        let other = || ResumeError::OtherEpoch(text.into(), self.text(LogId::ZERO));
+        let digits = |part: &str| -> Option<u64> {
+            if part.is_empty() || part.len() > 20 || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            part.parse().ok()
+        };
+        if let Some((epoch, seq)) = text.split_once(':') {
+            if epoch.len() != 16 || !epoch.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ResumeError::Invalid(text.into()));
+            }
+            let seq = digits(seq).ok_or_else(|| ResumeError::Invalid(text.into()))?;
+            let epoch =
+                u64::from_str_radix(epoch, 16).map_err(|_| ResumeError::Invalid(text.into()))?;
+            return match self {
+                Ids::Sequence { epoch: own } if *own == epoch => Ok(LogId::seq(seq)),
+                _ => Err(other()),
+            };
+        }
+        if let Some((ms, seq)) = text.split_once('-') {
+            let (Some(major), Some(minor)) = (digits(ms), digits(seq)) else {
+                return Err(ResumeError::Invalid(text.into()));
+            };
+            return match self {
+                Ids::Stream => Ok(LogId { major, minor }),
+                Ids::Sequence { .. } => Err(other()),
+            };
+        }
+        Err(ResumeError::Invalid(text.into()))
     }
 }
 
@@ -110,7 +171,7 @@ pub enum ResumeError {
     Invalid(String),
     #[error("invalid position: {0} is ahead of the newest event ({1})")]
     Ahead(String, String),
-    #[error("position expired: {0} is from another epoch (the server restarted since; this epoch began at {1}): refetch your state")]
+    #[error("position expired: {0} is from another epoch (the server restarted or its log was replaced since; positions now look like {1}): refetch your state")]
     OtherEpoch(String, String),
     #[error("position expired: the events after {0} are no longer retained (the oldest is {1}): refetch your state")]
     Expired(String, String),
@@ -155,12 +216,16 @@ mod tests {
 
     #[test]
     fn positions_round_trip_and_junk_is_refused() {
-        let position = Position {
-            epoch: 0xabc,
-            seq: 42,
+        let ids = Ids::Sequence { epoch: 0xabc };
+        assert_eq!(ids.text(LogId::seq(42)), "0000000000000abc:42");
+        assert_eq!(ids.parse("0000000000000abc:42"), Ok(LogId::seq(42)));
+        let stream = Ids::Stream;
+        let id = LogId {
+            major: 1765000000000,
+            minor: 3,
         };
-        assert_eq!(position.to_string(), "0000000000000abc:42");
-        assert_eq!(Position::parse(&position.to_string()), Some(position));
+        assert_eq!(stream.text(id), "1765000000000-3");
+        assert_eq!(stream.parse("1765000000000-3"), Ok(id));
         for junk in [
             "",
             "42",
@@ -170,9 +235,42 @@ mod tests {
             "0000000000000abc:+1",
             "000000000000zabc:1",
             "0000000000000abc:99999999999999999999999",
+            "-1",
+            "1-",
+            "1-+2",
+            "1-2-3",
         ] {
-            assert_eq!(Position::parse(junk), None, "{junk}");
+            assert!(
+                matches!(ids.parse(junk), Err(ResumeError::Invalid(_))),
+                "{junk}"
+            );
+            assert!(
+                matches!(stream.parse(junk), Err(ResumeError::Invalid(_))),
+                "{junk}"
+            );
         }
+        // A position of another log is from another epoch, not junk.
+        assert!(matches!(
+            ids.parse("0000000000000abd:1"),
+            Err(ResumeError::OtherEpoch(..))
+        ));
+        assert!(matches!(
+            ids.parse("1765000000000-3"),
+            Err(ResumeError::OtherEpoch(..))
+        ));
+        assert!(matches!(
+            stream.parse("0000000000000abc:42"),
+            Err(ResumeError::OtherEpoch(..))
+        ));
+        assert_eq!(
+            LogId { major: 5, minor: 0 }.before(),
+            LogId {
+                major: 4,
+                minor: u64::MAX
+            }
+        );
+        assert_eq!(LogId::seq(5).before(), LogId::seq(4));
+        assert_eq!(LogId::ZERO.before(), LogId::ZERO);
     }
 
     #[test]

@@ -1,0 +1,494 @@
+//! The Redis Stream shared log (`backend = "redis_stream"`): events are appended with `XADD`
+//! (one entry per event, field `e` holding the event's JSON, trimmed with
+//! `MAXLEN ~ history.max_events`), and every node reads the stream with `XREAD` on its own
+//! connection, in the stream's order. An event's position is its entry id (`<ms>-<seq>`),
+//! the same on every node and across gateway restarts.
+//!
+//! At start the reader loads the stream's tail (at most `history.max_events` entries) into
+//! the hub's log, so a client can resume on a node that has just started. After a reconnect
+//! it checks that the stream was not trimmed past the last entry it read; if it was, events
+//! were lost for this node: the hub's log skips them and every connection is closed (1012)
+//! so that its client resumes and learns of the gap (see `Hub::log_gap`).
+//!
+//! Owns the commands and replies; the queue policy is `cluster::log`'s.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redis::{AsyncConnectionConfig, Value as RedisValue};
+use tokio::sync::mpsc;
+
+use super::log::{count_lost, next_appends, Append, Up};
+use super::{event_from_log, ClusterError, Node};
+use crate::history::{Ids, LogId, Logged};
+use crate::readiness::Component;
+use crate::sources::Backoff;
+use crate::telemetry;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one `XREAD` blocks waiting for new entries.
+const BLOCK: Duration = Duration::from_secs(5);
+/// Most entries read, and most events appended, per round trip.
+const BATCH: usize = 512;
+
+async fn connect(
+    node: &Node,
+    response_timeout: Duration,
+) -> Result<Option<redis::aio::MultiplexedConnection>, ClusterError> {
+    let client = redis::Client::open(node.config.url.as_str())?;
+    let settings = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(response_timeout));
+    tokio::select! {
+        () = node.shutdown.cancelled() => Ok(None),
+        connection = client.get_multiplexed_async_connection_with_config(&settings) => Ok(Some(connection?)),
+    }
+}
+
+/// Appends what the hub queues, reconnecting with a capped backoff. A batch that could not
+/// be appended is appended again after the reconnect.
+pub(super) async fn append(
+    node: Node,
+    mut receiver: mpsc::Receiver<Append>,
+    up: Up,
+    status: Component,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), node.config.max_backoff.0);
+    let mut pending: Vec<Append> = Vec::new();
+    loop {
+        match append_session(
+            &node,
+            &mut receiver,
+            &mut pending,
+            &up,
+            &status,
+            &mut backoff,
+        )
+        .await
+        {
+            Ok(()) => break,
+            Err(error) => {
+                up.set(false);
+                status.set(false, "reconnecting");
+                telemetry::cluster_error(&error);
+                let delay = backoff.next_delay();
+                telemetry::cluster_reconnecting(delay.as_millis());
+                tokio::select! {
+                    () = node.shutdown.cancelled() => break,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    up.set(false);
+    count_lost(&pending, &mut receiver);
+    status.set(false, "stopped");
+}
+
+async fn append_session(
+    node: &Node,
+    receiver: &mut mpsc::Receiver<Append>,
+    pending: &mut Vec<Append>,
+    up: &Up,
+    status: &Component,
+    backoff: &mut Backoff,
+) -> Result<(), ClusterError> {
+    let Some(mut connection) = connect(node, Duration::from_secs(5)).await? else {
+        return Ok(());
+    };
+    up.set(true);
+    status.set(true, "connected");
+    backoff.reset();
+    tracing::info!(node = %node.id, stream = %node.config.channel, "cluster log appender connected to redis");
+    loop {
+        let stopping = tokio::select! {
+            biased;
+            () = node.shutdown.cancelled() => true,
+            more = next_appends(receiver, pending, BATCH) => {
+                if !more {
+                    return Ok(());
+                }
+                false
+            }
+        };
+        if stopping {
+            // Append what was accepted before the stop.
+            while let Ok(append) = receiver.try_recv() {
+                pending.push(append);
+            }
+            if !pending.is_empty() {
+                write(node, &mut connection, pending).await?;
+            }
+            return Ok(());
+        }
+        write(node, &mut connection, pending).await?;
+    }
+}
+
+/// Appends every pending event in one pipeline; `pending` is emptied only when it worked.
+async fn write(
+    node: &Node,
+    connection: &mut redis::aio::MultiplexedConnection,
+    pending: &mut Vec<Append>,
+) -> Result<(), ClusterError> {
+    let mut pipe = redis::pipe();
+    let mut count = 0u64;
+    for append in pending.iter() {
+        for event in &append.events {
+            pipe.cmd("XADD")
+                .arg(&node.config.channel)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(node.retention.max_events)
+                .arg("*")
+                .arg("e")
+                .arg(event.json.as_str())
+                .ignore();
+            count += 1;
+        }
+    }
+    pipe.query_async::<()>(connection).await?;
+    pending.clear();
+    telemetry::cluster_forwarded(count);
+    Ok(())
+}
+
+/// Reads the stream from its tail on, for ever, reconnecting with a capped backoff.
+pub(super) async fn read(node: Node, status: Component) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), node.config.max_backoff.0);
+    // The newest entry handed to the hub (`None` until the tail is loaded).
+    let mut last: Option<LogId> = None;
+    loop {
+        match read_session(&node, &status, &mut backoff, &mut last).await {
+            Ok(()) => break,
+            Err(error) => {
+                status.set(false, "reconnecting");
+                telemetry::cluster_error(&error);
+                let delay = backoff.next_delay();
+                telemetry::cluster_reconnecting(delay.as_millis());
+                tokio::select! {
+                    () = node.shutdown.cancelled() => break,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    status.set(false, "stopped");
+}
+
+async fn read_session(
+    node: &Node,
+    status: &Component,
+    backoff: &mut Backoff,
+    last: &mut Option<LogId>,
+) -> Result<(), ClusterError> {
+    let Some(mut connection) = connect(node, BLOCK + Duration::from_secs(5)).await? else {
+        return Ok(());
+    };
+    let seen = match *last {
+        None => load(node, &mut connection).await?,
+        Some(seen) => check_gap(node, &mut connection, seen).await?,
+    };
+    let Some(mut seen) = seen else {
+        return Ok(());
+    };
+    *last = Some(seen);
+    status.set(true, "reading");
+    backoff.reset();
+    tracing::info!(node = %node.id, stream = %node.config.channel, after = %Ids::Stream.text(seen), "cluster log reader reading redis");
+    loop {
+        let mut command = redis::cmd("XREAD");
+        command
+            .arg("COUNT")
+            .arg(BATCH)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&node.config.channel)
+            .arg(Ids::Stream.text(seen));
+        let reply: RedisValue = tokio::select! {
+            () = node.shutdown.cancelled() => return Ok(()),
+            reply = command.query_async(&mut connection) => reply?,
+        };
+        let entries = read_reply_entries(reply);
+        if entries.is_empty() {
+            continue;
+        }
+        let at = Instant::now();
+        let mut events = Vec::with_capacity(entries.len());
+        for (id, payload) in entries {
+            seen = seen.max(id);
+            match event_from_log(&payload) {
+                Ok(event) => events.push(Logged { id, event, at }),
+                Err(error) => telemetry::cluster_bad_message(&error),
+            }
+        }
+        *last = Some(seen);
+        telemetry::cluster_received(events.len() as u64);
+        if node.hub.publish_logged(events).await.is_err() {
+            // The hub stopped: the node is shutting down.
+            return Ok(());
+        }
+    }
+}
+
+/// Loads the stream's tail into the hub's log; returns the newest id (`None`: the hub
+/// stopped).
+async fn load(
+    node: &Node,
+    connection: &mut redis::aio::MultiplexedConnection,
+) -> Result<Option<LogId>, ClusterError> {
+    let max = node.retention.max_events;
+    // One more than is kept: when it exists, the oldest is the floor (known, not kept).
+    let reply: RedisValue = redis::cmd("XREVRANGE")
+        .arg(&node.config.channel)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(max.saturating_add(1))
+        .query_async(connection)
+        .await?;
+    let mut entries = entries_of(reply);
+    entries.reverse();
+    let info = stream_info(node, connection).await?;
+    let floor = if entries.len() > max {
+        entries.remove(0).0
+    } else if let Some((first, _)) = entries.first() {
+        // Entries were trimmed before the first one, and which id came just before it is not
+        // known: positions from the id just before it on can be resumed from.
+        if info.entries_added > info.length {
+            first.before()
+        } else {
+            LogId::ZERO
+        }
+    } else {
+        // Empty: every id up to the last generated one is gone.
+        info.last_generated
+    };
+    let now = Instant::now();
+    let now_ms = unix_ms();
+    let mut events = Vec::with_capacity(entries.len());
+    for (id, payload) in entries {
+        match event_from_log(&payload) {
+            Ok(event) => {
+                let age = Duration::from_millis(now_ms.saturating_sub(id.major));
+                let at = now.checked_sub(age).unwrap_or(now);
+                events.push(Logged { id, event, at });
+            }
+            Err(error) => telemetry::cluster_bad_message(&error),
+        }
+    }
+    let newest = events.last().map_or(floor, |logged| logged.id).max(floor);
+    tracing::info!(node = %node.id, events = events.len(), floor = %Ids::Stream.text(floor), "loaded the shared log's tail");
+    if node.hub.load_log(Ids::Stream, floor, events).await.is_err() {
+        return Ok(None);
+    }
+    Ok(Some(newest))
+}
+
+/// After a reconnect: when the stream now starts after the last entry read, entries this node
+/// never read may have been trimmed: the hub's log skips to before the stream's first entry.
+async fn check_gap(
+    node: &Node,
+    connection: &mut redis::aio::MultiplexedConnection,
+    seen: LogId,
+) -> Result<Option<LogId>, ClusterError> {
+    let info = stream_info(node, connection).await?;
+    match info.first {
+        Some(first) if first > seen && info.entries_added > info.length => {
+            let floor = first.before();
+            tracing::warn!(node = %node.id, last_read = %Ids::Stream.text(seen), first = %Ids::Stream.text(first), "the shared log was trimmed past what this node had read");
+            if node.hub.log_gap(floor).await.is_err() {
+                return Ok(None);
+            }
+            Ok(Some(floor))
+        }
+        _ => Ok(Some(seen)),
+    }
+}
+
+/// What `XINFO STREAM` says (zeros for a stream that does not exist yet).
+#[derive(Debug, Default)]
+struct StreamInfo {
+    length: u64,
+    entries_added: u64,
+    last_generated: LogId,
+    first: Option<LogId>,
+}
+
+async fn stream_info(
+    node: &Node,
+    connection: &mut redis::aio::MultiplexedConnection,
+) -> Result<StreamInfo, ClusterError> {
+    let reply: Result<RedisValue, redis::RedisError> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(&node.config.channel)
+        .query_async(connection)
+        .await;
+    let reply = match reply {
+        Ok(reply) => reply,
+        // No such key: nothing was ever appended.
+        Err(error)
+            if error
+                .to_string()
+                .to_ascii_lowercase()
+                .contains("no such key") =>
+        {
+            return Ok(StreamInfo::default())
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let mut info = StreamInfo::default();
+    for (key, value) in pairs(reply) {
+        match text(&key).as_deref() {
+            Some("length") => info.length = number(&value),
+            Some("entries-added") => info.entries_added = number(&value),
+            Some("last-generated-id") => {
+                info.last_generated = text(&value)
+                    .and_then(|id| parse_id(&id))
+                    .unwrap_or_default();
+            }
+            Some("first-entry") => {
+                info.first = match value {
+                    RedisValue::Array(entry) => {
+                        entry.first().and_then(text).and_then(|id| parse_id(&id))
+                    }
+                    _ => None,
+                };
+            }
+            _ => {}
+        }
+    }
+    Ok(info)
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+/// A stream entry id `<ms>-<seq>`.
+fn parse_id(text: &str) -> Option<LogId> {
+    let (ms, seq) = text.split_once('-')?;
+    Some(LogId {
+        major: ms.parse().ok()?,
+        minor: seq.parse().ok()?,
+    })
+}
+
+fn text(value: &RedisValue) -> Option<String> {
+    match value {
+        RedisValue::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        RedisValue::SimpleString(text) => Some(text.clone()),
+        _ => None,
+    }
+}
+
+fn number(value: &RedisValue) -> u64 {
+    match value {
+        RedisValue::Int(n) => u64::try_from(*n).unwrap_or(0),
+        other => text(other).and_then(|t| t.parse().ok()).unwrap_or(0),
+    }
+}
+
+/// A flat `[k, v, k, v, ..]` array (RESP2) or a map (RESP3) as pairs.
+fn pairs(value: RedisValue) -> Vec<(RedisValue, RedisValue)> {
+    match value {
+        RedisValue::Array(flat) => {
+            let mut pairs = Vec::with_capacity(flat.len() / 2);
+            let mut items = flat.into_iter();
+            while let (Some(key), Some(value)) = (items.next(), items.next()) {
+                pairs.push((key, value));
+            }
+            pairs
+        }
+        RedisValue::Map(map) => map,
+        _ => Vec::new(),
+    }
+}
+
+/// `XREAD` reply: `[[stream, entries]]` (RESP2) or `{stream: entries}` (RESP3); `nil` when
+/// the block timed out.
+fn read_reply_entries(reply: RedisValue) -> Vec<(LogId, Vec<u8>)> {
+    let streams: Vec<RedisValue> = match reply {
+        RedisValue::Array(streams) => streams
+            .into_iter()
+            .filter_map(|stream| match stream {
+                RedisValue::Array(pair) => pair.into_iter().nth(1),
+                _ => None,
+            })
+            .collect(),
+        RedisValue::Map(map) => map.into_iter().map(|(_, entries)| entries).collect(),
+        _ => Vec::new(),
+    };
+    streams.into_iter().flat_map(entries_of).collect()
+}
+
+/// `[[id, [field, value, ..]], ..]`: each entry's id and its `e` field (an entry without one
+/// gives an empty payload, refused as a bad message).
+fn entries_of(entries: RedisValue) -> Vec<(LogId, Vec<u8>)> {
+    let RedisValue::Array(entries) = entries else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|entry| {
+            let RedisValue::Array(parts) = entry else {
+                return None;
+            };
+            let mut parts = parts.into_iter();
+            let id = parse_id(&text(&parts.next()?)?)?;
+            let payload = pairs(parts.next()?)
+                .into_iter()
+                .find(|(key, _)| text(key).as_deref() == Some("e"))
+                .map(|(_, value)| match value {
+                    RedisValue::BulkString(bytes) => bytes,
+                    RedisValue::SimpleString(text) => text.into_bytes(),
+                    _ => Vec::new(),
+                })
+                .unwrap_or_default();
+            Some((id, payload))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(text: &str) -> RedisValue {
+        RedisValue::BulkString(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn replies_are_read_in_both_protocol_versions_and_junk_is_skipped() {
+        let entry = |id: &str, json: &str| {
+            RedisValue::Array(vec![
+                bulk(id),
+                RedisValue::Array(vec![bulk("e"), bulk(json)]),
+            ])
+        };
+        let entries = RedisValue::Array(vec![
+            entry("5-1", "{}"),
+            RedisValue::Int(3),
+            entry("not-an-id", "{}"),
+            RedisValue::Array(vec![
+                bulk("6-0"),
+                RedisValue::Array(vec![bulk("x"), bulk("y")]),
+            ]),
+        ]);
+        let resp2 = RedisValue::Array(vec![RedisValue::Array(vec![bulk("s"), entries.clone()])]);
+        let resp3 = RedisValue::Map(vec![(bulk("s"), entries)]);
+        for reply in [resp2, resp3] {
+            let read = read_reply_entries(reply);
+            assert_eq!(
+                read,
+                vec![
+                    (LogId { major: 5, minor: 1 }, b"{}".to_vec()),
+                    (LogId { major: 6, minor: 0 }, Vec::new()),
+                ]
+            );
+        }
+        assert!(read_reply_entries(RedisValue::Nil).is_empty());
+    }
+}
