@@ -252,3 +252,37 @@ async fn shutdown_drains_for_drain_period_then_closes_with_1001() {
         .await
         .expect("run returns after the drain");
 }
+
+/// The README's second command (`scripts/test.sh`: `cargo test --release --workspace`) reuses
+/// what the first (`cargo run --release`) built only while both builds ask for the same
+/// features of every crate the gateway uses; otherwise cargo compiles those crates, and all
+/// that depends on them, a second time. See the feature-unification note in Cargo.toml.
+#[test]
+fn the_test_build_asks_for_the_features_the_release_build_has() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let tree = |args: &[&str]| -> std::collections::BTreeSet<String> {
+        let output = std::process::Command::new(&cargo)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["tree", "--offline", "--prefix", "none", "-f", "{p} {f}"])
+            .args(args)
+            .output()
+            .expect("cargo tree runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| line.trim_end_matches(" (*)").to_owned())
+            .collect()
+    };
+    let gateway = tree(&["-p", "eventgate", "-e", "normal,build"]);
+    let tests = tree(&["--workspace", "-e", "normal,build,dev"]);
+    let differing: Vec<&String> = gateway.difference(&tests).collect();
+    assert!(
+        differing.is_empty(),
+        "the test build turns on other features of these crates (add them to the gateway's \
+         dependencies in Cargo.toml): {differing:#?}"
+    );
+}
