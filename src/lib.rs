@@ -5,29 +5,23 @@
 //! with [`run`] on `127.0.0.1:0`.
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod auth;
-pub mod cluster;
-pub mod config;
+// The tree follows the data path: a stranger's connection passes the edge, becomes a
+// session; events come in through the inputs and are matched and fanned out by dispatch;
+// operations configures and watches it all; `server` wires the parts together.
+pub mod dispatch;
+pub mod edge;
 pub mod errors;
-pub mod genconfig;
-pub mod handshake;
-pub mod history;
-pub mod http_body;
-pub mod hub;
-pub mod identity;
-pub mod ingest;
-pub mod limits;
-pub mod listener;
-pub mod memory;
-pub mod outbound;
-pub mod readiness;
+pub mod inputs;
+pub mod operations;
 pub mod server;
 pub mod session;
-pub mod sources;
-pub mod stop;
-pub mod telemetry;
-pub mod tls;
+
+// Short paths (`crate::hub`, `eventgate::config`, ...) to the modules in their folders.
+pub use dispatch::{history, hub};
+pub use edge::{auth, handshake, http_body, identity, limits, listener, tls};
+pub use inputs::{cluster, ingest, sources};
+pub use operations::{admin, config, genconfig, memory, readiness, telemetry};
+pub use session::{outbound, stop};
 
 pub use config::Config;
 pub use server::{run, run_with_reload, RunError};

@@ -19,17 +19,17 @@ const FILES: &[(&str, &str, &str)] = &[
     (
         "index.html",
         "text/html; charset=utf-8",
-        include_str!("../../web-admin/index.html"),
+        include_str!("../../../web-admin/index.html"),
     ),
     (
         "admin.js",
         "text/javascript; charset=utf-8",
-        include_str!("../../web-admin/admin.js"),
+        include_str!("../../../web-admin/admin.js"),
     ),
     (
         "admin.css",
         "text/css; charset=utf-8",
-        include_str!("../../web-admin/admin.css"),
+        include_str!("../../../web-admin/admin.css"),
     ),
 ];
 

@@ -9,6 +9,9 @@
 //! (`dev_websocket_echo`) that the Autobahn|Testsuite runs against. Does not own matching or
 //! fan-out (the hub does) nor the upgrade checks (auth does).
 
+pub mod outbound;
+pub mod stop;
+
 use std::future::Future;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
