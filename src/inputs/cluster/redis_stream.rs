@@ -1,14 +1,17 @@
 //! The Redis Stream shared log (`backend = "redis_stream"`): events are appended with `XADD`
-//! (one entry per event, field `e` holding the event's JSON, trimmed with
-//! `MAXLEN ~ history.max_events`), and every node reads the stream with `XREAD` on its own
-//! connection, in the stream's order. An event's position is its entry id (`<ms>-<seq>`),
-//! the same on every node and across gateway restarts.
+//! (one entry per event, trimmed with `MAXLEN ~ history.max_events`), and every node reads the
+//! stream with `XREAD` on its own connection, in the stream's order. An event's position is
+//! its entry id (`<ms>-<seq>`), the same on every node and across gateway restarts.
+//!
+//! Each entry holds `n`, its number in the stream (from the counter `<stream key>:n`, taken
+//! and used in one Lua script so numbers follow the entries' order without holes) and `e`,
+//! the event's JSON. A reader that finds a hole in the numbers knows that entries were trimmed
+//! before it read them (it was cut off, stopped or slowed down for longer than the log
+//! retains): events were lost for this node, so the hub's log skips them and every connection
+//! is closed (1012) so that its client resumes and learns of the gap (see `Hub::log_gap`).
 //!
 //! At start the reader loads the stream's tail (at most `history.max_events` entries) into
-//! the hub's log, so a client can resume on a node that has just started. After a reconnect
-//! it checks that the stream was not trimmed past the last entry it read; if it was, events
-//! were lost for this node: the hub's log skips them and every connection is closed (1012)
-//! so that its client resumes and learns of the gap (see `Hub::log_gap`).
+//! the hub's log, so a client can resume on a node that has just started.
 //!
 //! Owns the commands and replies; the queue policy is `cluster::log`'s.
 
@@ -29,6 +32,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const BLOCK: Duration = Duration::from_secs(5);
 /// Most entries read, and most events appended, per round trip.
 const BATCH: usize = 512;
+
+/// Appends one event: takes the stream's next number and adds the entry, atomically.
+/// KEYS: the stream, its counter; ARGV: `MAXLEN ~` bound, the event's JSON.
+const APPEND_SCRIPT: &str = r"
+local n = redis.call('INCR', KEYS[2])
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'n', n, 'e', ARGV[2])
+";
+
+/// The key of the counter that numbers the stream's entries.
+fn counter_key(node: &Node) -> String {
+    format!("{}:n", node.config.channel)
+}
 
 async fn connect(
     node: &Node,
@@ -95,6 +110,12 @@ async fn append_session(
     let Some(mut connection) = connect(node, Duration::from_secs(5)).await? else {
         return Ok(());
     };
+    // Loaded on every connection: a restarted Redis has forgotten it.
+    let script: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(APPEND_SCRIPT)
+        .query_async(&mut connection)
+        .await?;
     up.set(true);
     status.set(true, "connected");
     backoff.reset();
@@ -116,11 +137,11 @@ async fn append_session(
                 pending.push(append);
             }
             if !pending.is_empty() {
-                write(node, &mut connection, pending).await?;
+                write(node, &mut connection, &script, pending).await?;
             }
             return Ok(());
         }
-        write(node, &mut connection, pending).await?;
+        write(node, &mut connection, &script, pending).await?;
     }
 }
 
@@ -128,19 +149,20 @@ async fn append_session(
 async fn write(
     node: &Node,
     connection: &mut redis::aio::MultiplexedConnection,
+    script: &str,
     pending: &mut Vec<Append>,
 ) -> Result<(), ClusterError> {
     let mut pipe = redis::pipe();
     let mut count = 0u64;
+    let counter = counter_key(node);
     for append in pending.iter() {
         for event in &append.events {
-            pipe.cmd("XADD")
+            pipe.cmd("EVALSHA")
+                .arg(script)
+                .arg(2)
                 .arg(&node.config.channel)
-                .arg("MAXLEN")
-                .arg("~")
+                .arg(&counter)
                 .arg(node.retention.max_events)
-                .arg("*")
-                .arg("e")
                 .arg(event.json.as_str())
                 .ignore();
             count += 1;
@@ -156,7 +178,7 @@ async fn write(
 pub(super) async fn read(node: Node, status: Component) {
     let mut backoff = Backoff::new(Duration::from_millis(100), node.config.max_backoff.0);
     // The newest entry handed to the hub (`None` until the tail is loaded).
-    let mut last: Option<LogId> = None;
+    let mut last: Option<Seen> = None;
     loop {
         match read_session(&node, &status, &mut backoff, &mut last).await {
             Ok(()) => break,
@@ -175,18 +197,27 @@ pub(super) async fn read(node: Node, status: Component) {
     status.set(false, "stopped");
 }
 
+/// The newest entry the reader handed to the hub: its id and its number (`None` for an entry
+/// without one, appended by an older eventgate: the next one is not checked for a hole).
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    id: LogId,
+    n: Option<u64>,
+}
+
 async fn read_session(
     node: &Node,
     status: &Component,
     backoff: &mut Backoff,
-    last: &mut Option<LogId>,
+    last: &mut Option<Seen>,
 ) -> Result<(), ClusterError> {
     let Some(mut connection) = connect(node, BLOCK + Duration::from_secs(5)).await? else {
         return Ok(());
     };
     let seen = match *last {
         None => load(node, &mut connection).await?,
-        Some(seen) => check_gap(node, &mut connection, seen).await?,
+        // A hole made while this node was away shows in the next entry's number.
+        Some(seen) => Some(seen),
     };
     let Some(mut seen) = seen else {
         return Ok(());
@@ -194,7 +225,7 @@ async fn read_session(
     *last = Some(seen);
     status.set(true, "reading");
     backoff.reset();
-    tracing::info!(node = %node.id, stream = %node.config.channel, after = %Ids::Stream.text(seen), "cluster log reader reading redis");
+    tracing::info!(node = %node.id, stream = %node.config.channel, after = %Ids::Stream.text(seen.id), "cluster log reader reading redis");
     loop {
         let mut command = redis::cmd("XREAD");
         command
@@ -204,7 +235,7 @@ async fn read_session(
             .arg(BLOCK.as_millis() as u64)
             .arg("STREAMS")
             .arg(&node.config.channel)
-            .arg(Ids::Stream.text(seen));
+            .arg(Ids::Stream.text(seen.id));
         let reply: RedisValue = tokio::select! {
             () = node.shutdown.cancelled() => return Ok(()),
             reply = command.query_async(&mut connection) => reply?,
@@ -215,28 +246,58 @@ async fn read_session(
         }
         let at = Instant::now();
         let mut events = Vec::with_capacity(entries.len());
-        for (id, payload) in entries {
-            seen = seen.max(id);
-            match event_from_log(&payload) {
-                Ok(event) => events.push(Logged { id, event, at }),
+        for entry in entries {
+            if entry.id <= seen.id {
+                continue;
+            }
+            if let (Some(before), Some(n)) = (seen.n, entry.n) {
+                if n > before + 1 {
+                    // Entries trimmed before this node read them: deliver what came before
+                    // the hole, then skip it.
+                    tracing::warn!(node = %node.id, last_read = %Ids::Stream.text(seen.id), next = %Ids::Stream.text(entry.id), missed = n - before - 1, "the shared log was trimmed past what this node had read");
+                    if !deliver(node, std::mem::take(&mut events)).await
+                        || node.hub.log_gap(entry.id.before()).await.is_err()
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+            seen = Seen {
+                id: entry.id,
+                n: entry.n,
+            };
+            match event_from_log(&entry.payload) {
+                Ok(event) => events.push(Logged {
+                    id: entry.id,
+                    event,
+                    at,
+                }),
                 Err(error) => telemetry::cluster_bad_message(&error),
             }
         }
         *last = Some(seen);
-        telemetry::cluster_received(events.len() as u64);
-        if node.hub.publish_logged(events).await.is_err() {
-            // The hub stopped: the node is shutting down.
+        if !deliver(node, events).await {
             return Ok(());
         }
     }
 }
 
-/// Loads the stream's tail into the hub's log; returns the newest id (`None`: the hub
+/// Hands events read from the log to the hub; `false` when the hub stopped (the node is
+/// shutting down).
+async fn deliver(node: &Node, events: Vec<Logged>) -> bool {
+    if events.is_empty() {
+        return true;
+    }
+    telemetry::cluster_received(events.len() as u64);
+    node.hub.publish_logged(events).await.is_ok()
+}
+
+/// Loads the stream's tail into the hub's log; returns the newest entry (`None`: the hub
 /// stopped).
 async fn load(
     node: &Node,
     connection: &mut redis::aio::MultiplexedConnection,
-) -> Result<Option<LogId>, ClusterError> {
+) -> Result<Option<Seen>, ClusterError> {
     let max = node.retention.max_events;
     // One more than is kept: when it exists, the oldest is the floor (known, not kept).
     let reply: RedisValue = redis::cmd("XREVRANGE")
@@ -250,9 +311,21 @@ async fn load(
     let mut entries = entries_of(reply);
     entries.reverse();
     let info = stream_info(node, connection).await?;
+    // The number of the newest entry, for the hole check of the next one: the counter when
+    // the stream is empty.
+    let newest_n = match entries.last() {
+        Some(entry) => entry.n,
+        None => {
+            let counter: Option<u64> = redis::cmd("GET")
+                .arg(counter_key(node))
+                .query_async(connection)
+                .await?;
+            Some(counter.unwrap_or(0))
+        }
+    };
     let floor = if entries.len() > max {
-        entries.remove(0).0
-    } else if let Some((first, _)) = entries.first() {
+        entries.remove(0).id
+    } else if let Some(first) = entries.first().map(|entry| entry.id) {
         // Entries were trimmed before the first one, and which id came just before it is not
         // known: positions from the id just before it on can be resumed from.
         if info.entries_added > info.length {
@@ -266,44 +339,30 @@ async fn load(
     };
     let now = Instant::now();
     let now_ms = unix_ms();
+    let newest = entries.last().map_or(floor, |entry| entry.id).max(floor);
     let mut events = Vec::with_capacity(entries.len());
-    for (id, payload) in entries {
-        match event_from_log(&payload) {
+    for entry in entries {
+        match event_from_log(&entry.payload) {
             Ok(event) => {
-                let age = Duration::from_millis(now_ms.saturating_sub(id.major));
+                let age = Duration::from_millis(now_ms.saturating_sub(entry.id.major));
                 let at = now.checked_sub(age).unwrap_or(now);
-                events.push(Logged { id, event, at });
+                events.push(Logged {
+                    id: entry.id,
+                    event,
+                    at,
+                });
             }
             Err(error) => telemetry::cluster_bad_message(&error),
         }
     }
-    let newest = events.last().map_or(floor, |logged| logged.id).max(floor);
     tracing::info!(node = %node.id, events = events.len(), floor = %Ids::Stream.text(floor), "loaded the shared log's tail");
     if node.hub.load_log(Ids::Stream, floor, events).await.is_err() {
         return Ok(None);
     }
-    Ok(Some(newest))
-}
-
-/// After a reconnect: when the stream now starts after the last entry read, entries this node
-/// never read may have been trimmed: the hub's log skips to before the stream's first entry.
-async fn check_gap(
-    node: &Node,
-    connection: &mut redis::aio::MultiplexedConnection,
-    seen: LogId,
-) -> Result<Option<LogId>, ClusterError> {
-    let info = stream_info(node, connection).await?;
-    match info.first {
-        Some(first) if first > seen && info.entries_added > info.length => {
-            let floor = first.before();
-            tracing::warn!(node = %node.id, last_read = %Ids::Stream.text(seen), first = %Ids::Stream.text(first), "the shared log was trimmed past what this node had read");
-            if node.hub.log_gap(floor).await.is_err() {
-                return Ok(None);
-            }
-            Ok(Some(floor))
-        }
-        _ => Ok(Some(seen)),
-    }
+    Ok(Some(Seen {
+        id: newest,
+        n: newest_n,
+    }))
 }
 
 /// What `XINFO STREAM` says (zeros for a stream that does not exist yet).
@@ -312,7 +371,6 @@ struct StreamInfo {
     length: u64,
     entries_added: u64,
     last_generated: LogId,
-    first: Option<LogId>,
 }
 
 async fn stream_info(
@@ -346,14 +404,6 @@ async fn stream_info(
                 info.last_generated = text(&value)
                     .and_then(|id| parse_id(&id))
                     .unwrap_or_default();
-            }
-            Some("first-entry") => {
-                info.first = match value {
-                    RedisValue::Array(entry) => {
-                        entry.first().and_then(text).and_then(|id| parse_id(&id))
-                    }
-                    _ => None,
-                };
             }
             _ => {}
         }
@@ -409,7 +459,7 @@ fn pairs(value: RedisValue) -> Vec<(RedisValue, RedisValue)> {
 
 /// `XREAD` reply: `[[stream, entries]]` (RESP2) or `{stream: entries}` (RESP3); `nil` when
 /// the block timed out.
-fn read_reply_entries(reply: RedisValue) -> Vec<(LogId, Vec<u8>)> {
+fn read_reply_entries(reply: RedisValue) -> Vec<Entry> {
     let streams: Vec<RedisValue> = match reply {
         RedisValue::Array(streams) => streams
             .into_iter()
@@ -424,9 +474,17 @@ fn read_reply_entries(reply: RedisValue) -> Vec<(LogId, Vec<u8>)> {
     streams.into_iter().flat_map(entries_of).collect()
 }
 
-/// `[[id, [field, value, ..]], ..]`: each entry's id and its `e` field (an entry without one
-/// gives an empty payload, refused as a bad message).
-fn entries_of(entries: RedisValue) -> Vec<(LogId, Vec<u8>)> {
+/// An entry of the stream: its id, its number (`n`) and its event's JSON (`e`; empty when
+/// missing, which is then refused as a bad message).
+#[derive(Debug, PartialEq, Eq)]
+struct Entry {
+    id: LogId,
+    n: Option<u64>,
+    payload: Vec<u8>,
+}
+
+/// `[[id, [field, value, ..]], ..]`.
+fn entries_of(entries: RedisValue) -> Vec<Entry> {
     let RedisValue::Array(entries) = entries else {
         return Vec::new();
     };
@@ -438,16 +496,25 @@ fn entries_of(entries: RedisValue) -> Vec<(LogId, Vec<u8>)> {
             };
             let mut parts = parts.into_iter();
             let id = parse_id(&text(&parts.next()?)?)?;
-            let payload = pairs(parts.next()?)
-                .into_iter()
-                .find(|(key, _)| text(key).as_deref() == Some("e"))
-                .map(|(_, value)| match value {
-                    RedisValue::BulkString(bytes) => bytes,
-                    RedisValue::SimpleString(text) => text.into_bytes(),
-                    _ => Vec::new(),
-                })
-                .unwrap_or_default();
-            Some((id, payload))
+            let mut entry = Entry {
+                id,
+                n: None,
+                payload: Vec::new(),
+            };
+            for (key, value) in pairs(parts.next()?) {
+                match text(&key).as_deref() {
+                    Some("e") => {
+                        entry.payload = match value {
+                            RedisValue::BulkString(bytes) => bytes,
+                            RedisValue::SimpleString(text) => text.into_bytes(),
+                            _ => Vec::new(),
+                        }
+                    }
+                    Some("n") => entry.n = text(&value).and_then(|n| n.parse().ok()),
+                    _ => {}
+                }
+            }
+            Some(entry)
         })
         .collect()
 }
@@ -465,7 +532,7 @@ mod tests {
         let entry = |id: &str, json: &str| {
             RedisValue::Array(vec![
                 bulk(id),
-                RedisValue::Array(vec![bulk("e"), bulk(json)]),
+                RedisValue::Array(vec![bulk("n"), bulk("7"), bulk("e"), bulk(json)]),
             ])
         };
         let entries = RedisValue::Array(vec![
@@ -484,8 +551,16 @@ mod tests {
             assert_eq!(
                 read,
                 vec![
-                    (LogId { major: 5, minor: 1 }, b"{}".to_vec()),
-                    (LogId { major: 6, minor: 0 }, Vec::new()),
+                    Entry {
+                        id: LogId { major: 5, minor: 1 },
+                        n: Some(7),
+                        payload: b"{}".to_vec()
+                    },
+                    Entry {
+                        id: LogId { major: 6, minor: 0 },
+                        n: None,
+                        payload: Vec::new()
+                    },
                 ]
             );
         }
