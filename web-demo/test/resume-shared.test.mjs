@@ -1,0 +1,231 @@
+// Resume over a shared log (protocol §7, `cluster.backend = "redis_stream"`) through the JS
+// client, against real gateways and the real Redis: positions are the stream's ids, so the
+// client resumes across a gateway restart and on another node, with every event exactly once
+// and in order; a position older than the log retains gives `gap`. Each test uses a stream
+// key of its own (deleted at the end). Without Redis the tests are skipped (listed in
+// EVENTGATE_TEST_SKIPS), with CI=true they fail.
+import { test, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
+import WebSocket from 'ws';
+import { EventGateClient } from '../eventgate-client.js';
+import {
+  startEventgate, startProxy, publish, waitFor, waitForState, waitReady, redisAvailable, sharedLog, quietLogger,
+} from './helpers.mjs';
+
+const clientOpts = (extra = {}) => ({
+  WebSocket,
+  logger: quietLogger,
+  ackTimeout: 5000,
+  keepAliveInterval: 1000,
+  backoff: { initial: 100, max: 300, factor: 2 },
+  ...extra,
+});
+
+/** A Redis stream id: the shared log's positions. */
+const STREAM_ID = /^\d+-\d+$/;
+
+const seqEvents = (from, to) => {
+  const events = [];
+  for (let seq = from; seq < to; seq++) events.push({ source: 'resume.shared', 'detail-type': 'tick', detail: { seq } });
+  return events;
+};
+const range = (from, to) => Array.from({ length: to - from }, (_, i) => from + i);
+
+/** Collects `seq` of every event, plus `recovered` and `gap` emissions. */
+function watch(client) {
+  const seen = [];
+  const recovered = [];
+  const gaps = [];
+  client.on('event', (event) => seen.push(event.detail.seq));
+  client.on('recovered', (count) => recovered.push(count));
+  client.on('gap', (reason) => gaps.push(reason));
+  return { seen, recovered, gaps };
+}
+
+/** A gateway on the shared log `log`, ready (the log's tail loaded). */
+async function node(log, { port, env = {} } = {}) {
+  const server = await startEventgate({ port, keepAlive: '1s', env: { ...log.env, ...env } });
+  await waitReady(server.httpUrl);
+  return server;
+}
+
+/**
+ * Publishes `{seq}` events in batches of `batch` every `every` ms through `target()`, in order,
+ * until stopped: a batch is sent again only when it was refused as a whole (the connection
+ * was refused, or an HTTP error status), so no number is published twice or skipped.
+ */
+function publisher(target, { batch = 5, every = 20 } = {}) {
+  let next = 0;
+  let stopped = false;
+  const errors = [];
+  const done = (async () => {
+    while (!stopped) {
+      try {
+        await publish(target(), seqEvents(next, next + batch));
+        next += batch;
+      } catch (err) {
+        errors.push(String(err.cause?.code ?? err.message));
+      }
+      await sleep(every);
+    }
+  })();
+  return {
+    get published() {
+      return next;
+    },
+    errors,
+    /** Stop after the batch in flight; resolves with the count of events published. */
+    async stop() {
+      stopped = true;
+      await done;
+      return next;
+    },
+  };
+}
+
+describe('resume on a Redis log', () => {
+  test('across a gateway restart: events from before the stop and after the restart once, in order, `recovered`', async (t) => {
+    if (!(await redisAvailable(t))) return;
+    const log = sharedLog('restart');
+    let server = await node(log);
+    const proxy = await startProxy(server.port);
+    const client = new EventGateClient(proxy.url, { apiKey: server.apiKey }, clientOpts());
+    const seen = watch(client);
+    try {
+      await client.subscribe('ticks', { source: ['resume.shared'] });
+      await publish(server.httpUrl, seqEvents(0, 5));
+      await waitFor(() => seen.seen.length === 5, { what: 'the first 5 events' });
+      assert.match(client.position, STREAM_ID, 'positions are the stream\'s ids');
+
+      // The client is away; 10 events are accepted, then the gateway stops at once (a deploy).
+      proxy.down();
+      await waitForState(client, 'reconnecting', 5000);
+      await publish(server.httpUrl, seqEvents(5, 15));
+      const port = server.port;
+      await server.stop('SIGTERM');
+      server = await node(log, { port });
+      // 10 more while the client is still away, on the new process.
+      await publish(server.httpUrl, seqEvents(15, 25));
+      proxy.up();
+      await waitFor(() => seen.recovered.length + seen.gaps.length > 0, { what: 'the resume\'s outcome', timeout: 15_000 });
+      assert.deepEqual(seen.gaps, [], 'no gap');
+      assert.deepEqual(seen.recovered, [20], 'the 20 missed events, replayed');
+      await publish(server.httpUrl, seqEvents(25, 30));
+      await waitFor(() => seen.seen.length >= 30, { what: 'all 30 events' });
+      await sleep(200);
+      assert.deepEqual(seen.seen, range(0, 30), 'every event exactly once, in order');
+      assert.deepEqual(seen.gaps, []);
+    } finally {
+      client.close();
+      await proxy.close();
+      await server.stop();
+      await log.drop();
+    }
+  });
+
+  test('SIGKILL and restart (a `gap` with the memory log): `recovered`, live events continue', async (t) => {
+    if (!(await redisAvailable(t))) return;
+    const log = sharedLog('kill');
+    let server = await node(log);
+    const port = server.port;
+    const client = new EventGateClient(server.url, { apiKey: server.apiKey }, clientOpts());
+    const seen = watch(client);
+    try {
+      await client.subscribe('ticks', { source: ['resume.shared'] });
+      await publish(server.httpUrl, seqEvents(0, 2));
+      await waitFor(() => seen.seen.length === 2, { what: 'events before the kill' });
+      await server.stop('SIGKILL');
+      await waitForState(client, 'reconnecting', 5000);
+      server = await node(log, { port });
+      await waitFor(() => seen.recovered.length + seen.gaps.length > 0, { what: 'the resume\'s outcome', timeout: 15_000 });
+      assert.deepEqual(seen.gaps, []);
+      assert.deepEqual(seen.recovered, [0], 'nothing was missed, and the position is still valid');
+      await publish(server.httpUrl, seqEvents(2, 4));
+      await waitFor(() => seen.seen.length === 4, { what: 'live events after the restart' });
+      assert.deepEqual(seen.seen, range(0, 4));
+      assert.match(client.position, STREAM_ID);
+    } finally {
+      client.close();
+      await server.stop();
+      await log.drop();
+    }
+  });
+
+  test('two nodes: the client\'s node dies under a steady stream, the client resumes on the other with no loss', async (t) => {
+    if (!(await redisAvailable(t))) return;
+    const log = sharedLog('nodes');
+    const a = await node(log);
+    const b = await node(log);
+    // The client reaches the nodes through a load balancer the test controls: first node A.
+    const proxy = await startProxy(a.port);
+    const client = new EventGateClient(proxy.url, { apiKey: a.apiKey }, clientOpts());
+    const seen = watch(client);
+    let pub;
+    try {
+      await client.subscribe('ticks', { source: ['resume.shared'] });
+      // About 250 events/s, accepted by node B and delivered to the client by node A.
+      pub = publisher(() => b.httpUrl);
+      await waitFor(() => seen.seen.length >= 100, { what: '100 events through node A' });
+      proxy.switchTo(b.port);
+      await a.stop('SIGKILL');
+      await waitFor(() => seen.recovered.length + seen.gaps.length > 0, { what: 'the resume on node B', timeout: 15_000 });
+      const atResume = pub.published;
+      await waitFor(() => pub.published >= atResume + 100, { what: '100 more events after the resume' });
+      const total = await pub.stop();
+      await waitFor(() => seen.seen.length >= total, { what: `all ${total} events`, timeout: 15_000 });
+      await sleep(200);
+      assert.deepEqual(seen.gaps, [], 'no gap');
+      assert.equal(seen.recovered.length, 1);
+      assert.ok(seen.recovered[0] > 0, `events accepted while the client moved were replayed (recovered ${seen.recovered[0]})`);
+      assert.equal(seen.seen.length, total, 'no duplicate');
+      assert.deepEqual(seen.seen, range(0, total), 'every event exactly once, in order');
+      assert.deepEqual(pub.errors, [], 'node B accepted every batch');
+      t.diagnostic(`${total} events, ${seen.recovered[0]} replayed by node B`);
+    } finally {
+      await pub?.stop();
+      client.close();
+      await proxy.close();
+      await a.stop();
+      await b.stop();
+      await log.drop();
+    }
+  });
+
+  test('a position older than the log retains (history.max_events): `gap` with `position expired`', async (t) => {
+    if (!(await redisAvailable(t))) return;
+    const log = sharedLog('expired');
+    const env = { EVENTGATE_HISTORY_MAX_EVENTS: '10' };
+    let server = await node(log, { env });
+    const proxy = await startProxy(server.port);
+    const client = new EventGateClient(proxy.url, { apiKey: server.apiKey }, clientOpts());
+    const seen = watch(client);
+    try {
+      await client.subscribe('ticks', { source: ['resume.shared'] });
+      await publish(server.httpUrl, seqEvents(0, 1));
+      await waitFor(() => seen.seen.length === 1, { what: 'the first event' });
+      proxy.down();
+      await waitForState(client, 'reconnecting', 5000);
+      // 30 missed events, 10 retained, and a restart: the new node loads the log's tail.
+      await publish(server.httpUrl, seqEvents(1, 31));
+      const port = server.port;
+      await server.stop('SIGTERM');
+      server = await node(log, { port, env });
+      proxy.up();
+      await waitFor(() => seen.gaps.length + seen.recovered.length > 0, { what: 'gap', timeout: 15_000 });
+      assert.deepEqual(seen.recovered, []);
+      assert.equal(seen.gaps.length, 1);
+      assert.match(seen.gaps[0], /^position expired: /);
+      assert.deepEqual(seen.seen, [0], 'never a partial replay');
+      // Live from the seam.
+      await publish(server.httpUrl, seqEvents(31, 32));
+      await waitFor(() => seen.seen.length === 2, { what: 'a live event after the gap' });
+      assert.deepEqual(seen.seen, [0, 31]);
+    } finally {
+      client.close();
+      await proxy.close();
+      await server.stop();
+      await log.drop();
+    }
+  });
+});
