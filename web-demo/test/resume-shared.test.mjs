@@ -192,7 +192,7 @@ describe('resume on a Redis log', () => {
     }
   });
 
-  test('a position older than the log retains (history.max_events): `gap` with `position expired`', async (t) => {
+  test('history.max_events across restarts: exactly that many missed is `recovered`, one more is `gap` (position expired)', async (t) => {
     if (!(await redisAvailable(t))) return;
     const log = sharedLog('expired');
     const env = { EVENTGATE_HISTORY_MAX_EVENTS: '10' };
@@ -200,27 +200,41 @@ describe('resume on a Redis log', () => {
     const proxy = await startProxy(server.port);
     const client = new EventGateClient(proxy.url, { apiKey: server.apiKey }, clientOpts());
     const seen = watch(client);
-    try {
-      await client.subscribe('ticks', { source: ['resume.shared'] });
-      await publish(server.httpUrl, seqEvents(0, 1));
-      await waitFor(() => seen.seen.length === 1, { what: 'the first event' });
+    /** Cut the client off, publish `from..to`, restart the gateway (it loads the log's tail), reconnect. */
+    const outage = async (from, to) => {
       proxy.down();
       await waitForState(client, 'reconnecting', 5000);
-      // 30 missed events, 10 retained, and a restart: the new node loads the log's tail.
-      await publish(server.httpUrl, seqEvents(1, 31));
+      await publish(server.httpUrl, seqEvents(from, to));
       const port = server.port;
       await server.stop('SIGTERM');
       server = await node(log, { port, env });
+      const outcomes = seen.recovered.length + seen.gaps.length;
       proxy.up();
-      await waitFor(() => seen.gaps.length + seen.recovered.length > 0, { what: 'gap', timeout: 15_000 });
-      assert.deepEqual(seen.recovered, []);
+      await waitFor(() => seen.recovered.length + seen.gaps.length > outcomes, { what: 'the resume\'s outcome', timeout: 15_000 });
+    };
+    try {
+      await client.subscribe('ticks', { source: ['resume.shared'] });
+      await publish(server.httpUrl, seqEvents(0, 3));
+      await waitFor(() => seen.seen.length === 3, { what: 'the first events' });
+
+      // 10 missed, 10 retained (Redis trims by whole nodes; the gateway keeps exactly 10).
+      await outage(3, 13);
+      assert.deepEqual(seen.gaps, []);
+      assert.deepEqual(seen.recovered, [10], 'exactly max_events missed: all replayed');
+      await waitFor(() => seen.seen.length === 13, { what: 'the 10 replayed events' });
+      assert.deepEqual(seen.seen, range(0, 13));
+
+      // 11 missed, 10 retained: the oldest one is gone, so nothing is replayed.
+      await outage(13, 24);
+      assert.deepEqual(seen.recovered, [10]);
       assert.equal(seen.gaps.length, 1);
       assert.match(seen.gaps[0], /^position expired: /);
-      assert.deepEqual(seen.seen, [0], 'never a partial replay');
+      await sleep(200);
+      assert.deepEqual(seen.seen, range(0, 13), 'never a partial replay');
       // Live from the seam.
-      await publish(server.httpUrl, seqEvents(31, 32));
-      await waitFor(() => seen.seen.length === 2, { what: 'a live event after the gap' });
-      assert.deepEqual(seen.seen, [0, 31]);
+      await publish(server.httpUrl, seqEvents(24, 25));
+      await waitFor(() => seen.seen.length === 14, { what: 'a live event after the gap' });
+      assert.deepEqual(seen.seen, [...range(0, 13), 24]);
     } finally {
       client.close();
       await proxy.close();
