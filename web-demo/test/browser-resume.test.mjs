@@ -11,65 +11,10 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { chromium } from 'playwright-core';
 import {
-  startEventgate, publish, waitFor, waitReady, redisAvailable, sharedLog, ARTIFACTS, CHROMIUM, CHROMIUM_ARGS as ARGS,
+  startEventgate, sequencePublisher, waitFor, waitReady, redisAvailable, sharedLog, ARTIFACTS, CHROMIUM, CHROMIUM_ARGS as ARGS,
 } from './helpers.mjs';
 
 const SOURCE = 'demo.sequence';
-
-/**
- * Publishes `{seq}` events in batches of `batch` every `every` ms to `target()`, in order. A
- * batch is sent again only when it was refused as a whole (connection refused, or an HTTP
- * error status such as 503 while the new process loads the log), so no number is published
- * twice or skipped. `pause()` resolves once no request is in flight, so the gateway can be
- * stopped without a request whose outcome is unknown.
- */
-function publisher(target, { batch = 2, every = 25 } = {}) {
-  let next = 0;
-  let stopped = false;
-  let paused = null; // a promise while paused
-  let release = null;
-  let idle = null; // resolves when the loop reaches a pause point
-  const refusals = [];
-  const done = (async () => {
-    while (!stopped) {
-      if (paused) {
-        idle?.();
-        await paused;
-        continue;
-      }
-      try {
-        await publish(target(), Array.from({ length: batch }, (_, i) => ({
-          source: SOURCE, 'detail-type': 'tick', detail: { seq: next + i },
-        })));
-        next += batch;
-      } catch (err) {
-        refusals.push(String(err.cause?.code ?? err.message).slice(0, 80));
-      }
-      await sleep(every);
-    }
-  })();
-  return {
-    get published() {
-      return next;
-    },
-    refusals,
-    pause() {
-      paused = new Promise((r) => (release = r));
-      return new Promise((r) => (idle = r));
-    },
-    resume() {
-      paused = null;
-      idle = null;
-      release?.();
-    },
-    async stop() {
-      stopped = true;
-      this.resume();
-      await done;
-      return next;
-    },
-  };
-}
 
 test('demo page: a numbered sequence across a gateway restart (Redis log) shows every number exactly once', async (t) => {
   if (!(await redisAvailable(t))) return;
@@ -111,7 +56,7 @@ test('demo page: a numbered sequence across a gateway restart (Redis log) shows 
       (pres) => pres.map((pre) => JSON.parse(pre.textContent).seq).reverse());
     const count = () => page.$$eval('[data-testid="events"] > li', (lis) => lis.length);
 
-    pub = publisher(() => server.httpUrl);
+    pub = sequencePublisher(() => server.httpUrl, { source: SOURCE, batch: 2, every: 25 });
     await waitFor(async () => (await count()) >= 40, { what: 'the first 40 events on the page', timeout: 15_000 });
 
     // Restart: no request in flight, stop, and keep publishing as soon as the new process accepts.

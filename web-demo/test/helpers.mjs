@@ -185,6 +185,62 @@ export async function publish(httpUrl, event) {
   return JSON.parse(text);
 }
 
+/**
+ * Publishes `{source, detail: {seq}}` events, numbered from 0, in batches of `batch` every
+ * `every` ms to `target()` (an http URL), in order, until stopped. A batch is sent again only
+ * when it was refused as a whole (connection refused, or an HTTP error status such as 503
+ * while a new process loads the log), so no number is published twice or skipped. `pause()`
+ * resolves once no request is in flight, so a gateway can be stopped without leaving a
+ * request whose outcome is unknown.
+ */
+export function sequencePublisher(target, { source, batch = 5, every = 20 } = {}) {
+  let next = 0;
+  let stopped = false;
+  let paused = null; // a promise while paused
+  let release = null;
+  let idle = null; // resolves when the loop reaches a pause point
+  const refusals = [];
+  const done = (async () => {
+    while (!stopped) {
+      if (paused) {
+        idle?.();
+        await paused;
+        continue;
+      }
+      try {
+        await publish(target(), Array.from({ length: batch }, (_, i) => ({
+          source, 'detail-type': 'tick', detail: { seq: next + i },
+        })));
+        next += batch;
+      } catch (err) {
+        refusals.push(String(err.cause?.code ?? err.message).slice(0, 80));
+      }
+      await sleep(every);
+    }
+  })();
+  return {
+    get published() {
+      return next;
+    },
+    refusals,
+    pause() {
+      paused = new Promise((r) => (release = r));
+      return new Promise((r) => (idle = r));
+    },
+    resume() {
+      paused = null;
+      idle = null;
+      release?.();
+    },
+    async stop() {
+      stopped = true;
+      this.resume();
+      await done;
+      return next;
+    },
+  };
+}
+
 /** Poll `fn` until it returns a truthy value. */
 export async function waitFor(fn, { timeout = 10_000, interval = 25, what = 'condition' } = {}) {
   const deadline = Date.now() + timeout;

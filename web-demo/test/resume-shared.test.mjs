@@ -10,7 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import WebSocket from 'ws';
 import { EventGateClient } from '../eventgate-client.js';
 import {
-  startEventgate, startProxy, publish, waitFor, waitForState, waitReady, redisAvailable, sharedLog, quietLogger,
+  startEventgate, startProxy, publish, sequencePublisher, waitFor, waitForState, waitReady, redisAvailable, sharedLog, quietLogger,
 } from './helpers.mjs';
 
 const clientOpts = (extra = {}) => ({
@@ -66,40 +66,6 @@ async function node(log, { port, env = {} } = {}) {
   const server = await startEventgate({ port, keepAlive: '1s', env: { ...log.env, ...env } });
   await waitReady(server.httpUrl);
   return server;
-}
-
-/**
- * Publishes `{seq}` events in batches of `batch` every `every` ms through `target()`, in order,
- * until stopped: a batch is sent again only when it was refused as a whole (the connection
- * was refused, or an HTTP error status), so no number is published twice or skipped.
- */
-function publisher(target, { batch = 5, every = 20 } = {}) {
-  let next = 0;
-  let stopped = false;
-  const errors = [];
-  const done = (async () => {
-    while (!stopped) {
-      try {
-        await publish(target(), seqEvents(next, next + batch));
-        next += batch;
-      } catch (err) {
-        errors.push(String(err.cause?.code ?? err.message));
-      }
-      await sleep(every);
-    }
-  })();
-  return {
-    get published() {
-      return next;
-    },
-    errors,
-    /** Stop after the batch in flight; resolves with the count of events published. */
-    async stop() {
-      stopped = true;
-      await done;
-      return next;
-    },
-  };
 }
 
 describe('resume on a Redis log', () => {
@@ -186,7 +152,7 @@ describe('resume on a Redis log', () => {
     try {
       await client.subscribe('ticks', { source: ['resume.shared'] });
       // About 250 events/s, accepted by node B and delivered to the client by node A.
-      pub = publisher(() => b.httpUrl);
+      pub = sequencePublisher(() => b.httpUrl, { source: 'resume.shared' });
       await waitFor(() => seen.seen.length >= 100, { what: '100 events through node A' });
       proxy.switchTo(b.port);
       await a.stop('SIGKILL');
@@ -201,7 +167,7 @@ describe('resume on a Redis log', () => {
       assert.ok(seen.recovered[0] > 0, `events accepted while the client moved were replayed (recovered ${seen.recovered[0]})`);
       assert.equal(seen.seen.length, total, 'no duplicate');
       assert.deepEqual(seen.seen, range(0, total), 'every event exactly once, in order');
-      assert.deepEqual(pub.errors, [], 'node B accepted every batch');
+      assert.deepEqual(pub.refusals, [], 'node B accepted every batch');
       t.diagnostic(`${total} events, ${seen.recovered[0]} replayed by node B`);
     } finally {
       await pub?.stop();
