@@ -11,6 +11,7 @@ import WebSocket from 'ws';
 import { EventGateClient } from '../eventgate-client.js';
 import {
   startEventgate, startProxy, publish, sequencePublisher, waitFor, waitForState, waitReady, redisAvailable, sharedLog, quietLogger,
+  redisCommand,
 } from './helpers.mjs';
 
 const clientOpts = (extra = {}) => ({
@@ -260,6 +261,53 @@ describe('resume on a Redis log', () => {
       first.close();
       second?.close();
       await server.stop();
+      await log.drop();
+    }
+  });
+
+  // FAILS (gateway bug, src/cluster/redis_stream.rs): a node checks whether the stream was
+  // trimmed past what it had read only when its reader (re)connects (`check_gap`), never
+  // between two XREADs on a live connection. A node that falls behind by more than the log
+  // retains while its Redis connection stays up (frozen for a moment here; a reader held by
+  // ingest backpressure is the same) XREADs from its last id, gets the entries still there,
+  // and its clients silently miss the trimmed ones: no 1012, no `gap`.
+  test('a node that fell behind further than the log retains: its client gets every event or a `gap`, never a silent hole', async (t) => {
+    if (!(await redisAvailable(t))) return;
+    const log = sharedLog('trimmed');
+    const env = { EVENTGATE_HISTORY_MAX_EVENTS: '10' };
+    const a = await node(log, { env });
+    const b = await node(log, { env });
+    const client = new EventGateClient(b.url, { apiKey: b.apiKey }, clientOpts());
+    const seen = watch(client);
+    const complete = (n) => seen.seen.length === n && seen.seen.every((seq, i) => seq === i);
+    try {
+      await client.subscribe('ticks', { source: ['resume.shared'] });
+      await publish(a.httpUrl, seqEvents(0, 3));
+      await waitFor(() => seen.seen.length === 3, { what: 'the first events' });
+      // Node B stops reading for a moment (well under its Redis response timeout, so its
+      // connection stays up) while node A appends 600 events; the stream keeps about 10.
+      b.proc.kill('SIGSTOP');
+      for (let from = 3; from < 603; from += 50) await publish(a.httpUrl, seqEvents(from, from + 50));
+      const length = await redisCommand(['XLEN', log.key]);
+      b.proc.kill('SIGCONT');
+      await publish(a.httpUrl, seqEvents(603, 605));
+      try {
+        await waitFor(() => complete(605) || seen.gaps.length > 0, { what: 'every event, or a gap', timeout: 6_000 });
+      } catch {
+        const holes = [];
+        for (let i = 1; i < seen.seen.length; i++) {
+          if (seen.seen[i] !== seen.seen[i - 1] + 1) holes.push(`${seen.seen[i - 1] + 1}..${seen.seen[i] - 1}`);
+        }
+        assert.fail(`the client silently missed events ${holes.join(', ')} (${seen.seen.length} of 605 received, ` +
+          `stream length ${length.slice(1)} after the appends): no gap, recovered ${JSON.stringify(seen.recovered)}, ` +
+          `state ${client.state}`);
+      }
+      if (seen.gaps.length) assert.match(seen.gaps[0], /^position expired: /);
+    } finally {
+      b.proc.kill('SIGCONT');
+      client.close();
+      await a.stop();
+      await b.stop();
       await log.drop();
     }
   });
