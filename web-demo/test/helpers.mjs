@@ -1,6 +1,7 @@
 // Shared helpers for the web-demo tests: start/stop/restart the real eventgate binary.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -126,6 +127,52 @@ function spawnOnce(args, extraEnv = {}) {
   });
 }
 
+/**
+ * A TCP proxy to `port` on 127.0.0.1 that can cut every connection and refuse new ones for a
+ * while, and switch to another upstream (a load balancer moving clients to another node).
+ */
+export async function startProxy(port) {
+  const sockets = new Set();
+  let down = false;
+  let upstream = port;
+  const server = net.createServer((inbound) => {
+    if (down) {
+      inbound.destroy();
+      return;
+    }
+    const outbound = net.connect(upstream, '127.0.0.1');
+    for (const s of [inbound, outbound]) {
+      sockets.add(s);
+      s.on('error', () => {});
+      s.on('close', () => sockets.delete(s));
+    }
+    inbound.pipe(outbound);
+    outbound.pipe(inbound);
+    inbound.on('close', () => outbound.destroy());
+    outbound.on('close', () => inbound.destroy());
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `ws://127.0.0.1:${server.address().port}/`,
+    /** Cut every connection and refuse new ones until `up()`. */
+    down() {
+      down = true;
+      for (const s of sockets) s.destroy();
+    },
+    up() {
+      down = false;
+    },
+    /** New connections go to `port` from now on (open ones stay where they are). */
+    switchTo(port) {
+      upstream = port;
+    },
+    close: () => new Promise((resolve) => {
+      for (const s of sockets) s.destroy();
+      server.close(resolve);
+    }),
+  };
+}
+
 /** POST one event (or an array) to /events. */
 export async function publish(httpUrl, event) {
   const res = await fetch(`${httpUrl}/events`, {
@@ -136,6 +183,62 @@ export async function publish(httpUrl, event) {
   const text = await res.text();
   if (!res.ok) throw new Error(`POST /events -> ${res.status}: ${text}`);
   return JSON.parse(text);
+}
+
+/**
+ * Publishes `{source, detail: {seq}}` events, numbered from 0, in batches of `batch` every
+ * `every` ms to `target()` (an http URL), in order, until stopped. A batch is sent again only
+ * when it was refused as a whole (connection refused, or an HTTP error status such as 503
+ * while a new process loads the log), so no number is published twice or skipped. `pause()`
+ * resolves once no request is in flight, so a gateway can be stopped without leaving a
+ * request whose outcome is unknown.
+ */
+export function sequencePublisher(target, { source, batch = 5, every = 20 } = {}) {
+  let next = 0;
+  let stopped = false;
+  let paused = null; // a promise while paused
+  let release = null;
+  let idle = null; // resolves when the loop reaches a pause point
+  const refusals = [];
+  const done = (async () => {
+    while (!stopped) {
+      if (paused) {
+        idle?.();
+        await paused;
+        continue;
+      }
+      try {
+        await publish(target(), Array.from({ length: batch }, (_, i) => ({
+          source, 'detail-type': 'tick', detail: { seq: next + i },
+        })));
+        next += batch;
+      } catch (err) {
+        refusals.push(String(err.cause?.code ?? err.message).slice(0, 80));
+      }
+      await sleep(every);
+    }
+  })();
+  return {
+    get published() {
+      return next;
+    },
+    refusals,
+    pause() {
+      paused = new Promise((r) => (release = r));
+      return new Promise((r) => (idle = r));
+    },
+    resume() {
+      paused = null;
+      idle = null;
+      release?.();
+    },
+    async stop() {
+      stopped = true;
+      this.resume();
+      await done;
+      return next;
+    },
+  };
 }
 
 /** Poll `fn` until it returns a truthy value. */
@@ -194,3 +297,100 @@ export function eventSink() {
 }
 
 export const quietLogger = { debug() {}, info() {}, warn() {}, error() {} };
+
+// ------------------------------------------------------------------ shared log (Redis)
+
+/** The Redis the shared-log tests use (`host:port`), as for the Rust tests. */
+export const REDIS = process.env.EVENTGATE_TEST_REDIS ?? '127.0.0.1:6379';
+
+/**
+ * One Redis command over RESP on a fresh connection (enough for PING and DEL; the tests need
+ * no Redis client package). Resolves with the reply's first line, rejects when Redis does not
+ * answer within `timeout` ms.
+ */
+export function redisCommand(args, { timeout = 2000 } = {}) {
+  const [host, port] = [REDIS.slice(0, REDIS.lastIndexOf(':')), Number(REDIS.slice(REDIS.lastIndexOf(':') + 1))];
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, host);
+    let reply = '';
+    const timer = setTimeout(() => finish(new Error(`redis at ${REDIS}: no answer within ${timeout} ms`)), timeout);
+    const finish = (err, value) => {
+      clearTimeout(timer);
+      socket.destroy();
+      if (err) reject(err);
+      else resolve(value);
+    };
+    socket.setEncoding('utf8');
+    socket.on('error', (err) => finish(err));
+    socket.on('connect', () => {
+      socket.write(`*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(String(a))}\r\n${a}\r\n`).join('')}`);
+    });
+    socket.on('data', (d) => {
+      reply += d;
+      const end = reply.indexOf('\r\n');
+      if (end < 0) return;
+      const line = reply.slice(0, end);
+      if (line.startsWith('-')) finish(new Error(`redis: ${line.slice(1)}`));
+      else finish(null, line);
+    });
+  });
+}
+
+const inCi = () => /^true$/i.test(process.env.CI ?? '');
+
+/**
+ * True when Redis answers. When it does not: with CI=true the test fails; elsewhere it is
+ * skipped (`t.skip`, shown by the spec reporter) and, when EVENTGATE_TEST_SKIPS names a file,
+ * one line is appended to it, so scripts/test.sh and run-tests.sh list it in their summary
+ * (the same contract as the Rust tests' `broker_available`).
+ */
+export async function redisAvailable(t) {
+  try {
+    if ((await redisCommand(['PING'])) === '+PONG') return true;
+  } catch {
+    /* not reachable: below */
+  }
+  if (inCi()) throw new Error(`redis not reachable at ${REDIS}, and brokers are mandatory in CI (CI=true)`);
+  const line = `web-demo: ${t.fullName ?? t.name}: redis not reachable at ${REDIS}`;
+  console.error(`\n*** SKIPPED ${line} ***\n`);
+  if (process.env.EVENTGATE_TEST_SKIPS) fs.appendFileSync(process.env.EVENTGATE_TEST_SKIPS, `${line}\n`);
+  t.skip(`redis not reachable at ${REDIS}`);
+  return false;
+}
+
+/**
+ * A fresh Redis stream key for one test (deleted again by `dropStream`), and the environment
+ * that puts a gateway on it as its shared log (`cluster.backend = "redis_stream"`).
+ */
+export function sharedLog(name) {
+  const key = `eventgate.webdemo-test.${name}.${process.pid}.${Date.now().toString(36)}.${Math.random().toString(36).slice(2, 8)}`;
+  return {
+    key,
+    env: {
+      EVENTGATE_CLUSTER_BACKEND: 'redis_stream',
+      EVENTGATE_CLUSTER_URL: `redis://${REDIS}/`,
+      EVENTGATE_CLUSTER_CHANNEL: key,
+    },
+    drop: () => redisCommand(['DEL', key]).catch(() => {}),
+  };
+}
+
+/** Wait until the gateway's /readyz is 200 (with a shared log: the log's tail is loaded). */
+export async function waitReady(httpUrl, timeout = 15_000) {
+  let last = '';
+  try {
+    await waitFor(async () => {
+      try {
+        const res = await fetch(`${httpUrl}/readyz`);
+        last = `${res.status} ${await res.text()}`;
+        return res.status === 200;
+      } catch (err) {
+        last = String(err);
+        return false;
+      }
+    }, { timeout, interval: 50, what: `${httpUrl}/readyz` });
+  } catch (err) {
+    err.message += ` (last answer: ${last})`;
+    throw err;
+  }
+}

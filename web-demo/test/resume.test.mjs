@@ -3,11 +3,10 @@
 // Connections are cut through a small TCP proxy the test controls.
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import WebSocket from 'ws';
 import { EventGateClient } from '../eventgate-client.js';
-import { startEventgate, publish, waitFor, waitForState, quietLogger } from './helpers.mjs';
+import { startEventgate, startProxy, publish, waitFor, waitForState, quietLogger } from './helpers.mjs';
 
 const clientOpts = (extra = {}) => ({
   WebSocket,
@@ -16,44 +15,6 @@ const clientOpts = (extra = {}) => ({
   backoff: { initial: 100, max: 300, factor: 2 },
   ...extra,
 });
-
-/** A TCP proxy to `port` that can cut every connection and refuse new ones for a while. */
-async function startProxy(port) {
-  const sockets = new Set();
-  let down = false;
-  const server = net.createServer((inbound) => {
-    if (down) {
-      inbound.destroy();
-      return;
-    }
-    const outbound = net.connect(port, '127.0.0.1');
-    for (const s of [inbound, outbound]) {
-      sockets.add(s);
-      s.on('error', () => {});
-      s.on('close', () => sockets.delete(s));
-    }
-    inbound.pipe(outbound);
-    outbound.pipe(inbound);
-    inbound.on('close', () => outbound.destroy());
-    outbound.on('close', () => inbound.destroy());
-  });
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return {
-    url: `ws://127.0.0.1:${server.address().port}/`,
-    /** Cut every connection and refuse new ones until `up()`. */
-    down() {
-      down = true;
-      for (const s of sockets) s.destroy();
-    },
-    up() {
-      down = false;
-    },
-    close: () => new Promise((resolve) => {
-      for (const s of sockets) s.destroy();
-      server.close(resolve);
-    }),
-  };
-}
 
 const seqEvents = (from, to) => {
   const events = [];
