@@ -1429,6 +1429,63 @@ mod tests {
     }
 
     #[test]
+    fn tenant_cells_match_events_to_their_connections() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["eventgate-bench", "--api-key", "k", "--groups", "100"];
+            argv.extend_from_slice(extra);
+            Args::parse_from(argv)
+        };
+        // Tenant in the rules: event k reaches connection i only if both tenant and group agree.
+        let args = parse(&["--tenants", "1000", "--tenant-rules", "scope"]);
+        assert_eq!(args.cells(), 100_000);
+        for k in [0u64, 7, 999, 1_000, 12_345] {
+            let receivers = (0..10_000)
+                .filter(|i| args.connection_cell(*i, i % 100) == args.event_cell(k))
+                .count();
+            assert_eq!(receivers, 10, "event {k}");
+        }
+        // No tenant in the rules: the whole group receives it.
+        let args = parse(&["--tenants", "1000"]);
+        assert_eq!(args.cells(), 100);
+        let receivers = (0..10_000)
+            .filter(|i| args.connection_cell(*i, i % 100) == args.event_cell(42))
+            .count();
+        assert_eq!(receivers, 100);
+    }
+
+    #[test]
+    fn tokens_carry_the_tenant_and_verify() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let mut args = Args::parse_from([
+            "eventgate-bench",
+            "--api-key",
+            "k",
+            "--connections",
+            "3",
+            "--tenants",
+            "2",
+            "--token-alg",
+            "hs256",
+            "--token-key",
+            secret,
+        ]);
+        args.tokens = Arc::new(mint_tokens(&args).expect("minted"));
+        let key = jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()).expect("key");
+        let validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        let tenants: Vec<String> = (0..3)
+            .map(|i| {
+                let token = args.token(i).expect("a token");
+                let data = jsonwebtoken::decode::<Value>(token, &key, &validation).expect("valid");
+                data.claims["tenant"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(tenants, ["t0", "t1", "t0"]);
+    }
+
+    #[test]
     fn quantiles_merge_shards() {
         let stats = Stats::new(1);
         stats.shards[0].latency.record(1_000_000); // 1 ms
