@@ -33,6 +33,16 @@
 //! everything; they read and discard it and are not counted. Run once with and once
 //! without to compare the healthy connections' latency and throughput.
 //!
+//! `--token-alg hs256|es256 --token-key <secret | PEM private key file>` (eventgate): every
+//! connection presents its own signed token (`Token` in the `header` document; claims `sub`,
+//! `tenant` = `t<i % --tenants>`, `iat`, `exp` a day ahead), all minted before the storm so
+//! signing stays out of the timed set-up. `--tenants N` also puts `detail.tenant` =
+//! `t<k % N>` in event `k`; `--tenant-rules` says where a connection's tenant condition comes
+//! from: `client` (written into both rules by the client), `scope` (rules without it, the
+//! gateway ANDs the token's scope in) or `none` (nowhere: deliveries ignore the tenant).
+//! With `client` and `scope` an event reaches the connections of its tenant and group only,
+//! and the loss accounting counts it so.
+//!
 //! `--json` prints one JSON object on stdout (human-readable lines go to stderr).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -52,6 +62,26 @@ use tokio_tungstenite::WebSocketStream;
 enum Target {
     Eventgate,
     Nchan,
+}
+
+/// Signature algorithm of the tokens the connections present.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenAlg {
+    /// HMAC-SHA256 with the `--token-key` secret (the gateway's `identity.hmac_secret`).
+    Hs256,
+    /// ECDSA P-256 with the `--token-key` PKCS#8 PEM private key file.
+    Es256,
+}
+
+/// Where a connection's tenant condition comes from (with `--tenants`).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum TenantRules {
+    /// Nowhere: rules without a tenant, every event reaches its whole group.
+    None,
+    /// The client writes `"tenant":["t<i>"]` into the `detail` of both its rules.
+    Client,
+    /// Rules without a tenant; the gateway ANDs the token's scope (a tenant template) in.
+    Scope,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -131,6 +161,102 @@ struct Args {
     /// Hostile connections at their full rule budgets beside the workload (eventgate).
     #[arg(long, default_value_t = 0)]
     adversaries: usize,
+    /// Present a signed token per connection (eventgate), minted before the storm.
+    #[arg(long, value_enum, requires = "token_key")]
+    token_alg: Option<TokenAlg>,
+    /// hs256: the shared secret; es256: a PKCS#8 PEM private key file.
+    #[arg(long)]
+    token_key: Option<String>,
+    /// Tenants: connection `i` belongs to `t<i % N>` (its token's `tenant` claim) and event
+    /// `k` carries `detail.tenant` = `t<k % N>`; 0 = no tenant in events.
+    #[arg(long, default_value_t = 0)]
+    tenants: usize,
+    /// Where the tenant condition of a connection's rules comes from (see the module doc).
+    #[arg(long, value_enum, default_value = "none")]
+    tenant_rules: TenantRules,
+    /// The minted tokens, connection `i` presents `tokens[i % len]` (empty: none).
+    #[arg(skip)]
+    tokens: Arc<Vec<String>>,
+}
+
+impl Args {
+    /// True when an event reaches only the connections of its own tenant.
+    fn tenant_restricts(&self) -> bool {
+        self.tenants > 0 && self.tenant_rules != TenantRules::None
+    }
+
+    /// Audiences the loss accounting counts members of: one per group, or one per
+    /// (tenant, group) when the tenant restricts deliveries.
+    fn cells(&self) -> usize {
+        let groups = self.groups.max(1);
+        if self.tenant_restricts() {
+            groups * self.tenants
+        } else {
+            groups
+        }
+    }
+
+    /// The audience of connection `index` subscribed to `group`.
+    fn connection_cell(&self, index: usize, group: usize) -> usize {
+        if self.tenant_restricts() {
+            (index % self.tenants) * self.groups.max(1) + group
+        } else {
+            group
+        }
+    }
+
+    /// The audience event `k` is delivered to.
+    fn event_cell(&self, k: u64) -> usize {
+        let groups = self.groups.max(1) as u64;
+        if self.tenant_restricts() {
+            ((k % self.tenants as u64) * groups + k % groups) as usize
+        } else {
+            (k % groups) as usize
+        }
+    }
+
+    /// The token connection `index` presents, if any.
+    fn token(&self, index: usize) -> Option<&str> {
+        (!self.tokens.is_empty()).then(|| self.tokens[index % self.tokens.len()].as_str())
+    }
+}
+
+/// One token per connection: claims `sub`, `tenant`, `iat`, `exp` (a day ahead).
+fn mint_tokens(args: &Args) -> Result<Vec<String>, String> {
+    let Some(alg) = args.token_alg else {
+        return Ok(Vec::new());
+    };
+    let key_text = args.token_key.as_deref().unwrap_or_default();
+    let (algorithm, key) = match alg {
+        TokenAlg::Hs256 => (
+            jsonwebtoken::Algorithm::HS256,
+            jsonwebtoken::EncodingKey::from_secret(key_text.as_bytes())
+                .map_err(|e| format!("--token-key: {e}"))?,
+        ),
+        TokenAlg::Es256 => {
+            let pem =
+                std::fs::read(key_text).map_err(|e| format!("--token-key {key_text}: {e}"))?;
+            (
+                jsonwebtoken::Algorithm::ES256,
+                jsonwebtoken::EncodingKey::from_ec_pem(&pem)
+                    .map_err(|e| format!("--token-key {key_text}: {e}"))?,
+            )
+        }
+    };
+    let header = jsonwebtoken::Header::new(algorithm);
+    let now = now_nanos() / 1_000_000_000;
+    let tenants = args.tenants.max(1);
+    (0..args.connections.max(1))
+        .map(|i| {
+            let claims = json!({
+                "sub": format!("bench-{i}"),
+                "tenant": format!("t{}", i % tenants),
+                "iat": now,
+                "exp": now + 86_400,
+            });
+            jsonwebtoken::encode(&header, &claims, &key).map_err(|e| format!("signing: {e}"))
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -388,9 +514,10 @@ fn now_nanos() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-fn header(host: &str, api_key: &str) -> String {
+fn header(host: &str, api_key: &str, token: Option<&str>) -> String {
+    let token = token.map_or(String::new(), |token| format!(",\"Token\":\"{token}\""));
     let document = format!(
-        "{{\"Host\":\"{host}\",\"ApiKey\":\"{api_key}\",\"Id\":\"{}\"}}",
+        "{{\"Host\":\"{host}\",\"ApiKey\":\"{api_key}\",\"Id\":\"{}\"{token}}}",
         uuid::Uuid::new_v4()
     );
     eventgate_protocol::header::encode_base64(document.as_bytes())
@@ -434,7 +561,11 @@ async fn set_up(args: &Args, index: usize, group: usize) -> Result<Ws, String> {
         Target::Eventgate => format!(
             "ws://{}/?header={}",
             args.server,
-            header(&args.server.ip().to_string(), &args.api_key)
+            header(
+                &args.server.ip().to_string(),
+                &args.api_key,
+                args.token(index)
+            )
         ),
         Target::Nchan => format!("ws://{}/sub/{group}", args.server),
     };
@@ -450,13 +581,28 @@ async fn set_up(args: &Args, index: usize, group: usize) -> Result<Ws, String> {
     if args.target == Target::Nchan || args.upgrade_only {
         return Ok(ws);
     }
-    let frames = [
-        r#"{"Action":"Hello","RequestId":"h"}"#.to_owned(),
-        format!(
-            r#"{{"Action":"Subscribe","RequestId":"s1","Rule":"hit","Pattern":"{{\"source\":[\"bench\"],\"detail\":{{\"group\":[{group}]}}}}"}}"#
-        ),
-        r#"{"Action":"Subscribe","RequestId":"s2","Rule":"miss","Pattern":"{\"source\":[\"never\"]}"}"#.to_owned(),
-    ];
+    let frames = match (args.tenant_rules, args.tenants) {
+        (TenantRules::Client, tenants) if tenants > 0 => {
+            // The tenant condition written by the client, where a scope would put it.
+            let tenant = index % tenants;
+            [
+                r#"{"Action":"Hello","RequestId":"h"}"#.to_owned(),
+                format!(
+                    r#"{{"Action":"Subscribe","RequestId":"s1","Rule":"hit","Pattern":"{{\"source\":[\"bench\"],\"detail\":{{\"group\":[{group}],\"tenant\":[\"t{tenant}\"]}}}}"}}"#
+                ),
+                format!(
+                    r#"{{"Action":"Subscribe","RequestId":"s2","Rule":"miss","Pattern":"{{\"source\":[\"never\"],\"detail\":{{\"tenant\":[\"t{tenant}\"]}}}}"}}"#
+                ),
+            ]
+        }
+        _ => [
+            r#"{"Action":"Hello","RequestId":"h"}"#.to_owned(),
+            format!(
+                r#"{{"Action":"Subscribe","RequestId":"s1","Rule":"hit","Pattern":"{{\"source\":[\"bench\"],\"detail\":{{\"group\":[{group}]}}}}"}}"#
+            ),
+            r#"{"Action":"Subscribe","RequestId":"s2","Rule":"miss","Pattern":"{\"source\":[\"never\"]}"}"#.to_owned(),
+        ],
+    };
     if args.one_action_at_a_time {
         for frame in frames {
             ws.send(Message::Text(frame.into()))
@@ -518,7 +664,11 @@ async fn set_up_adversary(args: &Args, conn: usize) -> Result<(Ws, usize), Strin
     let url = format!(
         "ws://{}/?header={}",
         args.server,
-        header(&args.server.ip().to_string(), &args.api_key)
+        header(
+            &args.server.ip().to_string(),
+            &args.api_key,
+            args.token(conn)
+        )
     );
     let (mut ws, _) = tokio_tungstenite::client_async(url, stream)
         .await
@@ -623,6 +773,12 @@ impl Publisher {
     fn event(&self, k: u64, sent: u64) -> String {
         let groups = self.args.groups.max(1) as u64;
         match self.args.target {
+            Target::Eventgate if self.args.tenants > 0 => format!(
+                r#"{{"source":"bench","detail-type":"load","detail":{{"group":{},"tenant":"t{}","seq":{k},"sent":{sent},"padding":"{}"}}}}"#,
+                k % groups,
+                k % self.args.tenants as u64,
+                self.padding
+            ),
             Target::Eventgate => format!(
                 r#"{{"source":"bench","detail-type":"load","detail":{{"group":{},"seq":{k},"sent":{sent},"padding":"{}"}}}}"#,
                 k % groups,
@@ -639,7 +795,7 @@ impl Publisher {
     /// Posts events `first .. first + count`, stamped `sent` (nanoseconds since the epoch);
     /// records what the server accepted.
     async fn post(&self, first: u64, count: u64, members: &[u64], sent: u64) {
-        let groups = members.len() as u64;
+        let groups = self.args.groups.max(1) as u64;
         let accepted: Vec<bool> = match self.args.target {
             Target::Eventgate => {
                 let mut body = String::from("[");
@@ -690,8 +846,10 @@ impl Publisher {
             let k = first + offset as u64;
             if *ok {
                 self.accepted_events.fetch_add(1, Ordering::Relaxed);
-                self.expected
-                    .fetch_add(members[(k % groups) as usize], Ordering::Relaxed);
+                self.expected.fetch_add(
+                    members[self.args.event_cell(k) % members.len().max(1)],
+                    Ordering::Relaxed,
+                );
             } else {
                 self.failed_events.fetch_add(1, Ordering::Relaxed);
             }
@@ -711,7 +869,12 @@ async fn publish(
         Target::Eventgate => args.batch.max(1) as u64,
         Target::Nchan => 1,
     };
-    let per_event: u64 = members.iter().sum::<u64>() / members.len().max(1) as u64;
+    // Notifications one event owes on average, over a whole cycle of its audiences.
+    let cycle = members.len().max(1) as u64;
+    let per_event: u64 = (0..cycle)
+        .map(|k| members.get(args.event_cell(k)).copied().unwrap_or(0))
+        .sum::<u64>()
+        / cycle;
     let started = Instant::now();
     let started_ns = now_nanos();
     let deadline = started + duration;
@@ -782,7 +945,8 @@ async fn connect_all(args: &Args, stats: &Arc<Stats>) -> (u64, u64, f64, Vec<Str
             let group = index % args.groups.max(1);
             match tokio::time::timeout(Duration::from_secs(30), set_up(&args, index, group)).await {
                 Ok(Ok(ws)) => {
-                    stats.members[group].fetch_add(1, Ordering::Relaxed);
+                    stats.members[args.connection_cell(index, group)]
+                        .fetch_add(1, Ordering::Relaxed);
                     spawn_reader(args.target, ws, stats);
                 }
                 outcome => {
@@ -823,7 +987,7 @@ fn opt_round(value: Option<f64>, digits: i32) -> Value {
 
 #[tokio::main]
 async fn main() {
-    let args = Args::parse();
+    let mut args = Args::parse();
     if args.target == Target::Eventgate && args.api_key.is_empty() {
         eprintln!("--api-key is required for --target eventgate (see `eventgate key`)");
         std::process::exit(2);
@@ -842,12 +1006,35 @@ async fn main() {
         );
         std::process::exit(2);
     }
+    if args.tenant_rules != TenantRules::None && args.tenants == 0 {
+        eprintln!("--tenant-rules client|scope needs --tenants N");
+        std::process::exit(2);
+    }
+    // Signing stays out of the timed set-up: every token exists before the first connect.
+    let minting = Instant::now();
+    match mint_tokens(&args) {
+        Ok(tokens) => args.tokens = Arc::new(tokens),
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(2);
+        }
+    }
+    let mint_s = minting.elapsed().as_secs_f64();
+    if let Some(alg) = args.token_alg {
+        say(
+            &args,
+            format!(
+                "minted {} {alg:?} tokens in {mint_s:.2}s (before the storm, not timed)",
+                args.tokens.len()
+            ),
+        );
+    }
     if args.churn {
         churn(args).await;
         return;
     }
     let groups = args.groups.max(1);
-    let stats = Arc::new(Stats::new(groups));
+    let stats = Arc::new(Stats::new(args.cells()));
     let rss_before = rss_kib(args.server_pid);
 
     // Phase 1: connection storm.
@@ -932,6 +1119,10 @@ async fn main() {
         "errors": errors,
         "adversaries": adversaries,
         "adversary_rules": adversary_rules,
+        "token_alg": args.token_alg.map(|alg| format!("{alg:?}").to_lowercase()),
+        "token_mint_s": round(mint_s, 3),
+        "tenants": args.tenants,
+        "tenant_rules": format!("{:?}", args.tenant_rules).to_lowercase(),
     });
 
     if !args.idle {
@@ -1235,6 +1426,63 @@ mod tests {
             r#"{"Action":"Event","Rules":["hit"],"Event":"{\"detail\":{\"seq\":9,\"sent\":678}}"}"#;
         assert_eq!(sent_stamp(frame), Some(678));
         assert_eq!(sent_stamp(r#"{"Action":"KeepAlive"}"#), None);
+    }
+
+    #[test]
+    fn tenant_cells_match_events_to_their_connections() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["eventgate-bench", "--api-key", "k", "--groups", "100"];
+            argv.extend_from_slice(extra);
+            Args::parse_from(argv)
+        };
+        // Tenant in the rules: event k reaches connection i only if both tenant and group agree.
+        let args = parse(&["--tenants", "1000", "--tenant-rules", "scope"]);
+        assert_eq!(args.cells(), 100_000);
+        for k in [0u64, 7, 999, 1_000, 12_345] {
+            let receivers = (0..10_000)
+                .filter(|i| args.connection_cell(*i, i % 100) == args.event_cell(k))
+                .count();
+            assert_eq!(receivers, 10, "event {k}");
+        }
+        // No tenant in the rules: the whole group receives it.
+        let args = parse(&["--tenants", "1000"]);
+        assert_eq!(args.cells(), 100);
+        let receivers = (0..10_000)
+            .filter(|i| args.connection_cell(*i, i % 100) == args.event_cell(42))
+            .count();
+        assert_eq!(receivers, 100);
+    }
+
+    #[test]
+    fn tokens_carry_the_tenant_and_verify() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let mut args = Args::parse_from([
+            "eventgate-bench",
+            "--api-key",
+            "k",
+            "--connections",
+            "3",
+            "--tenants",
+            "2",
+            "--token-alg",
+            "hs256",
+            "--token-key",
+            secret,
+        ]);
+        args.tokens = Arc::new(mint_tokens(&args).expect("minted"));
+        let key = jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()).expect("key");
+        let validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        let tenants: Vec<String> = (0..3)
+            .map(|i| {
+                let token = args.token(i).expect("a token");
+                let data = jsonwebtoken::decode::<Value>(token, &key, &validation).expect("valid");
+                data.claims["tenant"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(tenants, ["t0", "t1", "t0"]);
     }
 
     #[test]
