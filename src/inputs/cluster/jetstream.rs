@@ -97,7 +97,8 @@ fn epoch_of(info: &stream::Info) -> u64 {
 
 /// Publishes what the hub queues, waiting for the stream's acknowledgements; reconnects with
 /// a capped backoff. A batch that was not acknowledged is published again after the
-/// reconnect (at least once: an event whose acknowledgement was lost may be logged twice).
+/// reconnect; each message carries its event's id as `Nats-Msg-Id`, so the stream drops the
+/// copies of what it had taken (within its duplicate window, 2 minutes by default).
 pub(super) async fn append(
     node: Node,
     mut receiver: mpsc::Receiver<Append>,
@@ -200,8 +201,13 @@ async fn write(
     let mut acks = Vec::new();
     for append in pending.iter() {
         for event in &append.events {
+            // The event's id as the message id: a batch published again after a lost
+            // acknowledgement is dropped by the stream's duplicate window, not logged twice.
+            let message = jetstream::message::PublishMessage::build()
+                .payload(event.json.clone().into())
+                .message_id(&event.id);
             let ack = js
-                .publish(node.config.channel.clone(), event.json.clone().into())
+                .send_publish(node.config.channel.clone(), message)
                 .await
                 .map_err(nats)?;
             acks.push(ack);

@@ -116,6 +116,9 @@ async fn append_session(
         .arg(APPEND_SCRIPT)
         .query_async(&mut connection)
         .await?;
+    if !pending.is_empty() {
+        drop_appended(node, &mut connection, pending).await?;
+    }
     up.set(true);
     status.set(true, "connected");
     backoff.reset();
@@ -143,6 +146,43 @@ async fn append_session(
         }
         write(node, &mut connection, &script, pending).await?;
     }
+}
+
+/// Entries looked at, from the newest, for events of a batch whose append failed.
+const RETRY_LOOKBACK: usize = 4096;
+
+/// Before a failed batch is appended again: drops from it the events the stream already
+/// holds (the connection broke after Redis ran their scripts, before their replies came), so
+/// they are not logged, and delivered, twice. Looks at the newest `RETRY_LOOKBACK` entries,
+/// by event id.
+async fn drop_appended(
+    node: &Node,
+    connection: &mut redis::aio::MultiplexedConnection,
+    pending: &mut Vec<Append>,
+) -> Result<(), ClusterError> {
+    let reply: RedisValue = redis::cmd("XREVRANGE")
+        .arg(&node.config.channel)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(RETRY_LOOKBACK)
+        .query_async(connection)
+        .await?;
+    let logged: std::collections::HashSet<String> = entries_of(reply)
+        .into_iter()
+        .filter_map(|entry| Some(event_from_log(&entry.payload).ok()?.id.clone()))
+        .collect();
+    let mut dropped = 0usize;
+    for append in pending.iter_mut() {
+        let before = append.events.len();
+        append.events.retain(|event| !logged.contains(&event.id));
+        dropped += before - append.events.len();
+    }
+    pending.retain(|append| !append.events.is_empty());
+    if dropped > 0 {
+        tracing::info!(node = %node.id, dropped, "events of a failed append were in the log already");
+    }
+    Ok(())
 }
 
 /// Appends every pending event in one pipeline; `pending` is emptied only when it worked.
