@@ -983,8 +983,16 @@ impl Dispatcher {
             entry.skip_until = Some(after);
             return Ok(0);
         }
-        // Matching runs over the whole index (as for a live event); the cost is bounded by
-        // the retained events, and a connection resumes at most once.
+        // Only this connection's own patterns are evaluated against the retained events: the
+        // cost of a resume is its rules times the retained events, whatever the number of
+        // other connections (matching through the whole index made a storm of N resumes
+        // cost N² when the events match everyone). A connection resumes at most once.
+        let mut own: Vec<(&str, &Pattern)> = entry
+            .rules
+            .iter()
+            .filter_map(|(name, id)| Some((&**name, self.index.pattern(*id)?)))
+            .collect();
+        own.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let max_replay = self
             .settings
             .history
@@ -995,16 +1003,13 @@ impl Dispatcher {
         let max_bytes = self.settings.max_queued_bytes;
         let mut frames: Vec<Utf8Bytes> = Vec::new();
         let mut bytes = 0usize;
-        let mut matched = std::mem::take(&mut self.matched);
         let mut refused = None;
         for (id, event) in log.after(after) {
-            matched.clear();
-            self.index.matches(&event.value, &mut matched);
-            let mut names: Vec<&str> = matched
+            // In name order (`own` is sorted), as the live notifications list them.
+            let names: Vec<&str> = own
                 .iter()
-                .filter_map(|&id| self.rules.get(id))
-                .filter(|owner| owner.slot == slot)
-                .map(|owner| &*owner.name)
+                .filter(|(_, pattern)| pattern.matches(&event.value))
+                .map(|(name, _)| *name)
                 .collect();
             if names.is_empty() {
                 continue;
@@ -1014,7 +1019,6 @@ impl Dispatcher {
                 refused = Some(ResumeError::TooMany(max_replay));
                 break;
             }
-            names.sort_unstable();
             let position = log.text(id);
             let tail = wire::event_tail_at(
                 Some(&position),
@@ -1032,7 +1036,7 @@ impl Dispatcher {
                 break;
             }
         }
-        self.matched = matched;
+        drop(own);
         if let Some(error) = refused {
             return Err(error);
         }
