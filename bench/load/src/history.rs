@@ -122,7 +122,10 @@ impl Live {
     }
 
     fn received(&self) -> u64 {
-        self.received.iter().map(|r| r.load(Ordering::Relaxed)).sum()
+        self.received
+            .iter()
+            .map(|r| r.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -177,6 +180,8 @@ struct Storm {
     done_after: Mutex<Vec<u64>>,
     positions: Mutex<BTreeMap<String, u64>>,
     errors: Mutex<Vec<String>>,
+    /// Resume Acks that were not `Ok` with `Replayed` = n, by their first 60 characters.
+    resume_acks: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Storm {
@@ -357,7 +362,10 @@ async fn storm_client(
             outcome if attempt < 2 => {
                 attempt += 1;
                 storm.reconnect_retries.fetch_add(1, Ordering::Relaxed);
-                storm.error(format!("reconnect {index} (will retry): {}", describe(outcome)));
+                storm.error(format!(
+                    "reconnect {index} (will retry): {}",
+                    describe(outcome)
+                ));
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             outcome => {
@@ -373,7 +381,15 @@ async fn storm_client(
     let replayed = ack["Replayed"].as_u64();
     if ack["Status"] != "Ok" || replayed != Some(events) {
         storm.resume_errors.fetch_add(1, Ordering::Relaxed);
-        storm.error(format!("resume {index}: {ack}"));
+        let text = format!(
+            "{} {} Replayed {:?}",
+            ack["Status"].as_str().unwrap_or("?"),
+            ack["Message"].as_str().unwrap_or(""),
+            replayed
+        );
+        if let Ok(mut acks) = storm.resume_acks.lock() {
+            *acks.entry(text.chars().take(60).collect()).or_default() += 1;
+        }
     }
     let mut next = 0u64;
     let mut finished = false;
@@ -618,12 +634,8 @@ pub async fn resume_storm(args: Args) {
     );
 
     // The live stream runs from here to the end.
-    let members: Arc<Vec<u64>> = Arc::new(
-        members
-            .iter()
-            .map(|m| m.load(Ordering::Relaxed))
-            .collect(),
-    );
+    let members: Arc<Vec<u64>> =
+        Arc::new(members.iter().map(|m| m.load(Ordering::Relaxed)).collect());
     let publisher = Arc::new(Publisher {
         client: reqwest::Client::new(),
         padding: "x".repeat(args.padding),
@@ -713,7 +725,10 @@ pub async fn resume_storm(args: Args) {
     if storm_permits > current {
         permits.add_permits(storm_permits - current);
     } else if storm_permits < current {
-        let _ = permits.acquire_many((current - storm_permits) as u32).await.map(|p| p.forget());
+        let _ = permits
+            .acquire_many((current - storm_permits) as u32)
+            .await
+            .map(|p| p.forget());
     }
     let _ = stage_tx.send(STAGE_RECONNECT);
     let closed = storm.closed.load(Ordering::Relaxed);
@@ -753,12 +768,28 @@ pub async fn resume_storm(args: Args) {
     live.stopping.store(true, Ordering::Relaxed);
     let live_received = live.received();
 
-    let mut done_after = storm.done_after.lock().map(|l| l.clone()).unwrap_or_default();
-    let mut acked_after = storm.acked_after.lock().map(|l| l.clone()).unwrap_or_default();
+    let mut done_after = storm
+        .done_after
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    let mut acked_after = storm
+        .acked_after
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
     done_after.sort_unstable();
     acked_after.sort_unstable();
     let positions = storm.positions.lock().map(|p| p.len()).unwrap_or(0);
     let errors = storm.errors.lock().map(|l| l.clone()).unwrap_or_default();
+    let resume_acks = storm
+        .resume_acks
+        .lock()
+        .map(|a| a.clone())
+        .unwrap_or_default();
+    for (ack, n) in &resume_acks {
+        eprintln!("resume Ack x{n}: {ack}");
+    }
     for error in &errors {
         eprintln!("{error}");
     }
@@ -836,6 +867,7 @@ pub async fn resume_storm(args: Args) {
         "reconnect_failed": count(&storm.reconnect_failed),
         "reconnect_retries": count(&storm.reconnect_retries),
         "errors": errors,
+        "resume_acks_not_ok": resume_acks,
         "live_clients": h.live_connections as u64 - count(&live_failed),
         "live_rate": h.live_rate,
         "live_expected": expected,

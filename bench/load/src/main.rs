@@ -658,7 +658,10 @@ impl Publisher {
                     body.push_str(&self.event(k, sent));
                 }
                 body.push(']');
-                let url = format!("http://{}/events", self.args.history.publishes_to(&self.args));
+                let url = format!(
+                    "http://{}/events",
+                    self.args.history.publishes_to(&self.args)
+                );
                 let response = self
                     .client
                     .post(url)
