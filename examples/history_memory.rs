@@ -1,8 +1,12 @@
 //! Measures the resident memory one retained event costs in the in-memory history log: fills
-//! a log with 100,000 events and compares the process's resident set before and after.
-//! Run: `cargo run --example history_memory -- 512`, the argument being the padding in each
-//! event's detail in bytes (one size per process, as freed memory is not always given back
-//! to the system; allocation sizes do not depend on the build profile).
+//! a log of `max_events` (second argument, default 100,000; `max_bytes` unbounded) with
+//! `max_events` events and compares the process's resident set before and after, then
+//! appends `max_events` more (each evicting the oldest: the steady state of a full log) and
+//! measures again.
+//! Run: `cargo run --release --example history_memory -- 512 10000`, the first argument being
+//! the padding in each event's detail in bytes (one size per process, as freed memory is not
+//! always given back to the system; allocation sizes do not depend on the build profile).
+//! `bench/history-memory.sh` runs it for several event sizes and retention settings.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,15 +26,18 @@ fn resident_bytes() -> usize {
 }
 
 fn main() {
-    const EVENTS: usize = 100_000;
     let detail_bytes: usize = std::env::args()
         .nth(1)
         .and_then(|arg| arg.parse().ok())
         .unwrap_or(512);
+    let events: usize = std::env::args()
+        .nth(2)
+        .and_then(|arg| arg.parse().ok())
+        .unwrap_or(100_000);
     {
         let config = HistoryConfig {
             enabled: true,
-            max_events: EVENTS,
+            max_events: events,
             max_bytes: usize::MAX,
             max_age: Seconds(Duration::from_secs(3600)),
             max_replay: 1000,
@@ -44,7 +51,7 @@ fn main() {
         };
         let before = resident_bytes();
         let now = Instant::now();
-        for n in 0..EVENTS {
+        let mut append = |n: usize| {
             let json = format!(
                 r#"{{"source":"orders","detail-type":"OrderPlaced","detail":{{"seq":{n},"customer":"c-{n}","items":[1,2,3],"note":"{}"}}}}"#,
                 "x".repeat(detail_bytes)
@@ -52,12 +59,20 @@ fn main() {
             let raw = serde_json::value::RawValue::from_string(json).expect("JSON");
             let event = Arc::new(from_eventbridge(&raw, &fill).expect("event"));
             log.append(&event, now);
+        };
+        for n in 0..events {
+            append(n);
         }
-        let after = resident_bytes();
+        let filled = resident_bytes();
+        for n in events..2 * events {
+            append(n);
+        }
+        let steady = resident_bytes();
         let counted = log.bytes() / log.len();
-        let resident = after.saturating_sub(before) / EVENTS;
+        let resident = filled.saturating_sub(before) / events;
+        let resident_steady = steady.saturating_sub(before) / events;
         println!(
-            "padding {detail_bytes} B: counted {counted} B/event (history.max_bytes), resident {resident} B/event, ratio {:.2}",
+            "padding {detail_bytes} B, max_events {events}: counted {counted} B/event (history.max_bytes), resident {resident} B/event when filled, {resident_steady} B/event after {events} more (evicting), ratio {:.2}",
             resident as f64 / counted as f64
         );
     }

@@ -22,6 +22,9 @@
 //! `ws://server/sub/<i % groups>`; event `k` is POSTed alone to `http://server/pub/<k % groups>`
 //! (Nchan publishes one message per request). Same latency and loss accounting.
 //!
+//! `--publish-server ADDR`, `--resume-storm` (issue #16, history and resume): see the
+//! `history` module.
+//!
 //! `--churn`: soak mode. `--connections` workers each loop connect/subscribe/hold/
 //! (unsubscribe)/close (clean or abrupt) until `--duration` ends, while events flow at
 //! `--rate`.
@@ -58,6 +61,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+mod history;
+
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     Eventgate,
@@ -90,6 +95,9 @@ enum TenantRules {
     about = "Load tool for eventgate (and Nchan, for comparison)"
 )]
 struct Args {
+    /// History and resume benchmarks (`--publish-server`, `--resume-storm`): `history.rs`.
+    #[command(flatten)]
+    history: history::HistoryArgs,
     /// What the server is: eventgate (App.EventBus protocol) or nchan (/sub/<ch>, /pub/<ch>).
     #[arg(long, value_enum, default_value = "eventgate")]
     target: Target,
@@ -806,7 +814,10 @@ impl Publisher {
                     body.push_str(&self.event(k, sent));
                 }
                 body.push(']');
-                let url = format!("http://{}/events", self.args.server);
+                let url = format!(
+                    "http://{}/events",
+                    self.args.history.publishes_to(&self.args)
+                );
                 let response = self
                     .client
                     .post(url)
@@ -1000,6 +1011,10 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    if args.history.resume_storm {
+        history::resume_storm(args).await;
+        return;
+    }
     if args.upgrade_only && !args.idle {
         eprintln!(
             "--upgrade-only needs --idle: upgraded but unannounced connections get no events"
