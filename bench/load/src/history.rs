@@ -245,7 +245,7 @@ async fn storm_set_up(args: &Args, index: usize, position: &str) -> Result<(Ws, 
     let url = format!(
         "ws://{}/?header={}",
         args.server,
-        header(&args.server.ip().to_string(), &args.api_key)
+        header(&args.server.ip().to_string(), &args.api_key, None)
     );
     let config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
@@ -816,14 +816,14 @@ pub async fn resume_storm(args: Args) {
             count(&storm.reconnect_retries),
         ),
     );
-    for phase in 1..PHASE_NAMES.len() {
+    for (phase, name) in PHASE_NAMES.iter().enumerate().skip(1) {
         let q = live.latency[phase].quantiles(&QUANTILES);
         let fmt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
         say(
             &args,
             format!(
                 "live latency ms, {:>7}: p50 {} p99 {} max {} ({} notifications)",
-                PHASE_NAMES[phase],
+                name,
                 fmt(q[2]),
                 fmt(q[6]),
                 fmt(q[11]),
