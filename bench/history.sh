@@ -88,7 +88,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 delete_log() { # backend channel stream
   case "$1" in
-    redis_stream) redis-cli -h 127.0.0.1 -p 6379 DEL "$2" > /dev/null ;;
+    redis_stream) redis-cli -h 127.0.0.1 -p 6379 DEL "$2" "$2:n" > /dev/null ;;
     jetstream) python3 - "$3" <<'PY' || true
 import socket, sys
 s = socket.create_connection(("127.0.0.1", 4222)); s.recv(4096)

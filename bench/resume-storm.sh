@@ -105,7 +105,7 @@ for r in $(seq 1 "$REPEAT"); do
   fi
   sed 's/^/    /' "$TMP/bench.err" >&2
   stop_nodes
-  [ "$BACKEND" = redis_stream ] && redis-cli -h 127.0.0.1 -p 6379 DEL "$CHANNEL" > /dev/null
+  [ "$BACKEND" = redis_stream ] && redis-cli -h 127.0.0.1 -p 6379 DEL "$CHANNEL" "$CHANNEL:n" > /dev/null
   echo "$line" | python3 -c 'import json,sys; r=json.loads(sys.stdin.read() or "{}"); r["run"]='"$r"'; print(json.dumps(r))' >> "$RESULTS"
   sleep 3
 done
