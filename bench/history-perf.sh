@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Profiles one gateway at the max1k workload (1k connections / 10 groups / maximum rate) with
 # history on or off: `bash bench/history-perf.sh true|false`. Prints the top symbols of
-# `perf record -F 499 -g` over 8 s of the run (docs/benchmarks.md, "History and resume (#16)").
+# `perf record -F 499 -g` over 8 s of the run (docs/benchmarks-history.md).
 # For the resume storm, point `perf record -g -p <node A's pid>` at node A after its restart
 # (its pid file is in the storm's temp dir).
 set -euo pipefail

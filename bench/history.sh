@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #16's hot-path and backplane numbers (docs/benchmarks.md, "History and resume (#16)").
+# Issue #16's hot-path and backplane numbers (docs/benchmarks-history.md).
 # Same load tool and workloads as bench/compare.sh; runs alternate A B A B ...; prints every
 # run, the medians and the ratio A/B. EVENTGATE_LOG=warn everywhere.
 #

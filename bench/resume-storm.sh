@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #16's resume storm (docs/benchmarks.md, "History and resume (#16)"): a 2-node
+# Issue #16's resume storm (docs/benchmarks-history.md): a 2-node
 # cluster.backend = redis_stream cluster on this machine; 10,000 storm clients on node A that
 # Hello("Position":"") + 2 Subscribes + Resume, note their last position and close; 100
 # events are published through node B; node A is restarted (SIGTERM, same config); all

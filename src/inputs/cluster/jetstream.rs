@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::log::{count_lost, next_appends, Append, Up};
+use super::log::{count_lost, next_appends, retry_after, Append, Up};
 use super::{event_from_log, ClusterError, Node};
 use crate::history::{Ids, LogId, Logged};
 use crate::readiness::Component;
@@ -121,13 +121,8 @@ pub(super) async fn append(
             Ok(()) => break,
             Err(error) => {
                 up.set(false);
-                status.set(false, "reconnecting");
-                telemetry::cluster_error(&error);
-                let delay = backoff.next_delay();
-                telemetry::cluster_reconnecting(delay.as_millis());
-                tokio::select! {
-                    () = node.shutdown.cancelled() => break,
-                    () = tokio::time::sleep(delay) => {}
+                if !retry_after(&node, &status, &mut backoff, &error).await {
+                    break;
                 }
             }
         }
@@ -237,13 +232,8 @@ pub(super) async fn read(node: Node, status: Component) {
         match read_session(&node, &status, &mut backoff, &mut seen).await {
             Ok(()) => break,
             Err(error) => {
-                status.set(false, "reconnecting");
-                telemetry::cluster_error(&error);
-                let delay = backoff.next_delay();
-                telemetry::cluster_reconnecting(delay.as_millis());
-                tokio::select! {
-                    () = node.shutdown.cancelled() => break,
-                    () = tokio::time::sleep(delay) => {}
+                if !retry_after(&node, &status, &mut backoff, &error).await {
+                    break;
                 }
             }
         }

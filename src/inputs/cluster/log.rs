@@ -149,3 +149,21 @@ pub(super) fn count_lost(pending: &[Append], receiver: &mut mpsc::Receiver<Appen
         telemetry::cluster_not_forwarded(lost, "log_unavailable");
     }
 }
+
+/// After a failed session of a shared-log task: reports it, marks `status` not ready and waits
+/// the next backoff delay; `false` when the node stops meanwhile.
+pub(super) async fn retry_after(
+    node: &super::Node,
+    status: &crate::readiness::Component,
+    backoff: &mut crate::sources::Backoff,
+    error: &super::ClusterError,
+) -> bool {
+    status.set(false, "reconnecting");
+    telemetry::cluster_error(error);
+    let delay = backoff.next_delay();
+    telemetry::cluster_reconnecting(delay.as_millis());
+    tokio::select! {
+        () = node.shutdown.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
+    }
+}
