@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::log::{count_lost, next_appends, retry_after, Append, Up};
+use super::log::{append_until_stopped, count_lost, retry_after, Append, Up, Writer};
 use super::{event_from_log, ClusterError, Node};
 use crate::history::{Ids, LogId, Logged};
 use crate::readiness::Component;
@@ -162,27 +162,15 @@ async fn append_session(
     status.set(true, "connected");
     backoff.reset();
     tracing::info!(node = %node.id, stream = %node.config.stream, "cluster log appender connected to jetstream");
-    loop {
-        let stopping = tokio::select! {
-            biased;
-            () = node.shutdown.cancelled() => true,
-            more = next_appends(receiver, pending, BATCH) => {
-                if !more {
-                    return Ok(());
-                }
-                false
-            }
-        };
-        if stopping {
-            while let Ok(append) = receiver.try_recv() {
-                pending.push(append);
-            }
-            if !pending.is_empty() {
-                write(node, &js, pending).await?;
-            }
-            return Ok(());
-        }
-        write(node, &js, pending).await?;
+    append_until_stopped(node, receiver, pending, BATCH, &mut JetStreamWriter(js)).await
+}
+
+/// Appends through one JetStream context.
+struct JetStreamWriter(jetstream::Context);
+
+impl Writer for JetStreamWriter {
+    async fn write(&mut self, node: &Node, pending: &mut Vec<Append>) -> Result<(), ClusterError> {
+        write(node, &self.0, pending).await
     }
 }
 

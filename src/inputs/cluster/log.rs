@@ -167,3 +167,47 @@ pub(super) async fn retry_after(
         () = tokio::time::sleep(delay) => true,
     }
 }
+
+/// How a shared log's appender writes, for [`append_until_stopped`].
+pub(super) trait Writer {
+    /// Appends every pending event; empties `pending` only when it worked.
+    async fn write(
+        &mut self,
+        node: &super::Node,
+        pending: &mut Vec<Append>,
+    ) -> Result<(), super::ClusterError>;
+}
+
+/// Appends what the hub queues, `batch` events at a time, until the queue closes or the node
+/// stops (then what was accepted before the stop is appended too). An error leaves the
+/// unwritten batch in `pending` for the next connection.
+pub(super) async fn append_until_stopped(
+    node: &super::Node,
+    receiver: &mut mpsc::Receiver<Append>,
+    pending: &mut Vec<Append>,
+    batch: usize,
+    writer: &mut impl Writer,
+) -> Result<(), super::ClusterError> {
+    loop {
+        let stopping = tokio::select! {
+            biased;
+            () = node.shutdown.cancelled() => true,
+            more = next_appends(receiver, pending, batch) => {
+                if !more {
+                    return Ok(());
+                }
+                false
+            }
+        };
+        if stopping {
+            while let Ok(append) = receiver.try_recv() {
+                pending.push(append);
+            }
+            if !pending.is_empty() {
+                writer.write(node, pending).await?;
+            }
+            return Ok(());
+        }
+        writer.write(node, pending).await?;
+    }
+}

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use redis::{AsyncConnectionConfig, Value as RedisValue};
 use tokio::sync::mpsc;
 
-use super::log::{count_lost, next_appends, retry_after, Append, Up};
+use super::log::{append_until_stopped, count_lost, retry_after, Append, Up, Writer};
 use super::{event_from_log, ClusterError, Node};
 use crate::history::{Ids, LogId, Logged};
 use crate::readiness::Component;
@@ -118,28 +118,19 @@ async fn append_session(
     status.set(true, "connected");
     backoff.reset();
     tracing::info!(node = %node.id, stream = %node.config.channel, "cluster log appender connected to redis");
-    loop {
-        let stopping = tokio::select! {
-            biased;
-            () = node.shutdown.cancelled() => true,
-            more = next_appends(receiver, pending, BATCH) => {
-                if !more {
-                    return Ok(());
-                }
-                false
-            }
-        };
-        if stopping {
-            // Append what was accepted before the stop.
-            while let Ok(append) = receiver.try_recv() {
-                pending.push(append);
-            }
-            if !pending.is_empty() {
-                write(node, &mut connection, &script, pending).await?;
-            }
-            return Ok(());
-        }
-        write(node, &mut connection, &script, pending).await?;
+    let mut writer = RedisWriter { connection, script };
+    append_until_stopped(node, receiver, pending, BATCH, &mut writer).await
+}
+
+/// Appends through one connection with the append script loaded on it.
+struct RedisWriter {
+    connection: redis::aio::MultiplexedConnection,
+    script: String,
+}
+
+impl Writer for RedisWriter {
+    async fn write(&mut self, node: &Node, pending: &mut Vec<Append>) -> Result<(), ClusterError> {
+        write(node, &mut self.connection, &self.script, pending).await
     }
 }
 
