@@ -1,7 +1,7 @@
 //! Client actions and their Acks, the Hello deadline, KeepAlive and the close codes of a
 //! misbehaving connection.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! dev mode open to loopback, connections listed with their rules and paged, one
 //! connection, search, and a disconnect that the client sees as its close frame.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{json, Value};

@@ -2,7 +2,7 @@
 //! the same pattern receives every event. In its own test binary because it reads the
 //! process-wide slow-consumer counter.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

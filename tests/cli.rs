@@ -2,7 +2,7 @@
 //! `genconfig` writes a configuration that `serve --config` runs with, its printed key and
 //! curl line work, and the README's configuration block loads as written).
 
-mod sources_common;
+use crate::sources_common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

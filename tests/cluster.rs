@@ -3,7 +3,7 @@
 //! exactly once; a node that stops does not disturb the others; a Redis stream consumed by
 //! all three nodes (one consumer group) delivers each entry to each matching client once.
 
-mod sources_common;
+use crate::sources_common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The WebSocket upgrade: every refusal (status and JSON body, never echoing a key), the
 //! host/origin/path rules and lenient decoding of the `header` parameter.
 
-mod common;
+use crate::common;
 
 use common::*;
 use eventgate_protocol::header::{api_key, encode_base64};

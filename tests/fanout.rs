@@ -1,7 +1,7 @@
 //! Matching and fan-out: the Event notification shape, replace-in-place, rule sorting, one
 //! notification per event and connection, unsubscribe.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{json, Value};

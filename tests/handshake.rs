@@ -2,7 +2,7 @@
 //! frames pipelined behind the request head and their Acks, an upgrade after other requests on a kept-alive
 //! connection (the hyper route), and the specific refusal for each malformed handshake.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

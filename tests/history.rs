@@ -4,8 +4,8 @@
 //! each their own error; events accepted while a connection resumes are neither lost nor
 //! sent twice.
 
-mod common;
-mod sources_common;
+use crate::common;
+use crate::sources_common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,8 +6,8 @@
 //! that could not read part of the log closes its connections (1012) so their clients learn
 //! of the gap.
 
-mod common;
-mod sources_common;
+use crate::common;
+use crate::sources_common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,8 +4,8 @@
 //! still succeeds, and the attacking connections closed. Also the `EVENTGATE_*`
 //! environment of a Kubernetes pod, through the binary.
 
-mod common;
-mod sources_common;
+use crate::common;
+use crate::sources_common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};

@@ -5,7 +5,7 @@
 //! and a reason. In its own test binary, and its tests one at a time, because they read the
 //! process-wide connection and rule gauges.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

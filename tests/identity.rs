@@ -2,7 +2,7 @@
 //! RS256, ES256, EdDSA), a JWKS served by a test HTTP server with a key rotation, expiry and
 //! Refresh on open connections, per-version modes, and two tenants on one gateway.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

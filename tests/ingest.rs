@@ -1,7 +1,7 @@
 //! `POST /events`: every accepted shape, per-entry failures, defaults, numbers kept
 //! verbatim, whole-request errors and bearer tokens.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{json, Value};

@@ -1,6 +1,6 @@
 //! Health, readiness, metrics, the pattern tester, the demo page and graceful shutdown.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

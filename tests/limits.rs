@@ -3,7 +3,7 @@
 //! the request-head timeout (slowloris) and ingest events per second per token. Each refusal
 //! is counted in `eventgate_limit_rejections_total{limit=..}`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! shutdown drains (`/readyz` 503, new WebSockets refused with 503) before it closes
 //! sessions with 1001.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! on the gateway itself, end to end: HTTP ingest of raw event text, the server's rule
 //! index and WebSocket delivery.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::json;

@@ -1,7 +1,7 @@
 //! Secrets: `sha256:<hex>` digests for ingest tokens and the stack id, `_file` keys for
 //! Docker/Kubernetes secrets, and the value-and-file conflict (exit 64).
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

@@ -3,7 +3,7 @@
 //! dead-letter queue with their reason, nothing is lost across a connection cut, stream
 //! queues replay from `first`, and bad configuration is refused at load.
 
-mod sources_common;
+use crate::sources_common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

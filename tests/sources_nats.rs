@@ -2,7 +2,7 @@
 //! reach WebSocket subscribers, malformed messages are published to the DLQ subject with
 //! their reason and terminated.
 
-mod sources_common;
+use crate::sources_common;
 
 use std::time::Duration;
 

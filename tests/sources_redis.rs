@@ -2,7 +2,7 @@
 //! WebSocket subscribers, malformed entries land in `<stream>.dlq`, pending entries of a
 //! dead consumer are claimed.
 
-mod sources_common;
+use crate::sources_common;
 
 use std::time::Duration;
 

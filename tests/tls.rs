@@ -2,7 +2,7 @@
 //! reload by handle and by file polling (a bad new pair keeps the old one), ConnectInfo and
 //! graceful shutdown behind TLS. Certificates are made here with rcgen.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::sync::Arc;
