@@ -2,12 +2,20 @@
 # Side-by-side benchmark: eventgate vs Nchan (nginx), same load tool, same workloads,
 # alternating runs (eventgate, nchan, eventgate, nchan, ...). Everything stays on 127.0.0.0/8.
 #
+# Like for like: both servers get one event per POST, the same POSTs in flight over the same
+# keep-alive connection pool (IN_FLIGHT), the same detail bytes (PADDING); the publisher's
+# achieved rate and lag are reported for both. docs/benchmarks.md says how each is loaded.
+#   IN_FLIGHT=32 PADDING=0 NCHAN_WORKERS=1 bash bench/compare.sh   (the defaults)
+#
 #   bash bench/compare.sh            # full run (about 10 minutes), writes docs/benchmarks.md + PNG
 #   bash bench/compare.sh --quick    # small smoke run, writes into the temp dir only
 #   bash bench/compare.sh --out DIR  # where the raw results go (default: a temp dir)
 #   bash bench/compare.sh --only rate2000,storm-upgrade --repeat 6
 #                                    # just these workloads, N alternating runs each; results and
 #                                    # report go to the temp dir (or --out), never to docs/
+#   EVENTGATE_B=path/to/other/eventgate bash bench/compare.sh --only rate1000 --servers eventgate,eventgate-b
+#                                    # A/B: a second eventgate build, alternating with the first
+#                                    # (summary: python3 bench/summary.py DIR/benchmarks-results.jsonl)
 #
 # Needs root for apt-get (nginx, libnginx-mod-nchan, gnuplot-nox) and for raising the open
 # file limit to 100k+ sockets.
@@ -17,12 +25,14 @@ QUICK=0
 OUT=""
 ONLY=""
 REPEAT_ARG=""
+SERVERS="eventgate nchan"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --out) OUT="$2"; shift ;;
     --only) ONLY="$2"; shift ;;
     --repeat) REPEAT_ARG="$2"; shift ;;
+    --servers) SERVERS="${2//,/ }"; shift ;;
     -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 64 ;;
   esac
@@ -96,16 +106,21 @@ trap 'stop_server; log "raw results: $OUT"' EXIT
 # --- eventgate --------------------------------------------------------------------------
 STACK_ID="11111111-2222-3333-4444-555555555555"
 API_KEY="$("$EG" key --stack-id "$STACK_ID")"
-start_eventgate() {
+start_eventgate() { # [binary]
   PORT="$(free_port)"
-  EVENTGATE_LOG=warn "$EG" serve --dev --listen "127.0.0.1:$PORT" --stack-id "$STACK_ID" \
+  EVENTGATE_LOG=warn "${1:-$EG}" serve --dev --listen "127.0.0.1:$PORT" --stack-id "$STACK_ID" \
     > "$TMP/eventgate.out" 2> "$TMP/eventgate.err" &
   SERVER_PID=$!
   wait_http "http://127.0.0.1:$PORT/healthz"
 }
 
 # --- nchan ------------------------------------------------------------------------------
-NPROC="$(nproc)"
+# Publishing, the same for both servers.
+IN_FLIGHT="${IN_FLIGHT:-32}"
+PADDING="${PADDING:-0}"
+# Nchan's workers: with one, every subscriber and the publisher share a process; with more,
+# Nchan passes each message between workers through shared memory and IPC.
+NCHAN_WORKERS="${NCHAN_WORKERS:-1}"
 start_nchan() {
   PORT="$(free_port)"
   mkdir -p "$TMP/nginx/logs" "$TMP/nginx/tmp"
@@ -113,7 +128,7 @@ start_nchan() {
 load_module $NCHAN_SO;
 daemon off;
 master_process on;
-worker_processes $NPROC;
+worker_processes $NCHAN_WORKERS;
 worker_rlimit_nofile $NOFILE;
 pid $TMP/nginx/nginx.pid;
 error_log $TMP/nginx/logs/error.log warn;
@@ -161,16 +176,14 @@ run() {
   if [ -n "$ONLY" ] && [[ ",$ONLY," != *",$workload,"* ]]; then return 0; fi
   case "$server" in
     eventgate) start_eventgate; set -- --target eventgate --api-key "$API_KEY" "$@" ;;
-    nchan)
-      # Nchan takes one event per POST. At fixed rates 64 POSTs in flight is its best
-      # setting here (128 gets fewer events accepted); at maximum rate 128 lets the same
-      # 10,000-notification window bound both servers (64 x 100 would cap Nchan lower).
-      local in_flight=64
-      [[ " $* " == *" --rate 0 "* ]] && in_flight=128
-      start_nchan; set -- --target nchan --in-flight "$in_flight" "$@" ;;
+    eventgate-b) start_eventgate "$EVENTGATE_B"; set -- --target eventgate --api-key "$API_KEY" "$@" ;;
+    nchan) start_nchan; set -- --target nchan "$@" ;;
   esac
+  # The envelope variant: Nchan's body is shaped like eventgate's notification frame.
+  [[ "$workload" == *-envelope && "$server" == nchan ]] && set -- "$@" --nchan-envelope
+  set -- --batch 1 --in-flight "$IN_FLIGHT" --padding "$PADDING" "$@"
   # The like-for-like storm: eventgate stops after the authenticated upgrade, as Nchan does.
-  [[ "$workload" == *-upgrade && "$server" == eventgate ]] && set -- "$@" --upgrade-only
+  [[ "$workload" == *-upgrade && "$server" == eventgate* ]] && set -- "$@" --upgrade-only
   sleep 0.5
   local before after line
   before="$(loadavg)"
@@ -218,17 +231,18 @@ fi
 [ -n "$REPEAT_ARG" ] && REPEAT="$REPEAT_ARG"
 STARTED=$(date +%s)
 for r in $(seq 1 "$REPEAT"); do
-  for s in eventgate nchan; do run rate2000 "$s" "$r" -- "${W1[@]}"; done
-  for s in eventgate nchan; do run rate1000 "$s" "$r" -- "${W1H[@]}"; done
-  for s in eventgate nchan; do run max10k "$s" "$r" -- "${W1M[@]}"; done
-  for s in eventgate nchan; do run max1k "$s" "$r" -- "${W2[@]}"; done
-  for s in eventgate nchan; do run storm "$s" "$r" -- "${W3[@]}"; done
-  for s in eventgate nchan; do run storm500 "$s" "$r" -- "${W3[@]}" --concurrency 500; done
-  for s in eventgate nchan; do run storm-upgrade "$s" "$r" -- "${W3[@]}"; done
+  for s in $SERVERS; do run rate2000 "$s" "$r" -- "${W1[@]}"; done
+  for s in $SERVERS; do run rate1000 "$s" "$r" -- "${W1H[@]}"; done
+  for s in $SERVERS; do run rate1000-envelope "$s" "$r" -- "${W1H[@]}"; done
+  for s in $SERVERS; do run max10k "$s" "$r" -- "${W1M[@]}"; done
+  for s in $SERVERS; do run max1k "$s" "$r" -- "${W2[@]}"; done
+  for s in $SERVERS; do run storm "$s" "$r" -- "${W3[@]}"; done
+  for s in $SERVERS; do run storm500 "$s" "$r" -- "${W3[@]}" --concurrency 500; done
+  for s in $SERVERS; do run storm-upgrade "$s" "$r" -- "${W3[@]}"; done
 done
 IDLE_REPEAT=$(( QUICK == 1 ? 1 : 2 ))
 for r in $(seq 1 "$IDLE_REPEAT"); do
-  for s in eventgate nchan; do run idle "$s" "$r" -- "${W4[@]}"; done
+  for s in $SERVERS; do run idle "$s" "$r" -- "${W4[@]}"; done
 done
 log "runs took $(( $(date +%s) - STARTED ))s"
 
@@ -239,5 +253,6 @@ else
   DOC="$ROOT/docs/benchmarks.md"; PNG="$ROOT/docs/benchmarks-latency.png"
 fi
 python3 "$ROOT/bench/report.py" --results "$RESULTS" --doc "$DOC" --png "$PNG" \
+  --in-flight "$IN_FLIGHT" --padding "$PADDING" --nchan-workers "$NCHAN_WORKERS" \
   --idle-target 100000 --idle-count "$IDLE_N" --nofile "$NOFILE" --quick "$QUICK" --soak "$ROOT/docs/soak-summary.json"
 log "wrote $DOC and $PNG"

@@ -644,6 +644,7 @@ pub async fn resume_storm(args: Args) {
         accepted_events: AtomicU64::new(0),
         failed_events: AtomicU64::new(0),
         lag: Histogram::new(),
+        round_trip: Histogram::new(),
     });
     let live_publishing = tokio::spawn(publish(
         publisher.clone(),

@@ -119,10 +119,15 @@ struct Args {
     /// Seconds to publish for.
     #[arg(long, default_value_t = 10)]
     duration: u64,
-    /// Events per POST (eventgate; nchan takes one message per POST). The default is
-    /// EventBridge PutEvents' own limit of 10 entries per request, what its clients send.
-    #[arg(long, default_value_t = 10)]
+    /// Events per POST (eventgate only: Nchan takes one message per POST). The default, one
+    /// event per request, loads both servers the same way; PutEvents clients may send up to 10.
+    #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// nchan: publish, instead of the bare detail, a body shaped like eventgate's `Event`
+    /// notification (request id, rules, source, type, and the whole EventBridge envelope as
+    /// an escaped string), so both servers write frames of the same size.
+    #[arg(long)]
+    nchan_envelope: bool,
     /// POST requests in flight at once.
     #[arg(long, default_value_t = 16)]
     in_flight: usize,
@@ -440,16 +445,22 @@ fn quantiles_of(counts: &[u64], qs: &[f64]) -> Vec<Option<f64>> {
 #[repr(align(128))]
 struct Shard {
     received: AtomicU64,
+    /// Bytes of the notifications counted in `received` (the frames' payloads).
+    received_bytes: AtomicU64,
     last_received_ns: AtomicU64,
     latency: Histogram,
+    /// From the moment the POST left (not when it was due): delivery alone.
+    from_send: Histogram,
 }
 
 impl Shard {
     fn new() -> Self {
         Shard {
             received: AtomicU64::new(0),
+            received_bytes: AtomicU64::new(0),
             last_received_ns: AtomicU64::new(0),
             latency: Histogram::new(),
+            from_send: Histogram::new(),
         }
     }
 }
@@ -489,6 +500,14 @@ impl Stats {
         &self.shards[shard_index()]
     }
 
+    /// Payload bytes of the notifications received so far (all threads).
+    fn received_bytes(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.received_bytes.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Notifications received so far (all threads).
     fn received(&self) -> u64 {
         self.shards
@@ -506,9 +525,17 @@ impl Stats {
     }
 
     fn latency_quantiles(&self, qs: &[f64]) -> Vec<Option<f64>> {
+        self.quantiles(qs, |shard| &shard.latency)
+    }
+
+    fn from_send_quantiles(&self, qs: &[f64]) -> Vec<Option<f64>> {
+        self.quantiles(qs, |shard| &shard.from_send)
+    }
+
+    fn quantiles(&self, qs: &[f64], which: impl Fn(&Shard) -> &Histogram) -> Vec<Option<f64>> {
         let mut counts = vec![0u64; BUCKETS];
         for shard in &self.shards {
-            for (sum, count) in counts.iter_mut().zip(&shard.latency.counts) {
+            for (sum, count) in counts.iter_mut().zip(&which(shard).counts) {
                 *sum += count.load(Ordering::Relaxed);
             }
         }
@@ -534,12 +561,37 @@ fn header(host: &str, api_key: &str, token: Option<&str>) -> String {
         .replace('=', "%3D")
 }
 
+/// A UUID-shaped text (36 characters) made from `k`, for bodies that imitate eventgate's.
+fn uuid_like(k: u64) -> String {
+    let h = format!("{:016x}{:016x}", k.wrapping_mul(0x9E37_79B9_7F4A_7C15), k);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 /// Finds `sent":<digits>` (plain, as Nchan delivers it) or `sent\":<digits>` (escaped
-/// inside eventgate's Event string) without parsing the whole frame.
+/// inside eventgate's Event string) without parsing the whole frame: the time the event was
+/// due by the schedule.
 fn sent_stamp(text: &str) -> Option<u64> {
     static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new("sent"));
-    let start = FINDER.find(text.as_bytes())? + 4;
+    stamp_after(text, &FINDER, 4)
+}
+
+/// The `left` stamp: the time the POST carrying the event actually left the publisher.
+fn left_stamp(text: &str) -> Option<u64> {
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new("left"));
+    stamp_after(text, &FINDER, 4)
+}
+
+fn stamp_after(text: &str, finder: &memchr::memmem::Finder<'_>, len: usize) -> Option<u64> {
+    let start = finder.find(text.as_bytes())? + len;
     let rest = text[start..].trim_start_matches(['\\', '"', ':']);
     let end = rest
         .find(|c: char| !c.is_ascii_digit())
@@ -734,10 +786,16 @@ fn on_frame(target: Target, text: &str, stats: &Stats) {
     let shard = stats.shard();
     shard.received.fetch_add(1, Ordering::Relaxed);
     shard
+        .received_bytes
+        .fetch_add(text.len() as u64, Ordering::Relaxed);
+    shard
         .last_received_ns
         .fetch_max(received_at, Ordering::Relaxed);
     if let Some(sent) = sent_stamp(text) {
         shard.latency.record(received_at.saturating_sub(sent));
+    }
+    if let Some(left) = left_stamp(text) {
+        shard.from_send.record(received_at.saturating_sub(left));
     }
 }
 
@@ -775,25 +833,51 @@ struct Publisher {
     failed_events: AtomicU64,
     /// How late each POST left against its schedule (fixed rates only).
     lag: Histogram,
+    /// Each POST's round trip: sent to answered.
+    round_trip: Histogram,
 }
 
 impl Publisher {
-    fn event(&self, k: u64, sent: u64) -> String {
+    /// Event `k`: `sent` is when it was due (the latency stamp), `left` when its POST left.
+    fn event(&self, k: u64, sent: u64, left: u64) -> String {
         let groups = self.args.groups.max(1) as u64;
         match self.args.target {
             Target::Eventgate if self.args.tenants > 0 => format!(
-                r#"{{"source":"bench","detail-type":"load","detail":{{"group":{},"tenant":"t{}","seq":{k},"sent":{sent},"padding":"{}"}}}}"#,
+                r#"{{"source":"bench","detail-type":"load","detail":{{"group":{},"tenant":"t{}","seq":{k},"sent":{sent},"left":{left},"padding":"{}"}}}}"#,
                 k % groups,
                 k % self.args.tenants as u64,
                 self.padding
             ),
             Target::Eventgate => format!(
-                r#"{{"source":"bench","detail-type":"load","detail":{{"group":{},"seq":{k},"sent":{sent},"padding":"{}"}}}}"#,
+                r#"{{"source":"bench","detail-type":"load","detail":{{"group":{},"seq":{k},"sent":{sent},"left":{left},"padding":"{}"}}}}"#,
                 k % groups,
                 self.padding
             ),
+            Target::Nchan if self.args.nchan_envelope => {
+                // What eventgate writes for the same event: its `Event` notification around
+                // the EventBridge envelope (an escaped JSON string), so both frames weigh alike.
+                let detail = format!(
+                    r#"{{"group":{},"seq":{k},"sent":{sent},"left":{left},"padding":"{}"}}"#,
+                    k % groups,
+                    self.padding
+                );
+                let envelope = format!(
+                    r#"{{"version":"0","id":"{}","detail-type":"load","source":"bench","account":"000000000000","time":"2026-12-06T12:00:00Z","region":"us-east-1","resources":[],"detail":{detail}}}"#,
+                    uuid_like(k)
+                );
+                json!({
+                    "Action": "Event",
+                    "RequestId": uuid_like(k ^ u64::MAX),
+                    "Rules": ["hit"],
+                    "Position": format!("{k:016x}"),
+                    "Source": "bench",
+                    "Type": "load",
+                    "Event": envelope,
+                })
+                .to_string()
+            }
             Target::Nchan => format!(
-                r#"{{"group":{},"seq":{k},"sent":{sent},"padding":"{}"}}"#,
+                r#"{{"group":{},"seq":{k},"sent":{sent},"left":{left},"padding":"{}"}}"#,
                 k % groups,
                 self.padding
             ),
@@ -806,12 +890,13 @@ impl Publisher {
         let groups = self.args.groups.max(1) as u64;
         let accepted: Vec<bool> = match self.args.target {
             Target::Eventgate => {
+                let left = now_nanos();
                 let mut body = String::from("[");
                 for k in first..first + count {
                     if k > first {
                         body.push(',');
                     }
-                    body.push_str(&self.event(k, sent));
+                    body.push_str(&self.event(k, sent, left));
                 }
                 body.push(']');
                 let url = format!(
@@ -845,7 +930,7 @@ impl Publisher {
                 for k in first..first + count {
                     let url = format!("http://{}/pub/{}", self.args.server, k % groups);
                     let ok = matches!(
-                        self.client.post(url).body(self.event(k, sent)).send().await,
+                        self.client.post(url).body(self.event(k, sent, now_nanos())).send().await,
                         Ok(r) if r.status().is_success()
                     );
                     out.push(ok);
@@ -868,8 +953,43 @@ impl Publisher {
     }
 }
 
-/// Publishes for `duration`; returns (events attempted, seconds spent).
+/// Publishes for `duration` from a thread and runtime of its own; returns (events attempted,
+/// seconds spent). On the readers' runtime, each POST would wait in a run queue behind
+/// thousands of reader tasks, so the publisher would fall behind its schedule by the load
+/// tool's own delays (it did, by hundreds of milliseconds, at 100k notifications/s): the
+/// publisher would be the bottleneck, and the server that sends more bytes per notification
+/// (more reader work) would be published to later.
 async fn publish(
+    publisher: Arc<Publisher>,
+    stats: Arc<Stats>,
+    members: Arc<Vec<u64>>,
+    duration: Duration,
+) -> (u64, f64) {
+    let (done, result) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("publisher".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("publisher runtime: {error}");
+                    std::process::exit(1);
+                }
+            };
+            let outcome = runtime.block_on(publish_here(publisher, stats, members, duration));
+            let _ = done.send(outcome);
+        });
+    if let Err(error) = spawned {
+        eprintln!("publisher thread: {error}");
+        std::process::exit(1);
+    }
+    result.await.unwrap_or((0, 0.0))
+}
+
+async fn publish_here(
     publisher: Arc<Publisher>,
     stats: Arc<Stats>,
     members: Arc<Vec<u64>>,
@@ -928,7 +1048,11 @@ async fn publish(
                 }
                 None => now,
             };
+            let started = now_nanos();
             publisher.post(first, batch, &members, sent).await;
+            publisher
+                .round_trip
+                .record(now_nanos().saturating_sub(started));
         });
     }
     let _ = in_flight.acquire_many(args.in_flight.max(1) as u32).await;
@@ -1160,9 +1284,12 @@ async fn main() {
             accepted_events: AtomicU64::new(0),
             failed_events: AtomicU64::new(0),
             lag: Histogram::new(),
+            round_trip: Histogram::new(),
         });
         let cpu_before = cpu_seconds(args.server_pid);
+        let tool_cpu_before = cpu_seconds(Some(std::process::id()));
         let received_before = stats.received();
+        let bytes_before = stats.received_bytes();
         let publish_started_ns = now_nanos();
         let (published, publish_s) = publish(
             publisher.clone(),
@@ -1191,7 +1318,9 @@ async fn main() {
         }
         stats.stopping.store(true, Ordering::Relaxed);
         let cpu_after = cpu_seconds(args.server_pid);
+        let tool_cpu_after = cpu_seconds(Some(std::process::id()));
         let received = stats.received() - received_before;
+        let received_bytes = stats.received_bytes() - bytes_before;
         let last_ns = stats.last_received_ns();
         let delivery_s = (last_ns.saturating_sub(publish_started_ns) as f64 / 1e9).max(publish_s);
         let accepted = publisher.accepted_events.load(Ordering::Relaxed);
@@ -1199,7 +1328,9 @@ async fn main() {
         let lost = expected.saturating_sub(received);
         let rate = received as f64 / delivery_s;
         let q = stats.latency_quantiles(&QUANTILES);
+        let from_send = stats.from_send_quantiles(&QUANTILES);
         let lag = publisher.lag.quantiles(&QUANTILES);
+        let round_trip = publisher.round_trip.quantiles(&QUANTILES);
         let closed = stats.closed.load(Ordering::Relaxed);
         let server_cpu = match (cpu_before, cpu_after) {
             (Some(a), Some(b)) => Some(b - a),
@@ -1239,7 +1370,13 @@ async fn main() {
             "published": published,
             "publish_s": round(publish_s, 3),
             "events_per_s": round(published as f64 / publish_s, 1),
+            "accepted_per_s": round(accepted as f64 / publish_s, 1),
             "accepted_events": accepted,
+            "message_bytes": round(received_bytes as f64 / received.max(1) as f64, 1),
+            "tool_cpu_s": opt_round(
+                tool_cpu_before.zip(tool_cpu_after).map(|(a, b)| b - a),
+                2
+            ),
             "refused_events": rejected,
             "expected": expected,
             "received": received,
@@ -1258,6 +1395,17 @@ async fn main() {
                 .map(|(qq, v)| json!([qq, opt_round(*v, 3)]))
                 .collect::<Vec<_>>(),
             "server_cpu_s": opt_round(server_cpu, 2),
+            "latency_from_send_ms": {
+                "p50": opt_round(from_send[2], 3),
+                "p99": opt_round(from_send[6], 3),
+                "p999": opt_round(from_send[8], 3),
+                "max": opt_round(from_send[11], 3),
+            },
+            "post_round_trip_ms": {
+                "p50": opt_round(round_trip[2], 3),
+                "p99": opt_round(round_trip[6], 3),
+                "max": opt_round(round_trip[11], 3),
+            },
             "publisher_lag_ms": {
                 "p50": opt_round(lag[2], 3),
                 "p99": opt_round(lag[6], 3),
@@ -1366,6 +1514,7 @@ async fn churn(args: Args) {
         accepted_events: AtomicU64::new(0),
         failed_events: AtomicU64::new(0),
         lag: Histogram::new(),
+        round_trip: Histogram::new(),
     });
     let publishing = tokio::spawn(publish(
         publisher.clone(),
