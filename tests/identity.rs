@@ -26,6 +26,7 @@ fn now() -> u64 {
 }
 
 fn sign(alg: Algorithm, kid: Option<&str>, key: &EncodingKey, claims: &Value) -> String {
+    eventgate::identity::crypto::install();
     let mut header = Header::new(alg);
     header.kid = kid.map(str::to_owned);
     jsonwebtoken::encode(&header, claims, key).expect("token signed")

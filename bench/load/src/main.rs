@@ -239,6 +239,7 @@ fn mint_tokens(args: &Args) -> Result<Vec<String>, String> {
     let Some(alg) = args.token_alg else {
         return Ok(Vec::new());
     };
+    eventgate::identity::crypto::install();
     let key_text = args.token_key.as_deref().unwrap_or_default();
     let (algorithm, key) = match alg {
         TokenAlg::Hs256 => (
@@ -528,7 +529,7 @@ impl Stats {
         self.quantiles(qs, |shard| &shard.latency)
     }
 
-    fn from_send_quantiles(&self, qs: &[f64]) -> Vec<Option<f64>> {
+    fn send_latency_quantiles(&self, qs: &[f64]) -> Vec<Option<f64>> {
         self.quantiles(qs, |shard| &shard.from_send)
     }
 
@@ -1328,7 +1329,7 @@ async fn main() {
         let lost = expected.saturating_sub(received);
         let rate = received as f64 / delivery_s;
         let q = stats.latency_quantiles(&QUANTILES);
-        let from_send = stats.from_send_quantiles(&QUANTILES);
+        let from_send = stats.send_latency_quantiles(&QUANTILES);
         let lag = publisher.lag.quantiles(&QUANTILES);
         let round_trip = publisher.round_trip.quantiles(&QUANTILES);
         let closed = stats.closed.load(Ordering::Relaxed);

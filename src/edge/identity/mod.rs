@@ -9,6 +9,7 @@
 //! the session's timers (`session` closes a connection whose token expired) nor the
 //! pattern algebra (`Pattern::and` in the protocol crate). Tokens are never logged.
 
+pub mod crypto;
 mod hook;
 mod keys;
 mod scope;
@@ -279,6 +280,7 @@ pub struct Identity {
 impl Identity {
     /// Compiles the settings (reads secret, PEM and JWKS files); an error names the key.
     pub fn new(config: Option<&IdentityConfig>, limits: PatternLimits) -> Result<Self, String> {
+        crypto::install();
         let default = IdentityConfig::default();
         let config = config.unwrap_or(&default);
         let fixed = keys::fixed_keys(config)?;
@@ -485,6 +487,8 @@ impl Identity {
 
     /// Checks the token's signature and registered claims; returns its claims.
     async fn verify(&self, token: &str) -> Result<Map<String, Value>, IdentityError> {
+        // Installed by `new`; again here so that no path reaches jsonwebtoken without it.
+        crypto::install();
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| IdentityError::TokenMalformed)?;
         let kid = header.kid.as_deref();
