@@ -385,10 +385,19 @@ async fn ingest_waits_for_the_log(log: Log) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // What was accepted before the cut or after it arrives (events 100.. were either
-    // refused, or accepted and appended once the log was back).
+    // refused, or accepted and appended once the log was back). The reader's consumer may
+    // still be recovering from the cut when ingest is back (JetStream's ordered consumer
+    // notices a dead subscription by its idle heartbeat, 5 s), so wait longer than `WAIT`.
     let mut seen = Vec::new();
     while seen.last() != Some(&1) {
-        seen.push(next_seq(&mut client).await.0);
+        let Some(message) = client.try_recv(Duration::from_secs(30)).await else {
+            panic!("no event within 30 s after the log came back; so far {seen:?}");
+        };
+        let event: Value = message["Event"]
+            .as_str()
+            .and_then(|text| serde_json::from_str(text).ok())
+            .unwrap_or_else(|| panic!("not an Event: {message}"));
+        seen.push(event["detail"]["seq"].as_u64().expect("seq"));
     }
     assert!(seen.iter().all(|seq| *seq == 1 || *seq == 100), "{seen:?}");
     drop(client);
