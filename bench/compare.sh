@@ -61,7 +61,7 @@ NCHAN_SO="$(dpkg -L libnginx-mod-nchan | grep -m1 'ngx_nchan_module.so$')"
 log "cargo build --profile profiling -p eventgate -p eventgate-bench"
 # The profiling profile: release code with symbols, so perf can be pointed at the server.
 cargo build --profile profiling -p eventgate -p eventgate-bench -q
-EG="$ROOT/target/profiling/eventgate"
+EG="${EVENTGATE_A:-$ROOT/target/profiling/eventgate}"  # EVENTGATE_A: another build as "eventgate"
 BENCH="$ROOT/target/profiling/eventgate-bench"
 
 # Servers and the tool need far more than the default 1024/20000 open files.
