@@ -22,6 +22,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
@@ -252,6 +254,13 @@ pub async fn run(
     // read: a client that sends several actions at once (the JS client re-subscribing all
     // its rules after Hello) gets their Acks in one write, not one system call each.
     let mut acks_unsent = false;
+    // Notifications bypass tungstenite (see `write_notifications`): whatever tungstenite may
+    // still hold (Acks, the Pong it answers a Ping with while reading) is flushed first.
+    // `unwritten` holds the encoded notifications not yet on the wire; when a write is cut
+    // short (stop signal, write deadline), the closing handshake writes the rest before its
+    // Close frame, so the peer never sees a Close in the middle of a frame.
+    let mut tungstenite_unflushed = false;
+    let mut unwritten: Vec<u8> = Vec::new();
 
     let outcome: Outcome = 'session: loop {
         // An echo session has no Hello: it is served like an announced one.
@@ -325,17 +334,27 @@ pub async fn run(
                 let Some(message) = message else {
                     break Outcome::Gone;
                 };
-                // Write what is already queued in one go, then flush once.
-                bounded_write!('session, socket.feed(Message::Text(message)));
-                for _ in 1..WRITE_BATCH {
-                    let Some(next) = inbox.try_recv() else { break };
-                    bounded_write!('session, socket.feed(Message::Text(next)));
+                if acks_unsent || tungstenite_unflushed {
+                    bounded_write!('session, socket.flush());
+                    acks_unsent = false;
+                    tungstenite_unflushed = false;
                 }
-                bounded_write!('session, socket.flush());
-                acks_unsent = false;
+                // Write what is already queued in one go.
+                let mut batch = vec![message];
+                while batch.len() < WRITE_BATCH {
+                    let Some(next) = inbox.try_recv() else { break };
+                    batch.push(next);
+                }
+                encode_notifications(&batch, &mut unwritten);
+                drop(batch);
+                bounded_write!('session, write_unwritten(socket.get_mut(), &mut unwritten));
+                // An idle connection keeps no write buffer.
+                unwritten = Vec::new();
             }
             Turn::Frame(frame) => {
                 last_heard = Instant::now();
+                // Reading may have queued a Pong in tungstenite's buffer.
+                tungstenite_unflushed = true;
                 let reply = match frame {
                     None => break Outcome::Gone,
                     Some(Err(error)) => match error_close(&error) {
@@ -376,6 +395,7 @@ pub async fn run(
             }
             Turn::Flush => {
                 acks_unsent = false;
+                tungstenite_unflushed = false;
                 bounded_write!('session, socket.flush());
             }
             Turn::Timer => {
@@ -412,7 +432,9 @@ pub async fn run(
                     reason: Utf8Bytes::from_static(reason.text()),
                 },
             };
-            close(&mut socket, frame).await;
+            // Boxed: the closing handshake runs once, at the end; its future need not
+            // have room in every connection's state.
+            Box::pin(close(&mut socket, &mut unwritten, frame)).await;
             Some(reason)
         }
         Outcome::PeerClosed => {
@@ -439,9 +461,17 @@ pub async fn run(
 /// the same reason. A Close frame that cannot be sent in time (the peer does not read) is
 /// given up: the socket is reset, so the kernel frees its send queue at once instead of
 /// keeping an orphaned socket with unsent data.
-async fn close(socket: &mut WebSocketStream<Transport>, frame: CloseFrame) {
+async fn close(
+    socket: &mut WebSocketStream<Transport>,
+    unwritten: &mut Vec<u8>,
+    frame: CloseFrame,
+) {
     let mut sent = false;
     let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+        // The rest of notifications whose write was cut short goes first.
+        if write_unwritten(socket.get_mut(), unwritten).await.is_err() {
+            return;
+        }
         if socket.send(Message::Close(Some(frame))).await.is_err() {
             return;
         }
@@ -463,6 +493,48 @@ async fn close(socket: &mut WebSocketStream<Transport>, frame: CloseFrame) {
     if !sent {
         reset(socket.get_ref());
     }
+}
+
+/// Encodes notifications (the text of `Event` frames, or the echo mode's messages) as
+/// WebSocket frames behind what `out` already holds: each behind its RFC 6455 header (final,
+/// text, unmasked: tungstenite's own `FrameHeader` encoding).
+///
+/// Notifications are written by [`write_unwritten`] straight to the transport, not through
+/// tokio-tungstenite's `Sink`: there, each notification went through `poll_ready`,
+/// `start_send` and `poll_flush`, each registering the task's waker with both of its stream
+/// proxies, and through tungstenite's frame buffering: 6% of the gateway's CPU at 1,000
+/// events/s to 10,000 connections (profile in `bench/findings.md`). The session flushes
+/// tungstenite first when it may hold bytes (Acks, a Pong), so frames never interleave.
+fn encode_notifications(frames: &[Utf8Bytes], out: &mut Vec<u8>) {
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    out.reserve(frames.iter().map(|frame| frame.len() + 10).sum());
+    for frame in frames {
+        // Writing into a Vec does not fail.
+        let _ = header.format(frame.len() as u64, out);
+        out.extend_from_slice(frame.as_bytes());
+    }
+}
+
+/// Writes `unwritten` to the transport, removing what was written as it goes: a write cut
+/// short (its future dropped) leaves exactly the bytes still owed, to be written before
+/// anything else (see [`close`]).
+async fn write_unwritten(
+    transport: &mut Transport,
+    unwritten: &mut Vec<u8>,
+) -> Result<(), WsError> {
+    while !unwritten.is_empty() {
+        let written = transport.write(unwritten).await?;
+        if written == 0 {
+            return Err(WsError::Io(std::io::ErrorKind::WriteZero.into()));
+        }
+        unwritten.drain(..written);
+    }
+    // TLS keeps records in rustls until flushed; a plain socket's flush does nothing.
+    transport.flush().await?;
+    Ok(())
 }
 
 /// Makes the coming close of `transport` a reset (`SO_LINGER` 0), discarding its unsent
@@ -688,5 +760,52 @@ impl Session {
             telemetry::action_rejected("invalid_pattern");
             format!("{}: {error}", ack_text::INVALID_PATTERN)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+
+    /// Every length form of RFC 6455 §5.2 (7-bit, 16-bit, 64-bit), read back with
+    /// tungstenite's own parser: final, text, unmasked, the payload intact, in order.
+    #[test]
+    fn notifications_are_encoded_as_whole_text_frames() {
+        let lengths = [0usize, 1, 125, 126, 65_535, 65_536, 70_000];
+        let frames: Vec<Utf8Bytes> = lengths
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Utf8Bytes::from(char::from(b'a' + i as u8).to_string().repeat(n)))
+            .collect();
+        let mut out = vec![0xAB];
+        encode_notifications(&frames, &mut out);
+        assert_eq!(out[0], 0xAB, "what the buffer held stays in front");
+        let mut cursor = Cursor::new(&out[1..]);
+        for (frame, &n) in frames.iter().zip(&lengths) {
+            let parsed = FrameHeader::parse(&mut cursor);
+            let Ok(Some((header, length))) = parsed else {
+                panic!("no header for a {n}-byte frame: {parsed:?}");
+            };
+            assert!(header.is_final && header.mask.is_none());
+            assert_eq!(header.opcode, OpCode::Data(Data::Text));
+            assert_eq!(length, n as u64);
+            let start = cursor.position() as usize;
+            assert_eq!(&out[1 + start..1 + start + n], frame.as_bytes());
+            cursor.set_position((start + n) as u64);
+        }
+        assert_eq!(
+            cursor.position() as usize,
+            out.len() - 1,
+            "nothing after the last frame"
+        );
+        // A frame of the same text through tungstenite's own encoder: the same bytes.
+        let mut theirs = Vec::new();
+        let text = Utf8Bytes::from_static("{\"Action\":\"Event\"}");
+        let _ = Frame::message(text.clone(), OpCode::Data(Data::Text), true).format(&mut theirs);
+        let mut ours = Vec::new();
+        encode_notifications(&[text], &mut ours);
+        assert_eq!(ours, theirs);
     }
 }
