@@ -100,33 +100,37 @@ impl signature::Verifier<Vec<u8>> for Verifier {
             Algorithm::ES256 => &sig::ECDSA_P256_SHA256_FIXED,
             Algorithm::ES384 => &sig::ECDSA_P384_SHA384_FIXED,
             Algorithm::EdDSA => &sig::ED25519,
-            Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
-            Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
-            Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
-            Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
-            Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
-            Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
-            _ => return Err(failed("an algorithm this provider does not know")),
+            algorithm => match rsa_parameters(algorithm) {
+                Some(parameters) => parameters,
+                None => return Err(failed("an algorithm this provider does not know")),
+            },
         };
         match self.key.kind() {
             DecodingKeyKind::SecretOrDer(der) => sig::UnparsedPublicKey::new(public, der)
                 .verify(message, signature)
                 .map_err(failed),
             DecodingKeyKind::RsaModulusExponent { n, e } => {
-                let parameters = match self.algorithm {
-                    Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
-                    Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
-                    Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
-                    Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
-                    Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
-                    Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
-                    _ => return Err(failed("an RSA key for a non-RSA algorithm")),
+                let Some(parameters) = rsa_parameters(self.algorithm) else {
+                    return Err(failed("an RSA key for a non-RSA algorithm"));
                 };
                 sig::RsaPublicKeyComponents { n, e }
                     .verify(parameters, message, signature)
                     .map_err(failed)
             }
         }
+    }
+}
+
+/// RSA verification for an RS*/PS* algorithm (keys of 2,048 to 8,192 bits).
+fn rsa_parameters(algorithm: Algorithm) -> Option<&'static sig::RsaParameters> {
+    match algorithm {
+        Algorithm::RS256 => Some(&sig::RSA_PKCS1_2048_8192_SHA256),
+        Algorithm::RS384 => Some(&sig::RSA_PKCS1_2048_8192_SHA384),
+        Algorithm::RS512 => Some(&sig::RSA_PKCS1_2048_8192_SHA512),
+        Algorithm::PS256 => Some(&sig::RSA_PSS_2048_8192_SHA256),
+        Algorithm::PS384 => Some(&sig::RSA_PSS_2048_8192_SHA384),
+        Algorithm::PS512 => Some(&sig::RSA_PSS_2048_8192_SHA512),
+        _ => None,
     }
 }
 
