@@ -842,6 +842,14 @@ impl Publisher {
     /// Event `k`: `sent` is when it was due (the latency stamp), `left` when its POST left.
     fn event(&self, k: u64, sent: u64, left: u64) -> String {
         let groups = self.args.groups.max(1) as u64;
+        // The detail both servers carry (Nchan sends it as the whole body).
+        let detail = || {
+            format!(
+                r#"{{"group":{},"seq":{k},"sent":{sent},"left":{left},"padding":"{}"}}"#,
+                k % groups,
+                self.padding
+            )
+        };
         match self.args.target {
             Target::Eventgate if self.args.tenants > 0 => format!(
                 r#"{{"source":"bench","detail-type":"load","detail":{{"group":{},"tenant":"t{}","seq":{k},"sent":{sent},"left":{left},"padding":"{}"}}}}"#,
@@ -850,21 +858,16 @@ impl Publisher {
                 self.padding
             ),
             Target::Eventgate => format!(
-                r#"{{"source":"bench","detail-type":"load","detail":{{"group":{},"seq":{k},"sent":{sent},"left":{left},"padding":"{}"}}}}"#,
-                k % groups,
-                self.padding
+                r#"{{"source":"bench","detail-type":"load","detail":{}}}"#,
+                detail()
             ),
             Target::Nchan if self.args.nchan_envelope => {
                 // What eventgate writes for the same event: its `Event` notification around
                 // the EventBridge envelope (an escaped JSON string), so both frames weigh alike.
-                let detail = format!(
-                    r#"{{"group":{},"seq":{k},"sent":{sent},"left":{left},"padding":"{}"}}"#,
-                    k % groups,
-                    self.padding
-                );
                 let envelope = format!(
-                    r#"{{"version":"0","id":"{}","detail-type":"load","source":"bench","account":"000000000000","time":"2026-12-06T12:00:00Z","region":"us-east-1","resources":[],"detail":{detail}}}"#,
-                    uuid_like(k)
+                    r#"{{"version":"0","id":"{}","detail-type":"load","source":"bench","account":"000000000000","time":"2026-12-06T12:00:00Z","region":"us-east-1","resources":[],"detail":{}}}"#,
+                    uuid_like(k),
+                    detail()
                 );
                 json!({
                     "Action": "Event",
@@ -877,11 +880,7 @@ impl Publisher {
                 })
                 .to_string()
             }
-            Target::Nchan => format!(
-                r#"{{"group":{},"seq":{k},"sent":{sent},"left":{left},"padding":"{}"}}"#,
-                k % groups,
-                self.padding
-            ),
+            Target::Nchan => detail(),
         }
     }
 
