@@ -33,6 +33,9 @@ pub fn ms(millis: u64) -> Seconds {
 }
 
 /// A dev-mode configuration with a fixed stack id.
+/// An admin token for servers whose tests read [`Server::totals`].
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 pub fn dev_config() -> Config {
     Config {
         dev: true,
@@ -197,6 +200,25 @@ impl Server {
         let (status, text) = self.get("/metrics").await;
         assert_eq!(status, 200);
         text
+    }
+
+    /// This server's own totals (`GET /admin/api/totals`, with [`ADMIN_TOKEN`]: the server
+    /// must be configured with it). Unlike the metrics, which every server in the test
+    /// process shares, they count this server's connections and rules only.
+    pub async fn totals(&self) -> Value {
+        let response = self
+            .http
+            .get(self.http_url("/admin/api/totals"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET /admin/api/totals: {e}"));
+        assert_eq!(
+            response.status().as_u16(),
+            200,
+            "admin_token = ADMIN_TOKEN?"
+        );
+        response.json().await.expect("totals JSON")
     }
 
     /// Cancels the token and waits for `run` to return.
