@@ -6,6 +6,7 @@
 //! them within the grace period). Does not own protocol decisions: handlers call auth,
 //! session, ingest and hub.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -148,33 +149,38 @@ fn refusal(error: UpgradeError) -> Response {
 
 /// The first request of a connection asked for a WebSocket path: answer it on the socket
 /// (101 and the session, or a refusal with its JSON body), without hyper.
-pub async fn accept_websocket(
+#[allow(clippy::manual_async_fn)] // an async fn would hold its arguments twice: see inside
+pub fn accept_websocket(
     state: Arc<AppState>,
     mut io: Transport,
     peer: SocketAddr,
     head: RequestHead,
     rest: Vec<u8>,
-) {
-    let admitted = admit(&state, peer, &head, head.query()).await;
-    // Not kept for the session's life.
-    drop(head);
-    match admitted {
-        Ok(admitted) => {
-            if io
-                .write_all(&handshake::switching_protocols(&admitted.accepted))
-                .await
-                .is_ok()
-            {
-                let tracker = state.sessions.clone();
-                tracker
-                    .track_future(run_session(state, io, rest, admitted))
-                    .await;
+) -> impl Future<Output = ()> + Send {
+    // Not an `async fn`, for the reason given at `session::run`: this future holds the
+    // session's for the connection's whole life.
+    async move {
+        let admitted = admit(&state, peer, &head, head.query()).await;
+        // Not kept for the session's life.
+        drop(head);
+        match admitted {
+            Ok(admitted) => {
+                if io
+                    .write_all(&handshake::switching_protocols(&admitted.accepted))
+                    .await
+                    .is_ok()
+                {
+                    let tracker = state.sessions.clone();
+                    tracker
+                        .track_future(run_session(state, io, rest, admitted))
+                        .await;
+                }
             }
-        }
-        Err(error) => {
-            let response = refusal(error);
-            if write_response(&mut io, response).await.is_ok() {
-                let _ = io.shutdown().await;
+            Err(error) => {
+                let response = refusal(error);
+                if write_response(&mut io, response).await.is_ok() {
+                    let _ = io.shutdown().await;
+                }
             }
         }
     }
@@ -262,24 +268,34 @@ async fn upgrade(
 const SESSION_READ_BUFFER_BYTES: usize = 1024;
 
 /// Runs an admitted connection's session; its slot is freed when the session ends.
-async fn run_session(state: Arc<AppState>, io: Transport, rest: Vec<u8>, mut admitted: Admitted) {
-    let connection = state.next_connection.fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(connection, client = %admitted.identity.app_instance_id, "websocket accepted");
-    let limits = &state.config.limits;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(SESSION_READ_BUFFER_BYTES)
-        .write_buffer_size(4 * 1024)
-        .max_write_buffer_size(limits.max_queued_bytes.max(64 * 1024) * 2)
-        .max_message_size(Some(limits.max_frame_bytes))
-        .max_frame_size(Some(limits.max_frame_bytes));
-    let socket = WebSocketStream::from_partially_read(io, rest, Role::Server, Some(config)).await;
-    let listed = admitted
-        .listing
-        .take()
-        .map(|entry| state.admin.connections.list(connection, *entry));
-    session::run(socket, state, connection, admitted.grant).await;
-    drop(listed);
-    drop(admitted.slot);
+#[allow(clippy::manual_async_fn)] // an async fn would hold its arguments twice: see inside
+fn run_session(
+    state: Arc<AppState>,
+    io: Transport,
+    rest: Vec<u8>,
+    mut admitted: Admitted,
+) -> impl Future<Output = ()> + Send {
+    // Not an `async fn`, for the reason given at `session::run`.
+    async move {
+        let connection = state.next_connection.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(connection, client = %admitted.identity.app_instance_id, "websocket accepted");
+        let limits = &state.config.limits;
+        let config = WebSocketConfig::default()
+            .read_buffer_size(SESSION_READ_BUFFER_BYTES)
+            .write_buffer_size(4 * 1024)
+            .max_write_buffer_size(limits.max_queued_bytes.max(64 * 1024) * 2)
+            .max_message_size(Some(limits.max_frame_bytes))
+            .max_frame_size(Some(limits.max_frame_bytes));
+        let socket =
+            WebSocketStream::from_partially_read(io, rest, Role::Server, Some(config)).await;
+        let listed = admitted
+            .listing
+            .take()
+            .map(|entry| state.admin.connections.list(connection, *entry));
+        session::run(socket, state, connection, admitted.grant).await;
+        drop(listed);
+        drop(admitted.slot);
+    }
 }
 
 #[derive(Deserialize)]

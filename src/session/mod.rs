@@ -208,111 +208,117 @@ async fn bounded(
 }
 
 /// Runs a connection to its end.
-pub async fn run(
+#[allow(clippy::manual_async_fn)] // an async fn would hold its arguments twice: see inside
+pub fn run(
     mut socket: WebSocketStream<Transport>,
     state: Arc<AppState>,
     connection: ConnectionId,
     grant: crate::identity::Grant,
-) {
-    telemetry::connection_opened();
-    let registration = state.session_stops.register_connection(connection);
-    let (outbox, mut inbox) = outbound_queue(
-        state.config.limits.max_queued_messages,
-        Arc::clone(&registration.signal),
-    );
-    let token_deadline = grant.close_at(state.identity.expiry_grace);
-    let mut session = Session {
-        decode_limits: DecodeLimits {
-            max_request_id_bytes: 128,
-            max_rule_name_bytes: state.config.limits.max_rule_name_bytes,
-        },
-        rate: RateLimit::new(state.config.limits.max_actions_per_second),
-        echo: state.config.dev && state.config.dev_websocket_echo,
-        state,
-        connection,
-        announced: false,
-        outbox: Some(outbox),
-        token_deadline,
-        grant,
-    };
-    let keepalive = session.state.config.keepalive_interval.0;
-    let idle_timeout = session.state.config.idle_timeout.0;
-    let write_timeout = session.state.config.limits.write_timeout.0;
-    let max_queued_bytes = session.state.config.limits.max_queued_bytes;
-    let hello_deadline = Instant::now() + session.state.config.hello_timeout.0;
-    let mut last_heard = Instant::now();
-    let mut next_ping = Instant::now() + keepalive;
-    // The timer lives across loop turns: a turn per notification must not re-register
-    // timer entries every time. The signal is this connection's own: set on shutdown and
-    // when the dispatcher finds the connection too slow, and the waker of the socket and
-    // the timer, so a turn woken by a queued notification alone polls neither.
-    let signal = Arc::clone(&registration.signal);
-    let side_waker = Waker::from(Arc::clone(&signal));
-    let timer = tokio::time::sleep_until(hello_deadline.min(next_ping));
-    tokio::pin!(timer);
-    // Acks are written to the socket's buffer and sent once no complete frame is left to
-    // read: a client that sends several actions at once (the JS client re-subscribing all
-    // its rules after Hello) gets their Acks in one write, not one system call each.
-    let mut acks_unsent = false;
-    // Notifications bypass tungstenite (see `write_notifications`): whatever tungstenite may
-    // still hold (Acks, the Pong it answers a Ping with while reading) is flushed first.
-    // `unwritten` holds the encoded notifications not yet on the wire; when a write is cut
-    // short (stop signal, write deadline), the closing handshake writes the rest before its
-    // Close frame, so the peer never sees a Close in the middle of a frame.
-    let mut tungstenite_unflushed = false;
-    let mut unwritten: Vec<u8> = Vec::new();
-
-    let outcome: Outcome = 'session: loop {
-        // An echo session has no Hello: it is served like an announced one.
-        let serving = session.announced || session.echo;
-        let next_timer = if serving {
-            next_ping.min(last_heard + idle_timeout)
-        } else {
-            hello_deadline.min(next_ping)
+) -> impl Future<Output = ()> + Send {
+    // A function returning an async block, not an `async fn`: an `async fn` moves its
+    // arguments into locals of its future, where they take room a second time beside the
+    // captured ones (the socket is 336 bytes), for the connection's whole life. Measured
+    // with `-Zprint-type-sizes` and in RSS per connection (`bench/findings.md`).
+    async move {
+        telemetry::connection_opened();
+        let registration = state.session_stops.register_connection(connection);
+        let (outbox, mut inbox) = outbound_queue(
+            state.config.limits.max_queued_messages,
+            Arc::clone(&registration.signal),
+        );
+        let token_deadline = grant.close_at(state.identity.expiry_grace);
+        let mut session = Session {
+            decode_limits: DecodeLimits {
+                max_request_id_bytes: 128,
+                max_rule_name_bytes: state.config.limits.max_rule_name_bytes,
+            },
+            rate: RateLimit::new(state.config.limits.max_actions_per_second),
+            echo: state.config.dev && state.config.dev_websocket_echo,
+            state,
+            connection,
+            announced: false,
+            outbox: Some(outbox),
+            token_deadline,
+            grant,
         };
-        let next_timer = session
-            .token_deadline
-            .map_or(next_timer, |deadline| deadline.min(next_timer));
-        if timer.deadline() != next_timer || timer.is_elapsed() {
-            timer.as_mut().reset(next_timer);
-            signal.mark();
-        }
-        // In order: the stop signal, queued notifications, then the socket and the timer.
-        let turn = std::future::poll_fn(|context| {
-            if let Some(reason) = signal.reason() {
-                return Poll::Ready(Turn::Stop(reason));
+        let keepalive = session.state.config.keepalive_interval.0;
+        let idle_timeout = session.state.config.idle_timeout.0;
+        let write_timeout = session.state.config.limits.write_timeout.0;
+        let max_queued_bytes = session.state.config.limits.max_queued_bytes;
+        let hello_deadline = Instant::now() + session.state.config.hello_timeout.0;
+        let mut last_heard = Instant::now();
+        let mut next_ping = Instant::now() + keepalive;
+        // The timer lives across loop turns: a turn per notification must not re-register
+        // timer entries every time. The signal is this connection's own: set on shutdown and
+        // when the dispatcher finds the connection too slow, and the waker of the socket and
+        // the timer, so a turn woken by a queued notification alone polls neither.
+        let signal = Arc::clone(&registration.signal);
+        let side_waker = Waker::from(Arc::clone(&signal));
+        let timer = tokio::time::sleep_until(hello_deadline.min(next_ping));
+        tokio::pin!(timer);
+        // Acks are written to the socket's buffer and sent once no complete frame is left to
+        // read: a client that sends several actions at once (the JS client re-subscribing all
+        // its rules after Hello) gets their Acks in one write, not one system call each.
+        let mut acks_unsent = false;
+        // Notifications bypass tungstenite (see `write_notifications`): whatever tungstenite may
+        // still hold (Acks, the Pong it answers a Ping with while reading) is flushed first.
+        // `unwritten` holds the encoded notifications not yet on the wire; when a write is cut
+        // short (stop signal, write deadline), the closing handshake writes the rest before its
+        // Close frame, so the peer never sees a Close in the middle of a frame.
+        let mut tungstenite_unflushed = false;
+        let mut unwritten: Vec<u8> = Vec::new();
+
+        let outcome: Outcome = 'session: loop {
+            // An echo session has no Hello: it is served like an announced one.
+            let serving = session.announced || session.echo;
+            let next_timer = if serving {
+                next_ping.min(last_heard + idle_timeout)
+            } else {
+                hello_deadline.min(next_ping)
+            };
+            let next_timer = session
+                .token_deadline
+                .map_or(next_timer, |deadline| deadline.min(next_timer));
+            if timer.deadline() != next_timer || timer.is_elapsed() {
+                timer.as_mut().reset(next_timer);
+                signal.mark();
             }
-            if serving {
-                if let Poll::Ready(message) = inbox.poll_recv(context) {
-                    return Poll::Ready(Turn::Queued(message));
+            // In order: the stop signal, queued notifications, then the socket and the timer.
+            let turn = std::future::poll_fn(|context| {
+                if let Some(reason) = signal.reason() {
+                    return Poll::Ready(Turn::Stop(reason));
                 }
-            }
-            if !signal.take_woken() {
-                return Poll::Pending;
-            }
-            signal.register(context.waker());
-            // A stop between the check above and the registration woke no task.
-            if let Some(reason) = signal.reason() {
-                return Poll::Ready(Turn::Stop(reason));
-            }
-            let mut side_context = Context::from_waker(&side_waker);
-            // A source that is ready is not registered any more: poll both next time.
-            if let Poll::Ready(frame) = socket.poll_next_unpin(&mut side_context) {
-                signal.mark();
-                return Poll::Ready(Turn::Frame(frame));
-            }
-            if timer.as_mut().poll(&mut side_context).is_ready() {
-                signal.mark();
-                return Poll::Ready(Turn::Timer);
-            }
-            if acks_unsent {
-                return Poll::Ready(Turn::Flush);
-            }
-            Poll::Pending
-        })
-        .await;
-        // Every write below goes through `bounded`.
-        macro_rules! bounded_write {
+                if serving {
+                    if let Poll::Ready(message) = inbox.poll_recv(context) {
+                        return Poll::Ready(Turn::Queued(message));
+                    }
+                }
+                if !signal.take_woken() {
+                    return Poll::Pending;
+                }
+                signal.register(context.waker());
+                // A stop between the check above and the registration woke no task.
+                if let Some(reason) = signal.reason() {
+                    return Poll::Ready(Turn::Stop(reason));
+                }
+                let mut side_context = Context::from_waker(&side_waker);
+                // A source that is ready is not registered any more: poll both next time.
+                if let Poll::Ready(frame) = socket.poll_next_unpin(&mut side_context) {
+                    signal.mark();
+                    return Poll::Ready(Turn::Frame(frame));
+                }
+                if timer.as_mut().poll(&mut side_context).is_ready() {
+                    signal.mark();
+                    return Poll::Ready(Turn::Timer);
+                }
+                if acks_unsent {
+                    return Poll::Ready(Turn::Flush);
+                }
+                Poll::Pending
+            })
+            .await;
+            // Every write below goes through `bounded`.
+            macro_rules! bounded_write {
             ($label:lifetime, $write:expr) => {
                 if let Some(outcome) = bounded(
                     $write,
@@ -328,129 +334,134 @@ pub async fn run(
                 }
             };
         }
-        match turn {
-            Turn::Stop(reason) => break Outcome::Close(stop_close(reason)),
-            Turn::Queued(message) => {
-                let Some(message) = message else {
-                    break Outcome::Gone;
-                };
-                if acks_unsent || tungstenite_unflushed {
-                    bounded_write!('session, socket.flush());
+            match turn {
+                Turn::Stop(reason) => break Outcome::Close(stop_close(reason)),
+                Turn::Queued(message) => {
+                    let Some(message) = message else {
+                        break Outcome::Gone;
+                    };
+                    if acks_unsent || tungstenite_unflushed {
+                        bounded_write!('session, socket.flush());
+                        acks_unsent = false;
+                        tungstenite_unflushed = false;
+                    }
+                    // Write what is already queued in one go.
+                    let mut batch = vec![message];
+                    while batch.len() < WRITE_BATCH {
+                        let Some(next) = inbox.try_recv() else { break };
+                        batch.push(next);
+                    }
+                    encode_notifications(&batch, &mut unwritten);
+                    drop(batch);
+                    bounded_write!('session, write_unwritten(socket.get_mut(), &mut unwritten));
+                    // An idle connection keeps no write buffer.
+                    unwritten = Vec::new();
+                }
+                Turn::Frame(frame) => {
+                    last_heard = Instant::now();
+                    // Reading may have queued a Pong in tungstenite's buffer.
+                    tungstenite_unflushed = true;
+                    let reply = match frame {
+                        None => break Outcome::Gone,
+                        Some(Err(error)) => match error_close(&error) {
+                            Some(reason) => break Outcome::Close(reason),
+                            None => break Outcome::Gone,
+                        },
+                        Some(Ok(Message::Close(_))) => break Outcome::PeerClosed,
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                            continue
+                        }
+                        Some(Ok(Message::Binary(data))) if session.echo => Message::Binary(data),
+                        Some(Ok(Message::Binary(_))) => {
+                            break Outcome::Close(CloseReason::BinaryFrame)
+                        }
+                        Some(Ok(Message::Text(text))) if session.echo => {
+                            match session.echo_text(text, max_queued_bytes) {
+                                Some(reason) => break Outcome::Close(reason),
+                                None => continue,
+                            }
+                        }
+                        Some(Ok(Message::Text(text))) => {
+                            if !session.rate.allow() {
+                                telemetry::limit_rejected("max_actions_per_second");
+                                break Outcome::Close(CloseReason::RateLimited);
+                            }
+                            // Boxed: an action's future (a Subscribe's budget checks, a
+                            // Refresh's key fetch: 1.7 KB) would otherwise be part of every
+                            // connection's state for its whole life; it is alive only while
+                            // an action is handled (measured with -Zprint-type-sizes: the
+                            // session's future 3,312 -> 1,911 bytes).
+                            let reply = Box::pin(session.handle_text(&text)).await;
+                            Message::Text(Utf8Bytes::from(reply))
+                        }
+                    };
+                    let is_ack = reply.is_text();
+                    bounded_write!('session, socket.feed(reply));
+                    if is_ack {
+                        acks_unsent = true;
+                    } else {
+                        bounded_write!('session, socket.flush());
+                    }
+                }
+                Turn::Flush => {
                     acks_unsent = false;
                     tungstenite_unflushed = false;
-                }
-                // Write what is already queued in one go.
-                let mut batch = vec![message];
-                while batch.len() < WRITE_BATCH {
-                    let Some(next) = inbox.try_recv() else { break };
-                    batch.push(next);
-                }
-                encode_notifications(&batch, &mut unwritten);
-                drop(batch);
-                bounded_write!('session, write_unwritten(socket.get_mut(), &mut unwritten));
-                // An idle connection keeps no write buffer.
-                unwritten = Vec::new();
-            }
-            Turn::Frame(frame) => {
-                last_heard = Instant::now();
-                // Reading may have queued a Pong in tungstenite's buffer.
-                tungstenite_unflushed = true;
-                let reply = match frame {
-                    None => break Outcome::Gone,
-                    Some(Err(error)) => match error_close(&error) {
-                        Some(reason) => break Outcome::Close(reason),
-                        None => break Outcome::Gone,
-                    },
-                    Some(Ok(Message::Close(_))) => break Outcome::PeerClosed,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                    Some(Ok(Message::Binary(data))) if session.echo => Message::Binary(data),
-                    Some(Ok(Message::Binary(_))) => break Outcome::Close(CloseReason::BinaryFrame),
-                    Some(Ok(Message::Text(text))) if session.echo => {
-                        match session.echo_text(text, max_queued_bytes) {
-                            Some(reason) => break Outcome::Close(reason),
-                            None => continue,
-                        }
-                    }
-                    Some(Ok(Message::Text(text))) => {
-                        if !session.rate.allow() {
-                            telemetry::limit_rejected("max_actions_per_second");
-                            break Outcome::Close(CloseReason::RateLimited);
-                        }
-                        // Boxed: an action's future (a Subscribe's budget checks, a
-                        // Refresh's key fetch: 1.7 KB) would otherwise be part of every
-                        // connection's state for its whole life; it is alive only while
-                        // an action is handled (measured with -Zprint-type-sizes: the
-                        // session's future 3,312 -> 1,911 bytes).
-                        let reply = Box::pin(session.handle_text(&text)).await;
-                        Message::Text(Utf8Bytes::from(reply))
-                    }
-                };
-                let is_ack = reply.is_text();
-                bounded_write!('session, socket.feed(reply));
-                if is_ack {
-                    acks_unsent = true;
-                } else {
                     bounded_write!('session, socket.flush());
                 }
-            }
-            Turn::Flush => {
-                acks_unsent = false;
-                tungstenite_unflushed = false;
-                bounded_write!('session, socket.flush());
-            }
-            Turn::Timer => {
-                let now = Instant::now();
-                if !serving && now >= hello_deadline {
-                    break Outcome::Close(CloseReason::HelloTimeout);
-                }
-                if now >= last_heard + idle_timeout {
-                    break Outcome::Close(CloseReason::Idle);
-                }
-                if session
-                    .token_deadline
-                    .is_some_and(|deadline| now >= deadline)
-                {
-                    break Outcome::Close(CloseReason::TokenExpired);
-                }
-                if now >= next_ping {
-                    next_ping = now + keepalive;
-                    bounded_write!('session, socket.send(Message::Ping(Default::default())));
+                Turn::Timer => {
+                    let now = Instant::now();
+                    if !serving && now >= hello_deadline {
+                        break Outcome::Close(CloseReason::HelloTimeout);
+                    }
+                    if now >= last_heard + idle_timeout {
+                        break Outcome::Close(CloseReason::Idle);
+                    }
+                    if session
+                        .token_deadline
+                        .is_some_and(|deadline| now >= deadline)
+                    {
+                        break Outcome::Close(CloseReason::TokenExpired);
+                    }
+                    if now >= next_ping {
+                        next_ping = now + keepalive;
+                        bounded_write!('session, socket.send(Message::Ping(Default::default())));
+                    }
                 }
             }
-        }
-    };
+        };
 
-    let closed_by_server = match outcome {
-        Outcome::Close(reason) => {
-            let frame = match (reason, registration.operator_close()) {
-                (CloseReason::Disconnected, Some(close)) => CloseFrame {
-                    code: close.code.into(),
-                    reason: Utf8Bytes::from(close.reason),
-                },
-                _ => CloseFrame {
-                    code: reason.code().into(),
-                    reason: Utf8Bytes::from_static(reason.text()),
-                },
-            };
-            // Boxed: the closing handshake runs once, at the end; its future need not
-            // have room in every connection's state.
-            Box::pin(close(&mut socket, &mut unwritten, frame)).await;
-            Some(reason)
+        let closed_by_server = match outcome {
+            Outcome::Close(reason) => {
+                let frame = match (reason, registration.operator_close()) {
+                    (CloseReason::Disconnected, Some(close)) => CloseFrame {
+                        code: close.code.into(),
+                        reason: Utf8Bytes::from(close.reason),
+                    },
+                    _ => CloseFrame {
+                        code: reason.code().into(),
+                        reason: Utf8Bytes::from_static(reason.text()),
+                    },
+                };
+                // Boxed: the closing handshake runs once, at the end; its future need not
+                // have room in every connection's state.
+                Box::pin(close(&mut socket, &mut unwritten, frame)).await;
+                Some(reason)
+            }
+            Outcome::PeerClosed => {
+                // tungstenite queued the Close reply when it read the peer's Close; the sink's
+                // close flushes it (`WebSocketStream::close` would try to send a second Close).
+                let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, SinkExt::close(&mut socket))
+                    .await;
+                None
+            }
+            Outcome::Gone => None,
+        };
+        if session.announced {
+            session.state.hub.deregister(connection).await;
         }
-        Outcome::PeerClosed => {
-            // tungstenite queued the Close reply when it read the peer's Close; the sink's
-            // close flushes it (`WebSocketStream::close` would try to send a second Close).
-            let _ =
-                tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, SinkExt::close(&mut socket)).await;
-            None
-        }
-        Outcome::Gone => None,
-    };
-    if session.announced {
-        session.state.hub.deregister(connection).await;
+        let label = closed_by_server.map_or("peer_closed", CloseReason::label);
+        telemetry::connection_closed(label, session.announced);
     }
-    let label = closed_by_server.map_or("peer_closed", CloseReason::label);
-    telemetry::connection_closed(label, session.announced);
 }
 
 /// The server's side of the close handshake, all within [`CLOSE_HANDSHAKE_TIMEOUT`]: sends
