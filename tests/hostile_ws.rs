@@ -30,6 +30,16 @@ fn labelled(metrics: &str, name: &str, label: &str) -> f64 {
         .sum()
 }
 
+/// Connections closed with `reason` (`eventgate_connections_closed_total`). The counter is
+/// process-wide: a test running beside this one can only add to it.
+fn closes(metrics: &str, reason: &str) -> f64 {
+    labelled(
+        metrics,
+        "eventgate_connections_closed_total",
+        &format!("reason=\"{reason}\""),
+    )
+}
+
 /// This server's connections and rules (its own totals, not the shared gauges).
 async fn held(server: &Server) -> (u64, u64) {
     let totals = server.totals().await;
@@ -146,26 +156,14 @@ async fn a_peer_that_stops_reading_is_closed_by_write_timeout_and_freed() {
     // write, not the queue, that must end the stalled session.
     let server = stalling_server(ms(1000), 1024).await;
     let (connections, rules) = held(&server).await;
-    let before = server.metrics().await;
-    let timeouts = labelled(
-        &before,
-        "eventgate_connections_closed_total",
-        "reason=\"write_timeout\"",
-    );
+    let timeouts = closes(&server.metrics().await, "write_timeout");
     let (mut stalled, mut healthy) = stalled_beside_healthy(&server).await;
-    // Counted once its closing handshake is over (the counter is process-wide: a test
-    // beside this one can only add to it).
+    // Counted once its closing handshake is over.
     until_metrics(
         &server,
         Duration::from_secs(20),
         "a close counted as write_timeout",
-        |m| {
-            labelled(
-                m,
-                "eventgate_connections_closed_total",
-                "reason=\"write_timeout\"",
-            ) > timeouts
-        },
+        |m| closes(m, "write_timeout") > timeouts,
     )
     .await;
     // The healthy client is left, with its rule.
@@ -195,23 +193,13 @@ async fn a_slow_consumer_stuck_in_a_write_is_stopped_and_freed() {
     // pending.
     let server = stalling_server(ms(120_000), 8).await;
     let (connections, rules) = held(&server).await;
-    let slow_closes = labelled(
-        &server.metrics().await,
-        "eventgate_connections_closed_total",
-        "reason=\"slow_consumer\"",
-    );
+    let slow_closes = closes(&server.metrics().await, "slow_consumer");
     let (mut stalled, mut healthy) = stalled_beside_healthy(&server).await;
     until_metrics(
         &server,
         Duration::from_secs(20),
         "a close counted as slow_consumer",
-        |m| {
-            labelled(
-                m,
-                "eventgate_connections_closed_total",
-                "reason=\"slow_consumer\"",
-            ) > slow_closes
-        },
+        |m| closes(m, "slow_consumer") > slow_closes,
     )
     .await;
     until_held(

@@ -260,7 +260,7 @@ pub fn run(
         // read: a client that sends several actions at once (the JS client re-subscribing all
         // its rules after Hello) gets their Acks in one write, not one system call each.
         let mut acks_unsent = false;
-        // Notifications bypass tungstenite (see `write_notifications`): whatever tungstenite may
+        // Notifications bypass tungstenite (see `encode_notifications`): whatever tungstenite may
         // still hold (Acks, the Pong it answers a Ping with while reading) is flushed first.
         // `unwritten` holds the encoded notifications not yet on the wire; when a write is cut
         // short (stop signal, write deadline), the closing handshake writes the rest before its
@@ -319,21 +319,21 @@ pub fn run(
             .await;
             // Every write below goes through `bounded`.
             macro_rules! bounded_write {
-            ($label:lifetime, $write:expr) => {
-                if let Some(outcome) = bounded(
-                    $write,
-                    &signal,
-                    timer.as_mut(),
-                    write_timeout,
-                    last_heard + idle_timeout,
-                )
-                .await
-                .outcome()
-                {
-                    break $label outcome;
-                }
-            };
-        }
+                ($label:lifetime, $write:expr) => {
+                    if let Some(outcome) = bounded(
+                        $write,
+                        &signal,
+                        timer.as_mut(),
+                        write_timeout,
+                        last_heard + idle_timeout,
+                    )
+                    .await
+                    .outcome()
+                    {
+                        break $label outcome;
+                    }
+                };
+            }
             match turn {
                 Turn::Stop(reason) => break Outcome::Close(stop_close(reason)),
                 Turn::Queued(message) => {
