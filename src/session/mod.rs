@@ -260,7 +260,7 @@ pub fn run(
         // read: a client that sends several actions at once (the JS client re-subscribing all
         // its rules after Hello) gets their Acks in one write, not one system call each.
         let mut acks_unsent = false;
-        // Notifications bypass tungstenite (see `encode_notifications`): whatever tungstenite may
+        // Notifications bypass tungstenite (see `encode_notification`): whatever tungstenite may
         // still hold (Acks, the Pong it answers a Ping with while reading) is flushed first.
         // `unwritten` holds the encoded notifications not yet on the wire; when a write is cut
         // short (stop signal, write deadline), the closing handshake writes the rest before its
@@ -345,14 +345,14 @@ pub fn run(
                         acks_unsent = false;
                         tungstenite_unflushed = false;
                     }
-                    // Write what is already queued in one go.
-                    let mut batch = vec![message];
-                    while batch.len() < WRITE_BATCH {
+                    // Write what is already queued in one go (encoded as it is taken: no
+                    // list of the batch is allocated on a turn).
+                    encode_notification(&message, &mut unwritten);
+                    drop(message);
+                    for _ in 1..WRITE_BATCH {
                         let Some(next) = inbox.try_recv() else { break };
-                        batch.push(next);
+                        encode_notification(&next, &mut unwritten);
                     }
-                    encode_notifications(&batch, &mut unwritten);
-                    drop(batch);
                     bounded_write!('session, write_unwritten(socket.get_mut(), &mut unwritten));
                     // An idle connection keeps no write buffer.
                     unwritten = Vec::new();
@@ -506,9 +506,9 @@ async fn close(
     }
 }
 
-/// Encodes notifications (the text of `Event` frames, or the echo mode's messages) as
-/// WebSocket frames behind what `out` already holds: each behind its RFC 6455 header (final,
-/// text, unmasked: tungstenite's own `FrameHeader` encoding).
+/// Encodes a notification (the text of an `Event` frame, or an echo mode's message) as a
+/// WebSocket frame behind what `out` already holds: its RFC 6455 header (final, text,
+/// unmasked: tungstenite's own `FrameHeader` encoding), then the text.
 ///
 /// Notifications are written by [`write_unwritten`] straight to the transport, not through
 /// tokio-tungstenite's `Sink`: there, each notification went through `poll_ready`,
@@ -516,17 +516,16 @@ async fn close(
 /// proxies, and through tungstenite's frame buffering: 6% of the gateway's CPU at 1,000
 /// events/s to 10,000 connections (profile in `bench/findings.md`). The session flushes
 /// tungstenite first when it may hold bytes (Acks, a Pong), so frames never interleave.
-fn encode_notifications(frames: &[Utf8Bytes], out: &mut Vec<u8>) {
+fn encode_notification(frame: &Utf8Bytes, out: &mut Vec<u8>) {
     let header = FrameHeader {
         opcode: OpCode::Data(Data::Text),
         ..FrameHeader::default()
     };
-    out.reserve(frames.iter().map(|frame| frame.len() + 10).sum());
-    for frame in frames {
-        // Writing into a Vec does not fail.
-        let _ = header.format(frame.len() as u64, out);
-        out.extend_from_slice(frame.as_bytes());
-    }
+    // A header is at most 10 bytes (unmasked).
+    out.reserve(frame.len() + 10);
+    // Writing into a Vec does not fail.
+    let _ = header.format(frame.len() as u64, out);
+    out.extend_from_slice(frame.as_bytes());
 }
 
 /// Writes `unwritten` to the transport, removing what was written as it goes: a write cut
@@ -791,7 +790,9 @@ mod tests {
             .map(|(i, &n)| Utf8Bytes::from(char::from(b'a' + i as u8).to_string().repeat(n)))
             .collect();
         let mut out = vec![0xAB];
-        encode_notifications(&frames, &mut out);
+        for frame in &frames {
+            encode_notification(frame, &mut out);
+        }
         assert_eq!(out[0], 0xAB, "what the buffer held stays in front");
         let mut cursor = Cursor::new(&out[1..]);
         for (frame, &n) in frames.iter().zip(&lengths) {
@@ -816,7 +817,7 @@ mod tests {
         let text = Utf8Bytes::from_static("{\"Action\":\"Event\"}");
         let _ = Frame::message(text.clone(), OpCode::Data(Data::Text), true).format(&mut theirs);
         let mut ours = Vec::new();
-        encode_notifications(&[text], &mut ours);
+        encode_notification(&text, &mut ours);
         assert_eq!(ours, theirs);
     }
 }
