@@ -6,14 +6,17 @@
 //! the session owns, and waiting registers the task's waker without a lock. (A child
 //! `CancellationToken` per connection took a mutex on every check and on every connect and
 //! disconnect.) The same signal is the waker of the session's socket and timer, so that a
-//! turn knows whether they woke it. Does not own what a session does when told to stop
-//! (see `session`).
+//! turn knows whether they woke it. The signal's allocation also carries the connection's
+//! outbound queue, whose logic `outbound` owns: one allocation for what a notification's
+//! wake-up reads. Does not own what a session does when told to stop (see `session`).
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Wake, Waker};
 
 use futures_util::task::AtomicWaker;
+
+use super::outbound::Queue;
 
 /// Why a session must stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,9 +46,10 @@ const SHUTTING_DOWN: u8 = 2;
 const DISCONNECTED: u8 = 3;
 const LOG_GAP: u8 = 4;
 
-/// One connection's stop flag, and the waker its session hands to its socket and timer.
+/// One connection's stop flag, the waker its session hands to its socket and timer, and
+/// its outbound queue (see `outbound`, which alone reads and writes it).
 ///
-/// Both live in one small allocation because the session reads them on every wake-up:
+/// All three live in one small allocation because the session reads them on every wake-up:
 /// `reason` at the top of each turn, `woken` to learn whether the socket, the timer or a
 /// stop woke it (a turn woken only by a queued notification polls neither again, since
 /// each such poll registers a waker anew, the socket's under a lock). The first reason set
@@ -55,6 +59,7 @@ pub struct StopSignal {
     reason: AtomicU8,
     woken: AtomicBool,
     task: AtomicWaker,
+    outbound: Queue,
 }
 
 impl Default for StopSignal {
@@ -64,6 +69,7 @@ impl Default for StopSignal {
             reason: AtomicU8::new(RUNNING),
             woken: AtomicBool::new(true),
             task: AtomicWaker::new(),
+            outbound: Queue::default(),
         }
     }
 }
@@ -81,6 +87,11 @@ impl StopSignal {
             .reason
             .compare_exchange(RUNNING, code, Ordering::AcqRel, Ordering::Acquire);
         self.wake_task();
+    }
+
+    /// The connection's outbound queue (its two ends come from `outbound::outbound_queue`).
+    pub(crate) fn outbound(&self) -> &Queue {
+        &self.outbound
     }
 
     /// The reason, once one is set.
