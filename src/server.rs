@@ -287,7 +287,8 @@ fn run_session(
             .max_message_size(Some(limits.max_frame_bytes))
             .max_frame_size(Some(limits.max_frame_bytes));
         let socket =
-            WebSocketStream::from_partially_read(io, rest, Role::Server, Some(config)).await;
+            WebSocketStream::from_partially_read(io.shared(), rest, Role::Server, Some(config))
+                .await;
         let listed = admitted
             .listing
             .take()

@@ -234,3 +234,95 @@ async fn a_subscribe_longer_than_the_read_buffer_is_read_whole() {
     assert_eq!(message["Rules"], json!(["long"]));
     assert_eq!(event["source"], "wanted");
 }
+
+/// The dispatcher writes a notification to an idle connection's socket itself, while the
+/// session writes Acks, Pongs and whatever was queued (`session::outbound`): the two never
+/// write at once. A client that keeps sending actions and pings while events arrive one
+/// after another gets every event whole (tungstenite would fail on a torn frame), in order,
+/// with none missing, and every Ack.
+#[tokio::test]
+async fn direct_writes_and_session_writes_never_interleave() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    const EVENTS: u64 = 300;
+    let server = Server::dev().await;
+    let mut client = server.announced().await;
+    client.subscribe("seq", &json!({"source": ["seq"]})).await;
+    let before = metric_value(
+        &server.metrics().await,
+        "eventgate_notifications_written_directly_total",
+    )
+    .unwrap_or(0.0);
+    let mut acks = 0;
+    let mut subscribes = 0;
+    let mut next = 0u64;
+    for i in 0..EVENTS {
+        if i % 7 == 3 {
+            // The session is busy with this (and its Ack) while the event below is offered.
+            client
+                .send_json(&json!({
+                    "Action": "Subscribe",
+                    "RequestId": format!("extra-{i}"),
+                    "Rule": format!("extra-{i}"),
+                    "Pattern": json!({"source": ["never"]}).to_string(),
+                }))
+                .await;
+            subscribes += 1;
+        }
+        if i % 11 == 5 {
+            client
+                .ws
+                .send(Message::Ping(vec![1, 2, 3].into()))
+                .await
+                .expect("ping");
+        }
+        server.publish_event("seq", "n", json!({"i": i})).await;
+        // Events published while nothing else happens arrive through direct writes; read
+        // them as they come, Acks in between.
+        if i % 3 != 0 {
+            continue;
+        }
+        while next <= i {
+            let message = client.recv().await;
+            match message["Action"].as_str() {
+                Some("Ack") => {
+                    assert_eq!(message["Status"], "Ok", "{message}");
+                    acks += 1;
+                }
+                Some("Event") => {
+                    let event: Value =
+                        serde_json::from_str(message["Event"].as_str().expect("Event string"))
+                            .expect("Event holds JSON");
+                    assert_eq!(event["detail"]["i"], next, "in order, none missing");
+                    next += 1;
+                }
+                _ => panic!("unexpected {message}"),
+            }
+        }
+    }
+    while next < EVENTS || acks < subscribes {
+        let message = client.recv().await;
+        match message["Action"].as_str() {
+            Some("Ack") => acks += 1,
+            Some("Event") => {
+                let event: Value =
+                    serde_json::from_str(message["Event"].as_str().expect("Event string"))
+                        .expect("Event holds JSON");
+                assert_eq!(event["detail"]["i"], next, "in order, none missing");
+                next += 1;
+            }
+            _ => panic!("unexpected {message}"),
+        }
+    }
+    assert_eq!((next, acks), (EVENTS, subscribes));
+    let after = metric_value(
+        &server.metrics().await,
+        "eventgate_notifications_written_directly_total",
+    )
+    .unwrap_or(0.0);
+    assert!(
+        after - before >= (EVENTS / 2) as f64,
+        "most events went out through direct writes: {before} -> {after}"
+    );
+}

@@ -104,12 +104,108 @@ impl WebSocketRoute {
     }
 }
 
-/// A client connection's bytes: plain TCP, TLS, or a connection that hyper upgraded (an
+/// A client connection's bytes: plain TCP, plain TCP shared with the dispatcher (a
+/// WebSocket session's, see [`SharedTcp`]), TLS, or a connection that hyper upgraded (an
 /// upgrade that came after other requests on the same connection).
 pub enum Transport {
     Plain(TcpStream),
+    Shared(SharedTcp),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     Upgraded(TokioIo<hyper::upgrade::Upgraded>),
+}
+
+impl Transport {
+    /// A plain TCP transport made shareable (a WebSocket session's: the dispatcher may
+    /// write to it while the session is idle, see `session::outbound`); any other is kept.
+    pub fn shared(self) -> Transport {
+        match self {
+            Transport::Plain(stream) => Transport::Shared(SharedTcp(Arc::new(stream))),
+            other => other,
+        }
+    }
+}
+
+/// A plain TCP stream that a WebSocket session reads and writes and that the dispatcher may
+/// also write to (with `try_write_vectored`, which takes `&TcpStream`). Reads and writes
+/// go through tokio's readiness calls (`poll_*_ready`, then `try_*`), the same path as
+/// `TcpStream`'s own `AsyncRead` and `AsyncWrite`. Who may write when is the business of
+/// `session::outbound`, not of this type.
+pub struct SharedTcp(Arc<TcpStream>);
+
+impl SharedTcp {
+    /// Another handle on the socket.
+    pub fn socket(&self) -> Arc<TcpStream> {
+        Arc::clone(&self.0)
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        &self.0
+    }
+}
+
+impl AsyncRead for SharedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            std::task::ready!(self.0.poll_read_ready(context))?;
+            // A buffer handed in initialised (tungstenite's is) is not cleared again here.
+            match self.0.try_read(buffer.initialize_unfilled()) {
+                Ok(read) => {
+                    buffer.advance(read);
+                    return Poll::Ready(Ok(()));
+                }
+                // Readiness was stale and is now cleared: wait for the next.
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(context))?;
+            match self.0.try_write(buffer) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffers: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(context))?;
+            match self.0.try_write_vectored(buffers) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Shuts the write side down, as `TcpStream`'s own `poll_shutdown` does.
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(self.0.as_ref()).shutdown(std::net::Shutdown::Write))
+    }
 }
 
 /// Forwards a poll to whichever stream a [`Transport`] holds.
@@ -117,6 +213,7 @@ macro_rules! each_transport {
     ($transport:expr, $stream:ident => $poll:expr) => {
         match $transport.get_mut() {
             Transport::Plain($stream) => $poll,
+            Transport::Shared($stream) => $poll,
             Transport::Tls($stream) => $poll,
             Transport::Upgraded($stream) => $poll,
         }
@@ -153,6 +250,7 @@ impl AsyncWrite for Transport {
     fn is_write_vectored(&self) -> bool {
         match self {
             Transport::Plain(stream) => stream.is_write_vectored(),
+            Transport::Shared(stream) => stream.is_write_vectored(),
             Transport::Tls(stream) => stream.is_write_vectored(),
             Transport::Upgraded(stream) => stream.is_write_vectored(),
         }

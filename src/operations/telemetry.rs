@@ -12,6 +12,8 @@ pub const ANNOUNCED_CONNECTIONS: &str = "eventgate_announced_connections";
 pub const RULES: &str = "eventgate_rules";
 pub const EVENTS_INGESTED: &str = "eventgate_events_ingested_total";
 pub const NOTIFICATIONS_SENT: &str = "eventgate_notifications_sent_total";
+/// Of those, the ones the dispatcher wrote to an idle connection's socket itself.
+pub const NOTIFICATIONS_WRITTEN_DIRECTLY: &str = "eventgate_notifications_written_directly_total";
 pub const SLOW_CONSUMER_CLOSES: &str = "eventgate_slow_consumer_closes_total";
 pub const AUTH_FAILURES: &str = "eventgate_auth_failures_total";
 pub const INGEST_ERRORS: &str = "eventgate_ingest_errors_total";
@@ -117,6 +119,7 @@ pub const SERIES: &[Series] = &[
     gauge_of(RULES),
     plain(EVENTS_INGESTED),
     plain(NOTIFICATIONS_SENT),
+    plain(NOTIFICATIONS_WRITTEN_DIRECTLY),
     plain(SLOW_CONSUMER_CLOSES),
     labelled(
         CONNECTIONS_CLOSED,
@@ -331,8 +334,13 @@ pub fn event_dispatched(id: &str, source: &str, detail_type: &str, connections: 
     tracing::debug!(id, source, detail_type, connections, "event dispatched");
 }
 
-pub fn notifications_sent(count: u64) {
+/// `count` notifications handed to connections, `written` of them written by the
+/// dispatcher itself.
+pub fn notifications_sent(count: u64, written: u64) {
     counter!(NOTIFICATIONS_SENT).increment(count);
+    if written > 0 {
+        counter!(NOTIFICATIONS_WRITTEN_DIRECTLY).increment(written);
+    }
 }
 
 pub fn slow_consumer_closed(connection: u64) {

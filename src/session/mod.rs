@@ -22,8 +22,6 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
@@ -34,7 +32,7 @@ use eventgate_protocol::wire::{self, ack_text, ClientAction, DecodeLimits, Patte
 use crate::errors::CloseReason;
 use crate::hub::{ConnectionId, SubscribeError};
 use crate::listener::Transport;
-use crate::outbound::{outbound_queue, Offer};
+use crate::outbound::{encode_notification, outbound_queue, Offer};
 use crate::server::AppState;
 use crate::stop::{StopReason, StopSignal};
 use crate::telemetry;
@@ -222,10 +220,15 @@ pub fn run(
     async move {
         telemetry::connection_opened();
         let registration = state.session_stops.register_connection(connection);
-        let (outbox, mut inbox) = outbound_queue(
+        let (mut outbox, mut inbox) = outbound_queue(
             state.config.limits.max_queued_messages,
             Arc::clone(&registration.signal),
         );
+        // A plain TCP connection lets the dispatcher write to it while the session is idle
+        // (see `outbound`); TLS keeps its records in the session's own stream.
+        if let Transport::Shared(stream) = socket.get_ref() {
+            outbox.write_directly_to(stream.socket());
+        }
         let token_deadline = grant.close_at(state.identity.expiry_grace);
         let mut session = Session {
             decode_limits: DecodeLimits {
@@ -260,7 +263,7 @@ pub fn run(
         // read: a client that sends several actions at once (the JS client re-subscribing all
         // its rules after Hello) gets their Acks in one write, not one system call each.
         let mut acks_unsent = false;
-        // Notifications bypass tungstenite (see `encode_notification`): whatever tungstenite may
+        // Notifications bypass tungstenite (see `write_unwritten`): whatever tungstenite may
         // still hold (Acks, the Pong it answers a Ping with while reading) is flushed first.
         // `unwritten` holds the encoded notifications not yet on the wire; when a write is cut
         // short (stop signal, write deadline), the closing handshake writes the rest before its
@@ -293,7 +296,11 @@ pub fn run(
                         return Poll::Ready(Turn::Queued(message));
                     }
                 }
+                // Parked with nothing of its own unsent (tungstenite may hold an Ack or a
+                // Pong until flushed): the dispatcher may write to the socket meanwhile.
+                let idle = serving && !acks_unsent && !tungstenite_unflushed;
                 if !signal.take_woken() {
+                    inbox.idle(idle);
                     return Poll::Pending;
                 }
                 signal.register(context.waker());
@@ -314,6 +321,7 @@ pub fn run(
                 if acks_unsent {
                     return Poll::Ready(Turn::Flush);
                 }
+                inbox.idle(idle);
                 Poll::Pending
             })
             .await;
@@ -349,6 +357,9 @@ pub fn run(
                     // list of the batch is allocated on a turn).
                     encode_notification(&message, &mut unwritten);
                     drop(message);
+                    // A direct write the socket did not take whole sent this frame's start.
+                    let started = inbox.take_started().min(unwritten.len());
+                    unwritten.drain(..started);
                     for _ in 1..WRITE_BATCH {
                         let Some(next) = inbox.try_recv() else { break };
                         encode_notification(&next, &mut unwritten);
@@ -430,6 +441,9 @@ pub fn run(
             }
         };
 
+        // From here the session writes its closing handshake: no direct write may be under
+        // way or start (a stop wakes the session without a `poll_recv`).
+        inbox.end_direct();
         let closed_by_server = match outcome {
             Outcome::Close(reason) => {
                 let frame = match (reason, registration.operator_close()) {
@@ -506,31 +520,17 @@ async fn close(
     }
 }
 
-/// Encodes a notification (the text of an `Event` frame, or an echo mode's message) as a
-/// WebSocket frame behind what `out` already holds: its RFC 6455 header (final, text,
-/// unmasked: tungstenite's own `FrameHeader` encoding), then the text.
-///
-/// Notifications are written by [`write_unwritten`] straight to the transport, not through
-/// tokio-tungstenite's `Sink`: there, each notification went through `poll_ready`,
-/// `start_send` and `poll_flush`, each registering the task's waker with both of its stream
-/// proxies, and through tungstenite's frame buffering: 6% of the gateway's CPU at 1,000
-/// events/s to 10,000 connections (profile in `bench/findings.md`). The session flushes
-/// tungstenite first when it may hold bytes (Acks, a Pong), so frames never interleave.
-fn encode_notification(frame: &Utf8Bytes, out: &mut Vec<u8>) {
-    let header = FrameHeader {
-        opcode: OpCode::Data(Data::Text),
-        ..FrameHeader::default()
-    };
-    // A header is at most 10 bytes (unmasked).
-    out.reserve(frame.len() + 10);
-    // Writing into a Vec does not fail.
-    let _ = header.format(frame.len() as u64, out);
-    out.extend_from_slice(frame.as_bytes());
-}
-
 /// Writes `unwritten` to the transport, removing what was written as it goes: a write cut
 /// short (its future dropped) leaves exactly the bytes still owed, to be written before
 /// anything else (see [`close`]).
+///
+/// Notifications (encoded by `outbound::encode_notification`) are written this way,
+/// straight to the transport, not through tokio-tungstenite's `Sink`: there, each
+/// notification went through `poll_ready`, `start_send` and `poll_flush`, each registering
+/// the task's waker with both of its stream proxies, and through tungstenite's frame
+/// buffering: 6% of the gateway's CPU at 1,000 events/s to 10,000 connections (profile in
+/// `bench/findings.md`). The session flushes tungstenite first when it may hold bytes
+/// (Acks, a Pong), so frames never interleave.
 async fn write_unwritten(
     transport: &mut Transport,
     unwritten: &mut Vec<u8>,
@@ -553,6 +553,7 @@ async fn write_unwritten(
 fn reset(transport: &Transport) {
     let stream = match transport {
         Transport::Plain(stream) => stream,
+        Transport::Shared(stream) => stream.tcp(),
         Transport::Tls(stream) => stream.get_ref().0,
         Transport::Upgraded(_) => return,
     };
@@ -604,8 +605,8 @@ impl Session {
     /// Echo mode: queues `text` on the connection's own outbound queue, to be written like a
     /// notification. `Some` closes the session.
     fn echo_text(&self, text: Utf8Bytes, max_queued_bytes: usize) -> Option<CloseReason> {
-        match self.outbox.as_ref()?.offer(text, max_queued_bytes) {
-            Offer::Queued => None,
+        match self.outbox.as_ref()?.offer(text, max_queued_bytes, false) {
+            Offer::Queued | Offer::Written => None,
             Offer::Refused { .. } => Some(CloseReason::SlowConsumer),
         }
     }
@@ -777,7 +778,8 @@ impl Session {
 mod tests {
     use super::*;
     use std::io::Cursor;
-    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 
     /// Every length form of RFC 6455 §5.2 (7-bit, 16-bit, 64-bit), read back with
     /// tungstenite's own parser: final, text, unmasked, the payload intact, in order.
