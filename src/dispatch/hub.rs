@@ -442,6 +442,8 @@ struct ConnectionEntry {
     rules: HashMap<Arc<str>, u32>,
     /// Event notifications queued for it (for the admin console).
     notifications: u64,
+    /// When it was last handed a notification (see [`DIRECT_WRITE_MIN_GAP`]).
+    last_notified: Option<std::time::Instant>,
     /// Set from Hello to Resume: the position to resume after (text, `""` = `held_at`) and
     /// the id that was newest when the hold began. No live events meanwhile.
     hold: Option<(String, LogId)>,
@@ -544,12 +546,19 @@ struct Dispatcher {
 
 /// The backpressure policy of direct writes. A notification written by the dispatcher
 /// itself saves the session's wake-up and poll (16% of the CPU per notification at 1,000
-/// events/s, `bench/findings.md`), but the write runs on the dispatcher's one thread. So
-/// the dispatcher writes only while it keeps up: when its last batch held at most this many
-/// commands, and, within a fan-out, only until another command waits behind it. From then
-/// on the event's remaining notifications are queued to their sessions, which write them
-/// on every worker, several per system call when they pile up.
+/// events/s, `bench/findings.md`), but the write runs on the dispatcher's one thread, one
+/// system call per notification. So the dispatcher writes only while it keeps up: when its
+/// last batch held at most this many commands, and, within a fan-out, only until another
+/// command waits behind it. It also leaves to the session a connection it handed a
+/// notification less than [`DIRECT_WRITE_MIN_GAP`] ago: notifications that pile up there
+/// are written several per system call by the session, which at high rates is worth more
+/// than the saved wake-up. Everything else is queued to the sessions, which write on every
+/// worker.
 const DIRECT_WRITE_MAX_BATCH: usize = 2;
+
+/// See [`DIRECT_WRITE_MAX_BATCH`]: a connection sent notifications closer together than
+/// this gets them through its queue.
+const DIRECT_WRITE_MIN_GAP: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// `held` without `rule`.
 fn release(held: RuleCost, rule: RuleCost) -> RuleCost {
@@ -603,6 +612,7 @@ impl Dispatcher {
                     outbox,
                     rules: HashMap::new(),
                     notifications: 0,
+                    last_notified: None,
                     hold: None,
                     skip_until: None,
                     held: RuleCost::default(),
@@ -908,6 +918,7 @@ impl Dispatcher {
         let mut refused: Vec<(u32, bool)> = Vec::new();
         let mut sent = 0u64;
         let mut written = 0u64;
+        let now = std::time::Instant::now();
         for group in deliveries.chunk_by(|a, b| a.0 == b.0) {
             names.clear();
             names.extend(
@@ -950,7 +961,10 @@ impl Dispatcher {
             // Written here only while nothing waits behind this event: once a command
             // arrives, the rest of the fan-out goes to the sessions (on every worker) and
             // the dispatcher moves on.
-            let direct = self.direct && waiting.is_empty();
+            let recent = entry
+                .last_notified
+                .is_some_and(|last| now.saturating_duration_since(last) < DIRECT_WRITE_MIN_GAP);
+            let direct = self.direct && !recent && waiting.is_empty();
             match entry
                 .outbox
                 .offer(frame, self.settings.max_queued_bytes, direct)
@@ -959,10 +973,12 @@ impl Dispatcher {
                     sent += 1;
                     written += 1;
                     entry.notifications += 1;
+                    entry.last_notified = Some(now);
                 }
                 Offer::Queued => {
                     sent += 1;
                     entry.notifications += 1;
+                    entry.last_notified = Some(now);
                 }
                 Offer::Refused { too_slow } => refused.push((slot, too_slow)),
             }

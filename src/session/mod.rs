@@ -292,15 +292,17 @@ pub fn run(
                     return Poll::Ready(Turn::Stop(reason));
                 }
                 if serving {
-                    if let Poll::Ready(message) = inbox.poll_recv(context) {
+                    // With nothing of its own unsent (tungstenite may hold an Ack or a Pong
+                    // until flushed), the session lets the dispatcher write to the socket
+                    // while it is parked. Reading the socket below writes nothing then
+                    // (tungstenite sends a Pong on the read after the Ping's); any turn
+                    // that writes ends the permission first.
+                    let idle = !acks_unsent && !tungstenite_unflushed;
+                    if let Poll::Ready(message) = inbox.poll_recv(context, idle) {
                         return Poll::Ready(Turn::Queued(message));
                     }
                 }
-                // Parked with nothing of its own unsent (tungstenite may hold an Ack or a
-                // Pong until flushed): the dispatcher may write to the socket meanwhile.
-                let idle = serving && !acks_unsent && !tungstenite_unflushed;
                 if !signal.take_woken() {
-                    inbox.idle(idle);
                     return Poll::Pending;
                 }
                 signal.register(context.waker());
@@ -312,16 +314,18 @@ pub fn run(
                 // A source that is ready is not registered any more: poll both next time.
                 if let Poll::Ready(frame) = socket.poll_next_unpin(&mut side_context) {
                     signal.mark();
+                    inbox.end_direct();
                     return Poll::Ready(Turn::Frame(frame));
                 }
                 if timer.as_mut().poll(&mut side_context).is_ready() {
                     signal.mark();
+                    inbox.end_direct();
                     return Poll::Ready(Turn::Timer);
                 }
                 if acks_unsent {
+                    // (No permission was given: Acks are unsent.)
                     return Poll::Ready(Turn::Flush);
                 }
-                inbox.idle(idle);
                 Poll::Pending
             })
             .await;

@@ -289,17 +289,34 @@ impl Inbox {
     }
 
     /// The next message; `Ready(None)` once the dispatcher has let go of the connection and
-    /// nothing is left. Every call ends direct writes until [`Inbox::idle`]: the session
-    /// calls this at the start of each turn, before it touches its socket.
-    pub fn poll_recv(&mut self, context: &mut Context<'_>) -> Poll<Option<Utf8Bytes>> {
+    /// nothing is left. The session calls this at the start of each turn. A message taken
+    /// ends direct writes; when there is none (`Pending`), `allow_direct` says whether the
+    /// dispatcher may write to the socket until the next call (see the module comment: the
+    /// session allows it only when it holds nothing unsent, and ends it with
+    /// [`Inbox::end_direct`] before it writes for another reason).
+    pub fn poll_recv(
+        &mut self,
+        context: &mut Context<'_>,
+        allow_direct: bool,
+    ) -> Poll<Option<Utf8Bytes>> {
         if let Some(taken) = self.take() {
             return Poll::Ready(taken);
         }
         self.queue().reader.register(context.waker());
-        // An offer between the look above and the registration woke no one: look again.
-        match self.take() {
-            Some(taken) => Poll::Ready(taken),
-            None => Poll::Pending,
+        // An offer between the look above and the registration woke no one: look again,
+        // and when the queue is still empty, set the permission under the same lock.
+        let mut state = self.signal.outbound().lock();
+        match state.pop() {
+            Some((message, started)) => {
+                drop(state);
+                self.started = started;
+                Poll::Ready(Some(message))
+            }
+            None if state.writer_gone => Poll::Ready(None),
+            None => {
+                state.direct = allow_direct;
+                Poll::Pending
+            }
         }
     }
 
@@ -314,16 +331,8 @@ impl Inbox {
         std::mem::take(&mut self.started)
     }
 
-    /// The session is parked, nothing of its own unsent: with `allow`, the dispatcher may
-    /// write to its socket until the next [`Inbox::poll_recv`] (only while the queue is
-    /// empty: otherwise the session has been woken and writes what is queued first).
-    pub fn idle(&self, allow: bool) {
-        let mut state = self.queue().lock();
-        state.direct = allow && state.next.is_none() && !state.writer_gone;
-    }
-
-    /// Ends direct writes (the session is about to write its closing handshake); once this
-    /// returns, no direct write is under way.
+    /// Ends direct writes (the session is about to write: an Ack, a Ping, its closing
+    /// handshake); once this returns, no direct write is under way.
     pub fn end_direct(&self) {
         self.queue().lock().direct = false;
     }
@@ -426,11 +435,11 @@ mod tests {
         let mut context = Context::from_waker(&waker);
         assert_eq!(
             inbox
-                .poll_recv(&mut context)
+                .poll_recv(&mut context, false)
                 .map(|m| m.map(|m| m.to_string())),
             Poll::Ready(Some("last".to_owned()))
         );
-        assert_eq!(inbox.poll_recv(&mut context), Poll::Ready(None));
+        assert_eq!(inbox.poll_recv(&mut context, false), Poll::Ready(None));
     }
 
     #[test]
@@ -439,15 +448,15 @@ mod tests {
         let counter = Arc::new(CountingTask::default());
         let waker = Waker::from(Arc::clone(&counter));
         let mut context = Context::from_waker(&waker);
-        assert_eq!(inbox.poll_recv(&mut context), Poll::Pending);
+        assert_eq!(inbox.poll_recv(&mut context, false), Poll::Pending);
         assert_eq!(outbox.offer(frame("a"), 100, false), Offer::Queued);
         assert_eq!(outbox.offer(frame("b"), 100, false), Offer::Queued);
         assert_eq!(counter.wakes(), 1);
         assert!(inbox.try_recv().is_some() && inbox.try_recv().is_some());
-        assert_eq!(inbox.poll_recv(&mut context), Poll::Pending);
+        assert_eq!(inbox.poll_recv(&mut context, false), Poll::Pending);
         drop(outbox);
         assert_eq!(counter.wakes(), 2);
-        assert_eq!(inbox.poll_recv(&mut context), Poll::Ready(None));
+        assert_eq!(inbox.poll_recv(&mut context, false), Poll::Ready(None));
     }
 
     #[test]
@@ -490,6 +499,13 @@ mod tests {
         assert_eq!(inbox.try_recv(), None);
     }
 
+    /// The session parks with nothing unsent: direct writes allowed.
+    fn idle(inbox: &mut Inbox) {
+        let waker = Waker::from(Arc::new(CountingTask::default()));
+        let mut context = Context::from_waker(&waker);
+        assert_eq!(inbox.poll_recv(&mut context, true), Poll::Pending);
+    }
+
     /// A connected pair of sockets: the server's end shared (as a session's), the client's.
     async fn socket_pair() -> (Arc<TcpStream>, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -527,13 +543,13 @@ mod tests {
         // Not idle yet: queued, as without a socket.
         assert_eq!(outbox.offer(frame("one"), 100, true), Offer::Queued);
         assert_eq!(inbox.try_recv().as_deref(), Some("one"));
-        inbox.idle(true);
+        idle(&mut inbox);
         // An offer that does not ask for it is queued all the same.
         assert_eq!(outbox.offer(frame("two"), 100, false), Offer::Queued);
         assert_eq!(inbox.try_recv().as_deref(), Some("two"));
         // A message queued while the session is idle (the caller did not ask for a direct
         // write) is not overtaken by the next one.
-        inbox.idle(true);
+        idle(&mut inbox);
         assert_eq!(outbox.offer(frame("2a"), 100, false), Offer::Queued);
         assert_eq!(outbox.offer(frame("2b"), 100, true), Offer::Queued);
         assert_eq!(inbox.try_recv().as_deref(), Some("2a"));
@@ -541,7 +557,7 @@ mod tests {
         // Taking from the queue ended the permission: it must be given again.
         assert_eq!(outbox.offer(frame("three"), 100, true), Offer::Queued);
         assert_eq!(inbox.try_recv().as_deref(), Some("three"));
-        inbox.idle(true);
+        idle(&mut inbox);
         assert_eq!(outbox.offer(frame("four"), 100, true), Offer::Written);
         assert_eq!(outbox.offer(frame("five"), 100, true), Offer::Written);
         assert_eq!(outbox.queued(), (0, 0));
@@ -554,8 +570,7 @@ mod tests {
             read += client.read(&mut bytes[read..]).await.unwrap();
         }
         assert_eq!(texts(&bytes[..read]), ["four", "five"]);
-        // With something queued, idle does not let the dispatcher jump the queue.
-        inbox.idle(true);
+        // With something queued, the dispatcher does not jump the queue.
         assert_eq!(outbox.offer(frame("seven"), 100, true), Offer::Queued);
         assert_eq!(outbox.queued(), (2, 8));
     }
@@ -577,7 +592,7 @@ mod tests {
         let mut direct = 0;
         let mut queued_from = None;
         for (i, text) in texts_sent.iter().enumerate() {
-            inbox.idle(true);
+            idle(&mut inbox);
             match outbox.offer(Utf8Bytes::from(text.clone()), 1 << 24, true) {
                 Offer::Written => direct += 1,
                 Offer::Queued => {
