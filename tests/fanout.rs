@@ -235,6 +235,25 @@ async fn a_subscribe_longer_than_the_read_buffer_is_read_whole() {
     assert_eq!(event["source"], "wanted");
 }
 
+/// Counts an Ack (which must be a success) or checks that an Event is event `next` of the
+/// sequence and counts it.
+fn take_in_order(message: Value, next: &mut u64, acks: &mut u64) {
+    match message["Action"].as_str() {
+        Some("Ack") => {
+            assert_eq!(message["Status"], "Ok", "{message}");
+            *acks += 1;
+        }
+        Some("Event") => {
+            let event: Value =
+                serde_json::from_str(message["Event"].as_str().expect("Event string"))
+                    .expect("Event holds JSON");
+            assert_eq!(event["detail"]["i"], *next, "in order, none missing");
+            *next += 1;
+        }
+        _ => panic!("unexpected {message}"),
+    }
+}
+
 /// The dispatcher writes a notification to an idle connection's socket itself, while the
 /// session writes Acks, Pongs and whatever was queued (`session::outbound`): the two never
 /// write at once. A client that keeps sending actions and pings while events arrive one
@@ -254,8 +273,8 @@ async fn direct_writes_and_session_writes_never_interleave() {
         "eventgate_notifications_written_directly_total",
     )
     .unwrap_or(0.0);
-    let mut acks = 0;
-    let mut subscribes = 0;
+    let mut acks = 0u64;
+    let mut subscribes = 0u64;
     let mut next = 0u64;
     for i in 0..EVENTS {
         if i % 7 == 3 {
@@ -289,36 +308,11 @@ async fn direct_writes_and_session_writes_never_interleave() {
             continue;
         }
         while next <= i {
-            let message = client.recv().await;
-            match message["Action"].as_str() {
-                Some("Ack") => {
-                    assert_eq!(message["Status"], "Ok", "{message}");
-                    acks += 1;
-                }
-                Some("Event") => {
-                    let event: Value =
-                        serde_json::from_str(message["Event"].as_str().expect("Event string"))
-                            .expect("Event holds JSON");
-                    assert_eq!(event["detail"]["i"], next, "in order, none missing");
-                    next += 1;
-                }
-                _ => panic!("unexpected {message}"),
-            }
+            take_in_order(client.recv().await, &mut next, &mut acks);
         }
     }
     while next < EVENTS || acks < subscribes {
-        let message = client.recv().await;
-        match message["Action"].as_str() {
-            Some("Ack") => acks += 1,
-            Some("Event") => {
-                let event: Value =
-                    serde_json::from_str(message["Event"].as_str().expect("Event string"))
-                        .expect("Event holds JSON");
-                assert_eq!(event["detail"]["i"], next, "in order, none missing");
-                next += 1;
-            }
-            _ => panic!("unexpected {message}"),
-        }
+        take_in_order(client.recv().await, &mut next, &mut acks);
     }
     assert_eq!((next, acks), (EVENTS, subscribes));
     let after = metric_value(
