@@ -958,9 +958,10 @@ impl Dispatcher {
                 }
                 entry.skip_until = None;
             }
-            // Written here only while nothing waits behind this event: once a command
-            // arrives, the rest of the fan-out goes to the sessions (on every worker) and
-            // the dispatcher moves on.
+            // Written here only while nothing waits behind this event (once a command
+            // arrives, the rest of the fan-out goes to the sessions, on every worker, and
+            // the dispatcher moves on), and not to a connection notified moments ago (its
+            // session batches): see `DIRECT_WRITE_MAX_BATCH`.
             let recent = entry
                 .last_notified
                 .is_some_and(|last| now.saturating_duration_since(last) < DIRECT_WRITE_MIN_GAP);

@@ -11,9 +11,10 @@
 //! socket, without a non-blocking write's worth of waiting: one `writev` of the frame header
 //! and the shared text, under the queue's lock, and no wake-up of the session's task at all.
 //! A write the socket does not take whole is queued as usual, with the count of its bytes
-//! already sent, and the session writes the rest. The session withdraws the permission (under
-//! the same lock) at the start of every turn, before it reads or writes its socket, so the
-//! two never write at once and frames never interleave. This is the hot path at moderate
+//! already sent, and the session writes the rest. The session gives the permission only
+//! while it holds nothing unsent (so reading its socket writes nothing), and withdraws it
+//! (under the same lock) when it takes a message and before any other write, so the two
+//! never write at once and frames never interleave. This is the hot path at moderate
 //! rates: a notification then costs one system call on the dispatcher's thread instead of a
 //! task wake-up, a poll of the session and the system call (`bench/findings.md`).
 //!
@@ -299,30 +300,21 @@ impl Inbox {
         context: &mut Context<'_>,
         allow_direct: bool,
     ) -> Poll<Option<Utf8Bytes>> {
-        if let Some(taken) = self.take() {
+        if let Some(taken) = self.take(false) {
             return Poll::Ready(taken);
         }
         self.queue().reader.register(context.waker());
         // An offer between the look above and the registration woke no one: look again,
         // and when the queue is still empty, set the permission under the same lock.
-        let mut state = self.signal.outbound().lock();
-        match state.pop() {
-            Some((message, started)) => {
-                drop(state);
-                self.started = started;
-                Poll::Ready(Some(message))
-            }
-            None if state.writer_gone => Poll::Ready(None),
-            None => {
-                state.direct = allow_direct;
-                Poll::Pending
-            }
+        match self.take(allow_direct) {
+            Some(taken) => Poll::Ready(taken),
+            None => Poll::Pending,
         }
     }
 
     /// A message that is already queued, without waiting.
     pub fn try_recv(&mut self) -> Option<Utf8Bytes> {
-        self.take().flatten()
+        self.take(false).flatten()
     }
 
     /// How many bytes of the frame of the message last taken a direct write already sent
@@ -337,10 +329,11 @@ impl Inbox {
         self.queue().lock().direct = false;
     }
 
-    /// `Some(Some(message))`, `Some(None)` at the end, `None` when empty for now. Ends
-    /// direct writes (under the lock, so none is under way once this returns).
-    fn take(&mut self) -> Option<Option<Utf8Bytes>> {
-        let mut state = self.signal.outbound().lock();
+    /// `Some(Some(message))`, `Some(None)` at the end, `None` when empty for now. Direct
+    /// writes end (under the lock, so none is under way once this returns), unless the
+    /// queue is empty and `direct_if_empty` allows them.
+    fn take(&mut self, direct_if_empty: bool) -> Option<Option<Utf8Bytes>> {
+        let mut state = self.queue().lock();
         state.direct = false;
         match state.pop() {
             Some((message, started)) => {
@@ -349,7 +342,10 @@ impl Inbox {
                 Some(Some(message))
             }
             None if state.writer_gone => Some(None),
-            None => None,
+            None => {
+                state.direct = direct_if_empty;
+                None
+            }
         }
     }
 }
