@@ -11,8 +11,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventgate::config::Seconds;
 use eventgate::history::{HistoryConfig, MemoryLog};
+use eventgate::units::Seconds;
 use eventgate_protocol::envelope::{from_eventbridge, Fill};
 
 fn resident_bytes() -> usize {

@@ -7,7 +7,8 @@
 
 // The tree follows the data path: a stranger's connection passes the edge, becomes a
 // session; events come in through the inputs and are matched and fanned out by dispatch;
-// operations configures and watches it all; `server` wires the parts together.
+// operations configures and watches it all; `server` wires the parts together around the
+// shared `state`.
 pub mod dispatch;
 pub mod edge;
 pub mod errors;
@@ -15,12 +16,13 @@ pub mod inputs;
 pub mod operations;
 pub mod server;
 pub mod session;
+pub mod state;
 
 // Short paths (`crate::hub`, `eventgate::config`, ...) to the modules in their folders.
 pub use dispatch::{history, hub};
 pub use edge::{auth, handshake, http_body, identity, limits, listener, tls};
-pub use inputs::{cluster, ingest, sources};
-pub use operations::{admin, config, genconfig, memory, readiness, telemetry};
+pub use inputs::{backoff, cluster, ingest, sources};
+pub use operations::{admin, config, genconfig, memory, readiness, telemetry, units};
 pub use session::{outbound, stop};
 
 pub use config::Config;

@@ -16,7 +16,6 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
@@ -36,34 +35,8 @@ use crate::hub::{Hub, HubSettings};
 use crate::limits::ConnectionSlot;
 use crate::listener::{Transport, WebSocketRoute};
 use crate::readiness::Readiness;
+use crate::state::AppState;
 use crate::{session, telemetry};
-
-/// Shared state of one running gateway.
-#[derive(Debug)]
-pub struct AppState {
-    pub config: Config,
-    pub auth: Auth,
-    /// Verified identities and scopes (see `identity`).
-    pub identity: crate::identity::Identity,
-    pub hub: Hub,
-    pub pattern_limits: PatternLimits,
-    /// Every session's stop signal: shutdown closes them all with 1001.
-    pub session_stops: Arc<crate::stop::SessionStops>,
-    pub sessions: TaskTracker,
-    pub draining: AtomicBool,
-    /// Sources and the cluster backplane report their state here for `/readyz`.
-    pub readiness: Readiness,
-    pub next_connection: AtomicU64,
-    pub metrics: PrometheusHandle,
-    /// The operator's console under `/admin/` (see `admin`).
-    pub admin: crate::admin::Console,
-    /// What the dev-mode demo page is pre-filled with.
-    pub dev_api_key: Option<String>,
-    /// Connection caps and rate limits (see `limits`).
-    pub limiter: Arc<crate::limits::Limiter>,
-    /// `POST /test-pattern` evaluations running (`limits.max_concurrent_test_patterns`).
-    pub test_patterns: Arc<tokio::sync::Semaphore>,
-}
 
 /// Why the gateway stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -682,26 +655,24 @@ pub async fn run_with_reload(
     );
     let readiness = Readiness::default();
     let cluster_stop = hub_stop.child_token();
-    let mut cluster_peers = None;
-    let hub = match &config.cluster {
-        Some(cluster) => {
-            let forwarder = crate::cluster::start(
-                cluster,
-                &config.history,
-                hub.clone(),
-                &readiness,
-                cluster_stop.clone(),
-                &background,
-            );
-            cluster_peers = Some(Arc::clone(&forwarder.peers));
-            hub.with_forwarder(forwarder)
-        }
-        None => hub,
-    };
+    let forwarder = config.cluster.as_ref().map(|cluster| {
+        crate::cluster::start(
+            cluster,
+            &config.history,
+            hub.clone(),
+            &readiness,
+            cluster_stop.clone(),
+            &background,
+        )
+    });
+    let cluster_peers = forwarder
+        .as_ref()
+        .map(|forwarder| Arc::clone(&forwarder.peers));
+    let publisher = crate::cluster::Publisher::new(hub.clone(), forwarder);
     let sources_stop = hub_stop.child_token();
     crate::sources::start(
         &config.sources,
-        &hub,
+        &publisher,
         &config.account,
         &config.region,
         &readiness,
@@ -721,6 +692,7 @@ pub async fn run_with_reload(
         auth,
         identity,
         hub,
+        publisher,
         session_stops: Arc::default(),
         sessions: TaskTracker::new(),
         draining: AtomicBool::new(false),

@@ -19,7 +19,7 @@ use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use eventgate::config::TlsConfig;
+use eventgate::tls::TlsConfig;
 use eventgate::CertReload;
 
 struct Cert {

@@ -12,9 +12,9 @@
 //!
 //! History (see `history`): every published event is appended to the log when it enters this
 //! task's order and its notifications carry its `Position`. On a cluster node with a shared
-//! log (`cluster::log`), published events go to the shared log instead, and this task's order
-//! is the shared log's: the log reader hands every event in with its id, this node's own
-//! events included. A connection that
+//! log (`cluster::log`), the cluster's `Publisher` sends published events to the shared log
+//! instead, and this task's order is the shared log's: the log reader hands every event in
+//! with its id, this node's own events included. The hub knows nothing of the cluster. A connection that
 //! announced a position in Hello is *held* (gets no live events) until its `Resume`, which
 //! replays the missed events matching its rules here, in the same order: no gap and no
 //! duplicate at the seam.
@@ -165,13 +165,12 @@ pub struct Inspection {
 #[derive(Clone, Debug)]
 pub struct Hub {
     commands: mpsc::Sender<Command>,
-    /// Set on a cluster node: published events also go to the other nodes.
-    forwarder: Option<crate::cluster::Forwarder>,
     /// Events handed over and not yet matched (`limits.max_ingest_backlog_bytes`).
     backlog: Arc<Backlog>,
 }
 
-/// Why [`Hub::try_publish`] did not take a batch.
+/// Why [`Hub::try_publish`] (or the cluster's `Publisher::try_publish`) did not take a
+/// batch.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("{0}")]
@@ -182,6 +181,16 @@ pub enum PublishError {
     LogUnavailable(&'static str),
     #[error(transparent)]
     Stopped(#[from] HubStopped),
+}
+
+/// A place in the dispatcher's queue for one published batch (see [`Hub::reserve`]).
+pub struct PublishPermit<'a>(mpsc::Permit<'a, Command>);
+
+impl PublishPermit<'_> {
+    /// Queues `events`; they hold `held` of the ingest backlog until they are matched.
+    pub fn send(self, events: Vec<Arc<Event>>, held: BacklogHeld) {
+        self.0.send(Command::Publish { events, held });
+    }
 }
 
 impl std::fmt::Debug for Command {
@@ -236,19 +245,7 @@ impl Hub {
             direct: false,
         };
         tracker.spawn(dispatcher.run(receiver, shutdown));
-        Hub {
-            commands,
-            forwarder: None,
-            backlog,
-        }
-    }
-
-    /// This hub, with every event given to `publish` also forwarded to the cluster.
-    pub fn with_forwarder(self, forwarder: crate::cluster::Forwarder) -> Hub {
-        Hub {
-            forwarder: Some(forwarder),
-            ..self
-        }
+        Hub { commands, backlog }
     }
 
     async fn send(&self, command: Command) -> Result<(), HubStopped> {
@@ -311,37 +308,16 @@ impl Hub {
         answer.await.map_err(|_| HubStopped)
     }
 
-    /// Hands events to the dispatcher, first waiting for room in the ingest backlog (broker
-    /// sources slow down this way). Returns once they are queued, in order after every
-    /// subscription acknowledged before this call.
-    /// On a cluster node the events are also queued for the other nodes (without waiting).
+    /// Hands events to this node's dispatcher, first waiting for room in the ingest backlog
+    /// (broker sources slow down this way). Returns once they are queued, in order after
+    /// every subscription acknowledged before this call. On a cluster node,
+    /// `cluster::Publisher` wraps this to reach the other nodes too.
     pub async fn publish(&self, events: Vec<Arc<Event>>) -> Result<(), HubStopped> {
-        self.publish_waiting(events, self.forwarder.as_ref()).await
-    }
-
-    /// [`Hub::publish`] to this node's dispatcher only (events heard from other nodes, or
-    /// read by every node itself).
-    pub async fn publish_local(&self, events: Vec<Arc<Event>>) -> Result<(), HubStopped> {
-        self.publish_waiting(events, None).await
-    }
-
-    async fn publish_waiting(
-        &self,
-        events: Vec<Arc<Event>>,
-        forwarder: Option<&crate::cluster::Forwarder>,
-    ) -> Result<(), HubStopped> {
         if events.is_empty() {
             return Ok(());
         }
-        let held = self.backlog.hold(Backlog::weight(&events)).await;
-        if let Some(log) = forwarder.and_then(crate::cluster::Forwarder::log) {
-            return log.append(events, held).await;
-        }
-        let permit = self.commands.reserve().await.map_err(|_| HubStopped)?;
-        if let Some(forwarder) = forwarder {
-            forwarder.forward(&events);
-        }
-        permit.send(Command::Publish { events, held });
+        let held = self.admit(&events).await;
+        self.reserve().await?.send(events, held);
         Ok(())
     }
 
@@ -351,17 +327,32 @@ impl Hub {
         if events.is_empty() {
             return Ok(());
         }
-        let held = self
-            .backlog
-            .try_hold(Backlog::weight(&events))
-            .map_err(PublishError::Busy)?;
-        if let Some(log) = self
-            .forwarder
-            .as_ref()
-            .and_then(crate::cluster::Forwarder::log)
-        {
-            return log.try_append(events, held);
-        }
+        let held = self.try_admit(&events)?;
+        self.try_reserve()?.send(events, held);
+        Ok(())
+    }
+
+    /// Waits for room for `events` in the ingest backlog, held until the dispatcher has
+    /// matched them (or the holder is dropped unsent).
+    pub async fn admit(&self, events: &[Arc<Event>]) -> BacklogHeld {
+        self.backlog.hold(Backlog::weight(events)).await
+    }
+
+    /// [`Hub::admit`] without waiting: refused when the backlog has no room.
+    pub fn try_admit(&self, events: &[Arc<Event>]) -> Result<BacklogHeld, PublishError> {
+        self.backlog
+            .try_hold(Backlog::weight(events))
+            .map_err(PublishError::Busy)
+    }
+
+    /// A place in the dispatcher's queue for one batch, waiting for one.
+    pub async fn reserve(&self) -> Result<PublishPermit<'_>, HubStopped> {
+        let permit = self.commands.reserve().await.map_err(|_| HubStopped)?;
+        Ok(PublishPermit(permit))
+    }
+
+    /// [`Hub::reserve`] without waiting: refused when the dispatcher's queue is full.
+    pub fn try_reserve(&self) -> Result<PublishPermit<'_>, PublishError> {
         let permit = self.commands.try_reserve().map_err(|error| match error {
             mpsc::error::TrySendError::Full(()) => {
                 PublishError::Busy(LimitError::IngestBacklogFull {
@@ -370,11 +361,7 @@ impl Hub {
             }
             mpsc::error::TrySendError::Closed(()) => PublishError::Stopped(HubStopped),
         })?;
-        if let Some(forwarder) = &self.forwarder {
-            forwarder.forward(&events);
-        }
-        permit.send(Command::Publish { events, held });
-        Ok(())
+        Ok(PublishPermit(permit))
     }
 
     /// Events read from the shared log, in its order: waits for room in the dispatcher's

@@ -10,7 +10,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -23,8 +23,25 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::TlsConfig;
+use serde::Deserialize;
+
 use crate::telemetry;
+use crate::units::Seconds;
+
+/// `[tls]`: PEM files of the certificate chain and its private key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// How often the files' modification times are checked for a new certificate.
+    #[serde(default = "default_reload_interval")]
+    pub reload_interval: Seconds,
+}
+
+fn default_reload_interval() -> Seconds {
+    Seconds(Duration::from_secs(10))
+}
 
 /// Why a certificate or key could not be loaded.
 #[derive(Debug, thiserror::Error)]

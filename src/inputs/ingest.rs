@@ -25,7 +25,7 @@ use eventgate_protocol::envelope::{self, EntryError, Event, Fill};
 use crate::errors::IngestError;
 use crate::http_body::BodyLimits;
 use crate::hub::PublishError;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::telemetry;
 
 enum Shape {
@@ -261,7 +261,7 @@ async fn ingest(
     }
     let count = accepted.len() as u64;
     state
-        .hub
+        .publisher
         .try_publish(accepted)
         .map_err(|error| match error {
             PublishError::Busy(limit) => {

@@ -3,8 +3,9 @@
 //! shared log or a pub/sub backplane, which wraps the hub's publishing).
 //!
 //! Owns turning outside messages into events and handing them to the hub with its
-//! backpressure. Does not own matching or delivery (`dispatch`).
+//! backpressure, and the reconnect backoff they share (`backoff`). Does not own matching or delivery (`dispatch`).
 
+pub mod backoff;
 pub mod cluster;
 pub mod ingest;
 pub mod sources;

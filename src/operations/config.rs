@@ -13,6 +13,9 @@ use serde::Deserialize;
 
 use eventgate_protocol::pattern::{PatternLimits, RuleBudget};
 
+use crate::tls::TlsConfig;
+pub use crate::units::{parse_duration, Seconds};
+
 /// Why configuration could not be loaded; `main` exits with code 64 on any of these.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -23,50 +26,6 @@ pub enum ConfigError {
     },
     #[error("invalid configuration: {0}")]
     Invalid(String),
-}
-
-/// A duration written as `"10s"`, `"500ms"`, `"2m"`, `"1h"` or a number of seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Seconds(pub Duration);
-
-impl<'de> Deserialize<'de> for Seconds {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
-        }
-        match Raw::deserialize(deserializer)? {
-            Raw::Number(seconds) => Ok(Seconds(Duration::from_secs(seconds))),
-            Raw::Text(text) => parse_duration(&text)
-                .map(Seconds)
-                .map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-/// Parses `"10s"`, `"500ms"`, `"2m"`, `"1h"` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like \"10s\" or \"500ms\""))?;
-    let seconds = match unit.trim() {
-        "" | "s" => number,
-        "ms" => number / 1000.0,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
-        other => return Err(format!("unknown duration unit {other:?} in {text:?}")),
-    };
-    if !seconds.is_finite() || seconds < 0.0 {
-        return Err(format!("{text:?} is not a valid duration"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// Limits on what clients and publishers may send. Every one has a default.
@@ -299,21 +258,6 @@ pub enum TestPatternAccess {
 
 /// Shortest plain `admin_token` accepted: it guards disconnecting anyone.
 pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
-
-/// `[tls]`: PEM files of the certificate chain and its private key.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// How often the files' modification times are checked for a new certificate.
-    #[serde(default = "default_reload_interval")]
-    pub reload_interval: Seconds,
-}
-
-fn default_reload_interval() -> Seconds {
-    Seconds(Duration::from_secs(10))
-}
 
 /// Prefix of a secret given as its SHA-256 digest: `sha256:<64 hex digits>`.
 pub const SHA256_PREFIX: &str = "sha256:";
@@ -892,7 +836,7 @@ impl Config {
             }
         }
         for cidr in &self.limits.trusted_proxies {
-            if crate::limits::parse_cidr(cidr).is_none() {
+            if crate::units::parse_cidr(cidr).is_none() {
                 return fail(format!(
                     "limits.trusted_proxies: {cidr:?} is not an address or CIDR"
                 ));

@@ -33,7 +33,7 @@ use crate::errors::CloseReason;
 use crate::hub::{ConnectionId, SubscribeError};
 use crate::listener::Transport;
 use crate::outbound::{encode_notification, outbound_queue, Offer};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::stop::{StopReason, StopSignal};
 use crate::telemetry;
 

@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-pub use eventgate::config::Seconds;
+pub use eventgate::units::Seconds;
 pub use eventgate::Config;
 use eventgate_protocol::header::{api_key, encode_base64};
 

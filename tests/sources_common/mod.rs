@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-use eventgate::config::Seconds;
+use eventgate::units::Seconds;
 use eventgate::Config;
 use eventgate_protocol::header::{api_key, encode_base64};
 

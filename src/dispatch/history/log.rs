@@ -235,7 +235,7 @@ impl MemoryLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Seconds;
+    use crate::units::Seconds;
     use eventgate_protocol::envelope::{from_eventbridge, Fill};
     use std::time::Duration;
 

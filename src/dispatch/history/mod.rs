@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::Seconds;
+use crate::units::Seconds;
 
 pub use log::{Logged, MemoryLog};
 

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::IdentityError;
-use crate::config::Seconds;
 use crate::handshake::UpgradeRequest;
+use crate::units::Seconds;
 
 /// Largest hook answer read, in bytes.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;

@@ -29,7 +29,7 @@ use serde_json::{Map, Value};
 use eventgate_protocol::header::decode_base64_lenient;
 use eventgate_protocol::pattern::{Pattern, PatternLimits};
 
-use crate::config::Seconds;
+use crate::units::Seconds;
 
 /// What a connection needs besides the API key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

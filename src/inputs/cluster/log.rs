@@ -155,7 +155,7 @@ pub(super) fn count_lost(pending: &[Append], receiver: &mut mpsc::Receiver<Appen
 pub(super) async fn retry_after(
     node: &super::Node,
     status: &crate::readiness::Component,
-    backoff: &mut crate::sources::Backoff,
+    backoff: &mut crate::backoff::Backoff,
     error: &super::ClusterError,
 ) -> bool {
     status.set(false, "reconnecting");

@@ -12,7 +12,8 @@
 //! connection gets an event exactly once whichever node accepted it. Subscriptions stay
 //! local to each node: nothing about rules crosses the backplane.
 //!
-//! Owns the `[cluster]` configuration, the pub/sub message format, the forwarding queue
+//! Owns the [`Publisher`] through which ingest and the sources publish (it wraps this
+//! node's hub), the `[cluster]` configuration, the pub/sub message format, the forwarding queue
 //! (bounded; when it is full or the backplane is down, events are counted as not forwarded
 //! and local delivery goes on) and the backplane tasks' readiness. Does not own matching or
 //! fan-out (the hub does).
@@ -36,11 +37,11 @@ use tokio_util::task::TaskTracker;
 
 use eventgate_protocol::envelope::{self, Event, Fill};
 
-use crate::config::Seconds;
 use crate::history::HistoryConfig;
-use crate::hub::Hub;
+use crate::hub::{Hub, HubStopped, PublishError};
 use crate::readiness::Readiness;
 use crate::telemetry;
+use crate::units::Seconds;
 
 /// Which engine carries events between nodes.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -141,6 +142,69 @@ pub enum DecodeError {
         index: usize,
         error: envelope::EntryError,
     },
+}
+
+/// Where accepted events go (`POST /events`, broker sources): this node's hub and, on a
+/// cluster node, the backplane. The cluster wraps the hub; the hub knows nothing of it.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    hub: Hub,
+    /// Set on a cluster node.
+    forwarder: Option<Forwarder>,
+}
+
+impl Publisher {
+    /// Events go to `hub`, and through `forwarder` to the other nodes when there is one.
+    pub fn new(hub: Hub, forwarder: Option<Forwarder>) -> Publisher {
+        Publisher { hub, forwarder }
+    }
+
+    /// Waits for room in the ingest backlog (broker sources slow down this way), then: on a
+    /// shared log, queues the events for the log only (every node, this one included,
+    /// delivers what it reads back); otherwise queues them for this node's dispatcher, in
+    /// order after every subscription acknowledged before this call, and on a pub/sub
+    /// cluster also for the other nodes (without waiting: see [`Forwarder::forward`]).
+    pub async fn publish(&self, events: Vec<Arc<Event>>) -> Result<(), HubStopped> {
+        let Some(forwarder) = &self.forwarder else {
+            return self.hub.publish(events).await;
+        };
+        if events.is_empty() {
+            return Ok(());
+        }
+        let held = self.hub.admit(&events).await;
+        if let Some(log) = forwarder.log() {
+            return log.append(events, held).await;
+        }
+        let permit = self.hub.reserve().await?;
+        forwarder.forward(&events);
+        permit.send(events, held);
+        Ok(())
+    }
+
+    /// [`Publisher::publish`] to this node's clients only (a source every node reads
+    /// itself: see `sources::SourceContext::local_only`).
+    pub async fn publish_local(&self, events: Vec<Arc<Event>>) -> Result<(), HubStopped> {
+        self.hub.publish(events).await
+    }
+
+    /// [`Publisher::publish`] without waiting (ingest): refused when the ingest backlog has
+    /// no room for the batch, the dispatcher's queue is full or the shared log is down.
+    pub fn try_publish(&self, events: Vec<Arc<Event>>) -> Result<(), PublishError> {
+        let Some(forwarder) = &self.forwarder else {
+            return self.hub.try_publish(events);
+        };
+        if events.is_empty() {
+            return Ok(());
+        }
+        let held = self.hub.try_admit(&events)?;
+        if let Some(log) = forwarder.log() {
+            return log.try_append(events, held);
+        }
+        let permit = self.hub.try_reserve()?;
+        forwarder.forward(&events);
+        permit.send(events, held);
+        Ok(())
+    }
 }
 
 /// The hub's end of the backplane: the forwarding queue (pub/sub) or the queue to the
@@ -323,13 +387,13 @@ struct Node {
 
 impl Node {
     /// Delivers a message heard on the backplane to this node's clients.
-    async fn deliver(&self, payload: &[u8]) -> Result<(), crate::hub::HubStopped> {
+    async fn deliver(&self, payload: &[u8]) -> Result<(), HubStopped> {
         match decode_from(&self.id, payload) {
             Ok(None) => Ok(()),
             Ok(Some((node, events))) => {
                 self.peers.heard(&node, events.len());
                 telemetry::cluster_received(events.len() as u64);
-                self.hub.publish_local(events).await
+                self.hub.publish(events).await
             }
             Err(error) => {
                 telemetry::cluster_bad_message(&error);

@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 use eventgate_protocol::envelope::Event;
 
 use super::{discard_queued, encode, next_messages, ClusterError, Node};
+use crate::backoff::Backoff;
 use crate::readiness::Component;
-use crate::sources::Backoff;
 use crate::telemetry;
 
 pub(super) async fn run(

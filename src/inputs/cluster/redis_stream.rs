@@ -22,9 +22,9 @@ use tokio::sync::mpsc;
 
 use super::log::{append_until_stopped, count_lost, retry_after, Append, Up, Writer};
 use super::{event_from_log, ClusterError, Node};
+use crate::backoff::Backoff;
 use crate::history::{Ids, LogId, Logged};
 use crate::readiness::Component;
-use crate::sources::Backoff;
 use crate::telemetry;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -38,8 +38,8 @@ use super::{
     decode_fields, default_batch_size, time_from_epoch_nanos, Backoff, MapError, SourceContext,
     SourceError,
 };
-use crate::config::Seconds;
 use crate::telemetry;
+use crate::units::Seconds;
 
 /// Header carrying the reason on a dead-lettered message.
 pub const DLQ_REASON_HEADER: &str = "x-eventgate-dlq-reason";

@@ -12,7 +12,6 @@ pub mod nats;
 pub mod redis_streams;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine as _;
 use serde::Deserialize;
@@ -22,7 +21,9 @@ use tokio_util::task::TaskTracker;
 
 use eventgate_protocol::envelope::{self, EntryError, Event, Fill};
 
-use crate::hub::{Hub, HubStopped};
+use crate::backoff::Backoff;
+use crate::cluster::Publisher;
+use crate::hub::HubStopped;
 use crate::readiness::{Component, Readiness};
 
 /// One `[[sources]]` entry; `kind` selects the broker.
@@ -97,7 +98,8 @@ pub enum MapError {
 /// What every source needs from the gateway.
 #[derive(Debug, Clone)]
 pub struct SourceContext {
-    pub hub: Hub,
+    /// This node's hub and, on a cluster node, the backplane.
+    pub publisher: Publisher,
     pub account: String,
     pub region: String,
     pub shutdown: CancellationToken,
@@ -128,9 +130,9 @@ impl SourceContext {
             return Ok(());
         }
         if self.local_only {
-            self.hub.publish_local(events).await
+            self.publisher.publish_local(events).await
         } else {
-            self.hub.publish(events).await
+            self.publisher.publish(events).await
         }
     }
 }
@@ -160,7 +162,7 @@ impl SourceContext {
 /// cancelled.
 pub fn start(
     configs: &[SourceConfig],
-    hub: &Hub,
+    publisher: &Publisher,
     account: &str,
     region: &str,
     readiness: &Readiness,
@@ -169,7 +171,7 @@ pub fn start(
 ) {
     for config in configs {
         let context = SourceContext {
-            hub: hub.clone(),
+            publisher: publisher.clone(),
             account: account.to_owned(),
             region: region.to_owned(),
             shutdown: shutdown.clone(),
@@ -188,48 +190,6 @@ pub fn start(
             SourceConfig::Amqp(config) => {
                 tracker.spawn(amqp::run(config, context));
             }
-        }
-    }
-}
-
-/// Capped exponential backoff with jitter for reconnects.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    next: Duration,
-    initial: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            next: initial,
-            initial,
-            max,
-        }
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.next = self.initial;
-    }
-
-    /// The delay to wait now; doubles the next one up to the cap.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        // Up to 20% jitter so many gateways do not reconnect in lockstep.
-        let jitter = (uuid::Uuid::new_v4().as_u128() % 1000) as f64 / 5000.0;
-        delay.mul_f64(1.0 + jitter).min(self.max.max(self.initial))
-    }
-
-    /// Counts a reconnect and waits the next delay; false if `shutdown` was cancelled
-    /// meanwhile.
-    pub(crate) async fn wait(&mut self, source: &str, shutdown: &CancellationToken) -> bool {
-        let delay = self.next_delay();
-        crate::telemetry::source_reconnecting(source, delay.as_millis());
-        tokio::select! {
-            () = shutdown.cancelled() => false,
-            () = tokio::time::sleep(delay) => true,
         }
     }
 }
@@ -430,15 +390,5 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.to_string().contains("operation"), "{error}");
-    }
-
-    #[test]
-    fn backoff_is_capped() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        for _ in 0..10 {
-            assert!(backoff.next_delay() <= Duration::from_secs(1));
-        }
-        backoff.reset();
-        assert!(backoff.next_delay() < Duration::from_millis(130));
     }
 }

@@ -17,8 +17,8 @@ use super::{
     decode_fields, default_batch_size, default_detail_type_field, to_event, Backoff, MapError,
     Mapped, SourceContext, SourceError,
 };
-use crate::config::Seconds;
 use crate::telemetry;
+use crate::units::Seconds;
 
 /// Header carrying the reason on a dead-lettered message.
 pub const DLQ_REASON_HEADER: &str = "Eventgate-Dlq-Reason";

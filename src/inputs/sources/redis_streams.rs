@@ -19,8 +19,8 @@ use super::{
     decode_fields, default_batch_size, default_detail_type_field, to_event, Backoff, MapError,
     Mapped, SourceContext, SourceError,
 };
-use crate::config::Seconds;
 use crate::telemetry;
+use crate::units::Seconds;
 
 /// `[[sources]] kind = "redis_streams"`.
 #[derive(Debug, Clone, Deserialize)]

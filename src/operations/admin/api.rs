@@ -20,7 +20,7 @@ use super::registry::Entry;
 use super::stats::{unix_millis, Metrics, SAMPLE_INTERVAL};
 use super::{authorize, AdminError};
 use crate::hub::{ConnectionId, ConnectionView, Inspect, Inspection};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::stop::OperatorClose;
 use crate::telemetry;
 

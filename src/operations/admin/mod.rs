@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::server::AppState;
+use crate::state::AppState;
 
 pub use api::routes;
 

@@ -13,7 +13,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::server::AppState;
+use crate::state::AppState;
 
 const FILES: &[(&str, &str, &str)] = &[
     (
