@@ -18,6 +18,11 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// What every reconnecting input uses: from 100 ms, doubling up to `max`.
+    pub fn reconnect(max: Duration) -> Self {
+        Self::new(Duration::from_millis(100), max)
+    }
+
     pub fn new(initial: Duration, max: Duration) -> Self {
         Self {
             next: initial,

@@ -1,5 +1,6 @@
 //! Small value types that several configuration sections share: durations written as
-//! `"10s"` or `"500ms"` and CIDR ranges of addresses.
+//! `"10s"` or `"500ms"`, values written as a number or as text, and CIDR ranges of
+//! addresses.
 //!
 //! A leaf: it imports nothing from the gateway, so `config` and the modules whose sections
 //! it composes (`limits`, `history`, `identity`, `sources`, `cluster`, `tls`) can all use it
@@ -15,17 +16,20 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Seconds(pub Duration);
 
+/// A configuration value written either as a whole number or as text (`10` or `"10s"`),
+/// for the types that accept both.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum NumberOrText {
+    Number(u64),
+    Text(String),
+}
+
 impl<'de> Deserialize<'de> for Seconds {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
-        }
-        match Raw::deserialize(deserializer)? {
-            Raw::Number(seconds) => Ok(Seconds(Duration::from_secs(seconds))),
-            Raw::Text(text) => parse_duration(&text)
+        match NumberOrText::deserialize(deserializer)? {
+            NumberOrText::Number(seconds) => Ok(Seconds(Duration::from_secs(seconds))),
+            NumberOrText::Text(text) => parse_duration(&text)
                 .map(Seconds)
                 .map_err(serde::de::Error::custom),
         }

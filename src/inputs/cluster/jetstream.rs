@@ -24,8 +24,8 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::log::{append_until_stopped, count_lost, retry_after, Append, Up, Writer};
-use super::{event_from_log, ClusterError, Node};
+use super::log::{append_until_stopped, Append, AppendSession, Up, Writer};
+use super::{event_from_log, ClusterError, Node, Reconnects};
 use crate::backoff::Backoff;
 use crate::history::{Ids, LogId, Logged};
 use crate::readiness::Component;
@@ -99,37 +99,19 @@ fn epoch_of(info: &stream::Info) -> u64 {
 /// a capped backoff. A batch that was not acknowledged is published again after the
 /// reconnect; each message carries its event's id as `Nats-Msg-Id`, so the stream drops the
 /// copies of what it had taken (within its duplicate window, 2 minutes by default).
-pub(super) async fn append(
-    node: Node,
-    mut receiver: mpsc::Receiver<Append>,
-    up: Up,
-    status: Component,
-) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), node.config.max_backoff.0);
-    let mut pending: Vec<Append> = Vec::new();
-    loop {
-        match append_session(
-            &node,
-            &mut receiver,
-            &mut pending,
-            &up,
-            &status,
-            &mut backoff,
-        )
-        .await
-        {
-            Ok(()) => break,
-            Err(error) => {
-                up.set(false);
-                if !retry_after(&node, &status, &mut backoff, &error).await {
-                    break;
-                }
-            }
-        }
+pub(super) struct Appender;
+
+impl AppendSession for Appender {
+    fn run<'a>(
+        node: &'a Node,
+        receiver: &'a mut mpsc::Receiver<Append>,
+        pending: &'a mut Vec<Append>,
+        up: &'a Up,
+        status: &'a Component,
+        backoff: &'a mut Backoff,
+    ) -> impl std::future::Future<Output = Result<(), ClusterError>> + Send + 'a {
+        append_session(node, receiver, pending, up, status, backoff)
     }
-    up.set(false);
-    count_lost(&pending, &mut receiver);
-    status.set(false, "stopped");
 }
 
 async fn append_session(
@@ -214,19 +196,14 @@ struct Seen {
 
 /// Reads the stream from its tail on, for ever, reconnecting with a capped backoff.
 pub(super) async fn read(node: Node, status: Component) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), node.config.max_backoff.0);
+    let mut reconnects = Reconnects::new(&node, &status);
     let mut seen: Option<Seen> = None;
     loop {
-        match read_session(&node, &status, &mut backoff, &mut seen).await {
-            Ok(()) => break,
-            Err(error) => {
-                if !retry_after(&node, &status, &mut backoff, &error).await {
-                    break;
-                }
-            }
+        let result = read_session(&node, &status, &mut reconnects.backoff, &mut seen).await;
+        if !reconnects.again(result).await {
+            break;
         }
     }
-    status.set(false, "stopped");
 }
 
 async fn read_session(

@@ -150,22 +150,51 @@ pub(super) fn count_lost(pending: &[Append], receiver: &mut mpsc::Receiver<Appen
     }
 }
 
-/// After a failed session of a shared-log task: reports it, marks `status` not ready and waits
-/// the next backoff delay; `false` when the node stops meanwhile.
-pub(super) async fn retry_after(
-    node: &super::Node,
-    status: &crate::readiness::Component,
-    backoff: &mut crate::backoff::Backoff,
-    error: &super::ClusterError,
-) -> bool {
-    status.set(false, "reconnecting");
-    telemetry::cluster_error(error);
-    let delay = backoff.next_delay();
-    telemetry::cluster_reconnecting(delay.as_millis());
-    tokio::select! {
-        () = node.shutdown.cancelled() => false,
-        () = tokio::time::sleep(delay) => true,
+/// One connection of a shared log's appender: the backend's part of [`append`].
+pub(super) trait AppendSession {
+    /// Connects and appends what the hub queues through [`append_until_stopped`] until the
+    /// queue closes or the node stops; an error ends the connection and leaves the unwritten
+    /// batch in `pending`.
+    fn run<'a>(
+        node: &'a super::Node,
+        receiver: &'a mut mpsc::Receiver<Append>,
+        pending: &'a mut Vec<Append>,
+        up: &'a Up,
+        status: &'a crate::readiness::Component,
+        backoff: &'a mut crate::backoff::Backoff,
+    ) -> impl std::future::Future<Output = Result<(), super::ClusterError>> + Send + 'a;
+}
+
+/// Runs a shared log's appender, connection after connection (see `Reconnects`), until the
+/// queue closes or the node stops. A batch a failed connection left in `pending` goes first
+/// on the next one; what was never appended is counted at the end.
+pub(super) async fn append<S: AppendSession>(
+    node: super::Node,
+    mut receiver: mpsc::Receiver<Append>,
+    up: Up,
+    status: crate::readiness::Component,
+) {
+    let mut reconnects = super::Reconnects::new(&node, &status);
+    let mut pending: Vec<Append> = Vec::new();
+    loop {
+        let result = S::run(
+            &node,
+            &mut receiver,
+            &mut pending,
+            &up,
+            &status,
+            &mut reconnects.backoff,
+        )
+        .await;
+        if result.is_err() {
+            up.set(false);
+        }
+        if !reconnects.again(result).await {
+            break;
+        }
     }
+    up.set(false);
+    count_lost(&pending, &mut receiver);
 }
 
 /// How a shared log's appender writes, for [`append_until_stopped`].

@@ -37,9 +37,10 @@ use tokio_util::task::TaskTracker;
 
 use eventgate_protocol::envelope::{self, Event, Fill};
 
+use crate::backoff::Backoff;
 use crate::history::HistoryConfig;
 use crate::hub::{Hub, HubStopped, PublishError};
-use crate::readiness::Readiness;
+use crate::readiness::{Component, Readiness};
 use crate::telemetry;
 use crate::units::Seconds;
 
@@ -441,7 +442,7 @@ pub fn start(
             let (appender, receiver, up) = LogAppender::new(config.forward_queue);
             let up = log::Up(up);
             if config.backend == Backend::RedisStream {
-                tracker.spawn(redis_stream::append(
+                tracker.spawn(log::append::<redis_stream::Appender>(
                     node.clone(),
                     receiver,
                     up,
@@ -452,7 +453,7 @@ pub fn start(
                     readiness.component("cluster:read"),
                 ));
             } else {
-                tracker.spawn(jetstream::append(
+                tracker.spawn(log::append::<jetstream::Appender>(
                     node.clone(),
                     receiver,
                     up,
@@ -513,6 +514,84 @@ async fn next_messages(
 }
 
 /// Counts everything still queued as not forwarded (the backplane is down).
+/// The reconnect policy every task of the cluster shares (backplanes and shared logs): after
+/// a failed session, report the error, mark the task's `status` not ready and wait a capped
+/// backoff before the next; when the task ends, mark it `stopped`. The caller's loop:
+/// `while reconnects.again(session(.., &mut reconnects.backoff).await).await {}`.
+struct Reconnects<'a> {
+    node: &'a Node,
+    status: &'a Component,
+    /// Reset by a session once it is connected.
+    backoff: Backoff,
+}
+
+impl<'a> Reconnects<'a> {
+    fn new(node: &'a Node, status: &'a Component) -> Self {
+        Reconnects {
+            node,
+            status,
+            backoff: Backoff::reconnect(node.config.max_backoff.0),
+        }
+    }
+
+    /// After a session ended with `result`: `true` when another should start (it failed and
+    /// the delay has passed), `false` when the task ends (the session ended cleanly or the
+    /// node stops; `status` then says `stopped`).
+    async fn again(&mut self, result: Result<(), ClusterError>) -> bool {
+        let Err(error) = result else {
+            return self.stop();
+        };
+        let delay = self.failed(&error);
+        tokio::select! {
+            () = self.node.shutdown.cancelled() => self.stop(),
+            () = tokio::time::sleep(delay) => true,
+        }
+    }
+
+    /// [`Reconnects::again`] for a pub/sub publisher: while it waits, what is queued for the
+    /// backplane is counted as not forwarded (`backplane_down`) rather than left to fill the
+    /// queue; the task also ends when the queue closes.
+    async fn again_draining(
+        &mut self,
+        result: Result<(), ClusterError>,
+        receiver: &mut mpsc::Receiver<Vec<Arc<Event>>>,
+    ) -> bool {
+        let Err(error) = result else {
+            return self.stop();
+        };
+        let delay = self.failed(&error);
+        discard_queued(receiver, "backplane_down");
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = self.node.shutdown.cancelled() => return self.stop(),
+                () = &mut sleep => return true,
+                batch = receiver.recv() => match batch {
+                    Some(batch) => {
+                        telemetry::cluster_not_forwarded(batch.len() as u64, "backplane_down");
+                    }
+                    None => return self.stop(),
+                },
+            }
+        }
+    }
+
+    /// Reports a failed session; the delay before the next.
+    fn failed(&mut self, error: &ClusterError) -> Duration {
+        self.status.set(false, "reconnecting");
+        telemetry::cluster_error(error);
+        let delay = self.backoff.next_delay();
+        telemetry::cluster_reconnecting(delay.as_millis());
+        delay
+    }
+
+    fn stop(&self) -> bool {
+        self.status.set(false, "stopped");
+        false
+    }
+}
+
 fn discard_queued(receiver: &mut mpsc::Receiver<Vec<Arc<Event>>>, reason: &'static str) {
     while let Ok(batch) = receiver.try_recv() {
         telemetry::cluster_not_forwarded(batch.len() as u64, reason);

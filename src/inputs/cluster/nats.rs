@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use eventgate_protocol::envelope::Event;
 
-use super::{discard_queued, encode, next_messages, ClusterError, Node};
+use super::{encode, next_messages, ClusterError, Node, Reconnects};
 use crate::backoff::Backoff;
 use crate::readiness::Component;
 use crate::telemetry;
@@ -22,24 +22,13 @@ pub(super) async fn run(
     mut receiver: mpsc::Receiver<Vec<Arc<Event>>>,
     status: Component,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), node.config.max_backoff.0);
+    let mut reconnects = Reconnects::new(&node, &status);
     loop {
-        match session(&node, &mut receiver, &status, &mut backoff).await {
-            Ok(()) => break,
-            Err(error) => {
-                status.set(false, "reconnecting");
-                telemetry::cluster_error(&error);
-                discard_queued(&mut receiver, "backplane_down");
-                let delay = backoff.next_delay();
-                telemetry::cluster_reconnecting(delay.as_millis());
-                tokio::select! {
-                    () = node.shutdown.cancelled() => break,
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
+        let result = session(&node, &mut receiver, &status, &mut reconnects.backoff).await;
+        if !reconnects.again_draining(result, &mut receiver).await {
+            break;
         }
     }
-    status.set(false, "stopped");
 }
 
 async fn session(

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use eventgate_protocol::envelope::Event;
 
-use super::{discard_queued, encode, next_messages, ClusterError, Node};
+use super::{encode, next_messages, ClusterError, Node, Reconnects};
 use crate::backoff::Backoff;
 use crate::readiness::Component;
 use crate::telemetry;
@@ -24,33 +24,13 @@ pub(super) async fn publish(
     mut receiver: mpsc::Receiver<Vec<Arc<Event>>>,
     status: Component,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), node.config.max_backoff.0);
+    let mut reconnects = Reconnects::new(&node, &status);
     loop {
-        match publish_session(&node, &mut receiver, &status, &mut backoff).await {
-            Ok(()) => break,
-            Err(error) => {
-                status.set(false, "reconnecting");
-                telemetry::cluster_error(&error);
-                discard_queued(&mut receiver, "backplane_down");
-                let delay = backoff.next_delay();
-                telemetry::cluster_reconnecting(delay.as_millis());
-                let sleep = tokio::time::sleep(delay);
-                tokio::pin!(sleep);
-                // Keep the queue moving while disconnected: what cannot be sent is counted.
-                loop {
-                    tokio::select! {
-                        () = node.shutdown.cancelled() => return,
-                        () = &mut sleep => break,
-                        batch = receiver.recv() => match batch {
-                            Some(batch) => telemetry::cluster_not_forwarded(batch.len() as u64, "backplane_down"),
-                            None => return,
-                        },
-                    }
-                }
-            }
+        let result = publish_session(&node, &mut receiver, &status, &mut reconnects.backoff).await;
+        if !reconnects.again_draining(result, &mut receiver).await {
+            break;
         }
     }
-    status.set(false, "stopped");
 }
 
 async fn publish_session(
@@ -116,23 +96,13 @@ async fn send(
 }
 
 pub(super) async fn subscribe(node: Node, status: Component) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), node.config.max_backoff.0);
+    let mut reconnects = Reconnects::new(&node, &status);
     loop {
-        match subscribe_session(&node, &status, &mut backoff).await {
-            Ok(()) => break,
-            Err(error) => {
-                status.set(false, "reconnecting");
-                telemetry::cluster_error(&error);
-                let delay = backoff.next_delay();
-                telemetry::cluster_reconnecting(delay.as_millis());
-                tokio::select! {
-                    () = node.shutdown.cancelled() => break,
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
+        let result = subscribe_session(&node, &status, &mut reconnects.backoff).await;
+        if !reconnects.again(result).await {
+            break;
         }
     }
-    status.set(false, "stopped");
 }
 
 async fn subscribe_session(

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use redis::{AsyncConnectionConfig, Value as RedisValue};
 use tokio::sync::mpsc;
 
-use super::log::{append_until_stopped, count_lost, retry_after, Append, Up, Writer};
-use super::{event_from_log, ClusterError, Node};
+use super::log::{append_until_stopped, Append, AppendSession, Up, Writer};
+use super::{event_from_log, ClusterError, Node, Reconnects};
 use crate::backoff::Backoff;
 use crate::history::{Ids, LogId, Logged};
 use crate::readiness::Component;
@@ -61,37 +61,19 @@ async fn connect(
 
 /// Appends what the hub queues, reconnecting with a capped backoff. A batch that could not
 /// be appended is appended again after the reconnect.
-pub(super) async fn append(
-    node: Node,
-    mut receiver: mpsc::Receiver<Append>,
-    up: Up,
-    status: Component,
-) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), node.config.max_backoff.0);
-    let mut pending: Vec<Append> = Vec::new();
-    loop {
-        match append_session(
-            &node,
-            &mut receiver,
-            &mut pending,
-            &up,
-            &status,
-            &mut backoff,
-        )
-        .await
-        {
-            Ok(()) => break,
-            Err(error) => {
-                up.set(false);
-                if !retry_after(&node, &status, &mut backoff, &error).await {
-                    break;
-                }
-            }
-        }
+pub(super) struct Appender;
+
+impl AppendSession for Appender {
+    fn run<'a>(
+        node: &'a Node,
+        receiver: &'a mut mpsc::Receiver<Append>,
+        pending: &'a mut Vec<Append>,
+        up: &'a Up,
+        status: &'a Component,
+        backoff: &'a mut Backoff,
+    ) -> impl std::future::Future<Output = Result<(), ClusterError>> + Send + 'a {
+        append_session(node, receiver, pending, up, status, backoff)
     }
-    up.set(false);
-    count_lost(&pending, &mut receiver);
-    status.set(false, "stopped");
 }
 
 async fn append_session(
@@ -202,20 +184,15 @@ async fn write(
 
 /// Reads the stream from its tail on, for ever, reconnecting with a capped backoff.
 pub(super) async fn read(node: Node, status: Component) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), node.config.max_backoff.0);
+    let mut reconnects = Reconnects::new(&node, &status);
     // The newest entry handed to the hub (`None` until the tail is loaded).
     let mut last: Option<Seen> = None;
     loop {
-        match read_session(&node, &status, &mut backoff, &mut last).await {
-            Ok(()) => break,
-            Err(error) => {
-                if !retry_after(&node, &status, &mut backoff, &error).await {
-                    break;
-                }
-            }
+        let result = read_session(&node, &status, &mut reconnects.backoff, &mut last).await;
+        if !reconnects.again(result).await {
+            break;
         }
     }
-    status.set(false, "stopped");
 }
 
 /// The newest entry the reader handed to the hub: its id and its number (`None` for an entry

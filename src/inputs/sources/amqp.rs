@@ -39,7 +39,7 @@ use super::{
     SourceError,
 };
 use crate::telemetry;
-use crate::units::Seconds;
+use crate::units::{NumberOrText, Seconds};
 
 /// Header carrying the reason on a dead-lettered message.
 pub const DLQ_REASON_HEADER: &str = "x-eventgate-dlq-reason";
@@ -91,15 +91,11 @@ pub enum StreamOffset {
 
 impl<'de> Deserialize<'de> for StreamOffset {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
-        }
-        match Raw::deserialize(deserializer)? {
-            Raw::Number(offset) => Ok(StreamOffset::Offset(offset)),
-            Raw::Text(text) => parse_stream_offset(&text).map_err(serde::de::Error::custom),
+        match NumberOrText::deserialize(deserializer)? {
+            NumberOrText::Number(offset) => Ok(StreamOffset::Offset(offset)),
+            NumberOrText::Text(text) => {
+                parse_stream_offset(&text).map_err(serde::de::Error::custom)
+            }
         }
     }
 }
@@ -407,20 +403,14 @@ struct StreamCursor {
 
 /// Runs the source until `context.shutdown` is cancelled, reconnecting on errors.
 pub async fn run(config: AmqpConfig, context: SourceContext) {
-    let name = config.name.clone();
-    let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff.0);
+    let mut backoff = Backoff::reconnect(config.max_backoff.0);
     let mut cursor = StreamCursor::default();
     loop {
-        match session(&config, &context, &mut backoff, &mut cursor).await {
-            Ok(()) | Err(SourceError::HubStopped(_)) => break,
-            Err(error) => {
-                if !context.retry_after(&name, &mut backoff, &error).await {
-                    break;
-                }
-            }
+        let result = session(&config, &context, &mut backoff, &mut cursor).await;
+        if !context.again(&config.name, &mut backoff, result).await {
+            break;
         }
     }
-    context.stopped(&name);
 }
 
 /// The channels of one connection.

@@ -138,23 +138,30 @@ impl SourceContext {
 }
 
 impl SourceContext {
-    /// After a failed broker session: reports `reconnecting`, counts the error and waits
-    /// the next backoff delay. False when the gateway is shutting down meanwhile.
-    pub(crate) async fn retry_after(
+    /// After a broker session of source `name` ended with `result`: `true` when another
+    /// should start (it failed: the error is counted, `reconnecting` reported and the next
+    /// backoff delay waited), `false` when the source ends (the session ended cleanly, the
+    /// hub stopped or the gateway shuts down; `stopped` is reported). The caller's loop:
+    /// `while context.again(name, &mut backoff, session(..).await).await {}`.
+    pub(crate) async fn again(
         &self,
         name: &str,
         backoff: &mut Backoff,
-        error: &SourceError,
+        result: Result<(), SourceError>,
     ) -> bool {
-        self.status.set(false, "reconnecting");
-        crate::telemetry::source_error(name, error);
-        backoff.wait(name, &self.shutdown).await
-    }
-
-    /// The source task ends.
-    pub(crate) fn stopped(&self, name: &str) {
+        match result {
+            Ok(()) | Err(SourceError::HubStopped(_)) => {}
+            Err(error) => {
+                self.status.set(false, "reconnecting");
+                crate::telemetry::source_error(name, &error);
+                if backoff.wait(name, &self.shutdown).await {
+                    return true;
+                }
+            }
+        }
         self.status.set(false, "stopped");
         tracing::info!(source = %name, "source stopped");
+        false
     }
 }
 

@@ -109,19 +109,13 @@ impl NatsConfig {
 
 /// Runs the source until `context.shutdown` is cancelled, reconnecting on errors.
 pub async fn run(config: NatsConfig, context: SourceContext) {
-    let name = config.name.clone();
-    let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff.0);
+    let mut backoff = Backoff::reconnect(config.max_backoff.0);
     loop {
-        match session(&config, &context, &mut backoff).await {
-            Ok(()) | Err(SourceError::HubStopped(_)) => break,
-            Err(error) => {
-                if !context.retry_after(&name, &mut backoff, &error).await {
-                    break;
-                }
-            }
+        let result = session(&config, &context, &mut backoff).await;
+        if !context.again(&config.name, &mut backoff, result).await {
+            break;
         }
     }
-    context.stopped(&name);
 }
 
 /// How often the consumer's pending count is read for the `eventgate_source_lag` gauge.

@@ -86,19 +86,13 @@ fn default_max_backoff() -> Seconds {
 
 /// Runs the source until `context.shutdown` is cancelled, reconnecting on errors.
 pub async fn run(config: RedisStreamsConfig, context: SourceContext) {
-    let name = config.name.clone();
-    let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff.0);
+    let mut backoff = Backoff::reconnect(config.max_backoff.0);
     loop {
-        match session(&config, &context, &mut backoff).await {
-            Ok(()) | Err(SourceError::HubStopped(_)) => break,
-            Err(error) => {
-                if !context.retry_after(&name, &mut backoff, &error).await {
-                    break;
-                }
-            }
+        let result = session(&config, &context, &mut backoff).await;
+        if !context.again(&config.name, &mut backoff, result).await {
+            break;
         }
     }
-    context.stopped(&name);
 }
 
 /// One entry read from a stream.
