@@ -1,7 +1,9 @@
 //! Multi-node fan-out: three gateways on 127.0.0.1 share the real Redis (pub/sub) or NATS
 //! backplane. An event accepted by any node reaches every matching client on every node
 //! exactly once; a node that stops does not disturb the others; a Redis stream consumed by
-//! all three nodes (one consumer group) delivers each entry to each matching client once.
+//! all three nodes (one consumer group) delivers each entry to each matching client once; a
+//! node cut off from its backplane keeps serving its own clients and counts what it could not
+//! forward.
 
 use crate::sources_common;
 
@@ -275,4 +277,66 @@ async fn a_node_that_loses_the_backplane_keeps_serving_its_own_clients() {
     assert_eq!(remote.next_event().await["detail"]["n"], 3);
     cut.shutdown().await;
     steady.shutdown().await;
+}
+
+/// The value of `eventgate_cluster_not_forwarded_total{reason="<reason>"}` (0 when absent).
+fn not_forwarded(metrics: &str, reason: &str) -> f64 {
+    let series = format!("eventgate_cluster_not_forwarded_total{{reason=\"{reason}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_node_that_cannot_reach_its_nats_backplane_serves_its_clients_and_counts_the_rest() {
+    // Nothing listens there: every connect is refused, so the publisher waits out its
+    // backoff between attempts, which is when queued events must not pile up.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let id = unique();
+    let node = Gateway::start(&format!(
+        "{}max_backoff = \"200ms\"\nforward_queue = 4\n",
+        cluster_toml(
+            "nats",
+            &format!("nats://127.0.0.1:{port}"),
+            &format!("eg.{id}")
+        )
+    ))
+    .await;
+    let (status, body) = node.readyz().await;
+    assert_eq!(status, 503, "ready without its backplane: {body}");
+    let source = format!("shop.{id}");
+    let mut local = node
+        .subscriber("orders", &json!({"source": [&source]}))
+        .await;
+    let metrics = node.metrics().await;
+    let (down, full) = (
+        not_forwarded(&metrics, "backplane_down"),
+        not_forwarded(&metrics, "queue_full"),
+    );
+    // More events than the forwarding queue holds, well within one backoff delay.
+    for n in 0..12 {
+        node.post_events(&json!(event(&source, "order.created", n)))
+            .await;
+        assert_eq!(local.next_event().await["detail"]["n"], n);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = node.metrics().await;
+        if not_forwarded(&metrics, "backplane_down") - down >= 12.0 {
+            // Counted as lost to the backplane, not as an overflow of the queue.
+            assert_eq!(not_forwarded(&metrics, "queue_full"), full, "{metrics}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not counted: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.shutdown().await;
 }
