@@ -102,49 +102,38 @@ fn epoch_of(info: &stream::Info) -> u64 {
 pub(super) struct Appender;
 
 impl AppendSession for Appender {
-    fn run<'a>(
-        node: &'a Node,
-        receiver: &'a mut mpsc::Receiver<Append>,
-        pending: &'a mut Vec<Append>,
-        up: &'a Up,
-        status: &'a Component,
-        backoff: &'a mut Backoff,
-    ) -> impl std::future::Future<Output = Result<(), ClusterError>> + Send + 'a {
-        append_session(node, receiver, pending, up, status, backoff)
+    async fn run(
+        node: &Node,
+        receiver: &mut mpsc::Receiver<Append>,
+        pending: &mut Vec<Append>,
+        up: &Up,
+        status: &Component,
+        backoff: &mut Backoff,
+    ) -> Result<(), ClusterError> {
+        let on_state = {
+            let (status, up) = (status.clone(), Arc::clone(&up.0));
+            move |connected: bool| {
+                up.store(connected, Ordering::Release);
+                status.set(
+                    connected,
+                    if connected {
+                        "connected"
+                    } else {
+                        "reconnecting"
+                    },
+                );
+            }
+        };
+        let Some(js) = connect(node, "append", on_state).await? else {
+            return Ok(());
+        };
+        open_stream(node, &js).await?;
+        up.set(true);
+        status.set(true, "connected");
+        backoff.reset();
+        tracing::info!(node = %node.id, stream = %node.config.stream, "cluster log appender connected to jetstream");
+        append_until_stopped(node, receiver, pending, BATCH, &mut JetStreamWriter(js)).await
     }
-}
-
-async fn append_session(
-    node: &Node,
-    receiver: &mut mpsc::Receiver<Append>,
-    pending: &mut Vec<Append>,
-    up: &Up,
-    status: &Component,
-    backoff: &mut Backoff,
-) -> Result<(), ClusterError> {
-    let on_state = {
-        let (status, up) = (status.clone(), Arc::clone(&up.0));
-        move |connected: bool| {
-            up.store(connected, Ordering::Release);
-            status.set(
-                connected,
-                if connected {
-                    "connected"
-                } else {
-                    "reconnecting"
-                },
-            );
-        }
-    };
-    let Some(js) = connect(node, "append", on_state).await? else {
-        return Ok(());
-    };
-    open_stream(node, &js).await?;
-    up.set(true);
-    status.set(true, "connected");
-    backoff.reset();
-    tracing::info!(node = %node.id, stream = %node.config.stream, "cluster log appender connected to jetstream");
-    append_until_stopped(node, receiver, pending, BATCH, &mut JetStreamWriter(js)).await
 }
 
 /// Appends through one JetStream context.

@@ -155,14 +155,14 @@ pub(super) trait AppendSession {
     /// Connects and appends what the hub queues through [`append_until_stopped`] until the
     /// queue closes or the node stops; an error ends the connection and leaves the unwritten
     /// batch in `pending`.
-    fn run<'a>(
-        node: &'a super::Node,
-        receiver: &'a mut mpsc::Receiver<Append>,
-        pending: &'a mut Vec<Append>,
-        up: &'a Up,
-        status: &'a crate::readiness::Component,
-        backoff: &'a mut crate::backoff::Backoff,
-    ) -> impl std::future::Future<Output = Result<(), super::ClusterError>> + Send + 'a;
+    async fn run(
+        node: &super::Node,
+        receiver: &mut mpsc::Receiver<Append>,
+        pending: &mut Vec<Append>,
+        up: &Up,
+        status: &crate::readiness::Component,
+        backoff: &mut crate::backoff::Backoff,
+    ) -> Result<(), super::ClusterError>;
 }
 
 /// Runs a shared log's appender, connection after connection (see `Reconnects`), until the

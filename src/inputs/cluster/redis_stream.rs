@@ -64,44 +64,33 @@ async fn connect(
 pub(super) struct Appender;
 
 impl AppendSession for Appender {
-    fn run<'a>(
-        node: &'a Node,
-        receiver: &'a mut mpsc::Receiver<Append>,
-        pending: &'a mut Vec<Append>,
-        up: &'a Up,
-        status: &'a Component,
-        backoff: &'a mut Backoff,
-    ) -> impl std::future::Future<Output = Result<(), ClusterError>> + Send + 'a {
-        append_session(node, receiver, pending, up, status, backoff)
+    async fn run(
+        node: &Node,
+        receiver: &mut mpsc::Receiver<Append>,
+        pending: &mut Vec<Append>,
+        up: &Up,
+        status: &Component,
+        backoff: &mut Backoff,
+    ) -> Result<(), ClusterError> {
+        let Some(mut connection) = connect(node, Duration::from_secs(5)).await? else {
+            return Ok(());
+        };
+        // Loaded on every connection: a restarted Redis has forgotten it.
+        let script: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(APPEND_SCRIPT)
+            .query_async(&mut connection)
+            .await?;
+        if !pending.is_empty() {
+            drop_appended(node, &mut connection, pending).await?;
+        }
+        up.set(true);
+        status.set(true, "connected");
+        backoff.reset();
+        tracing::info!(node = %node.id, stream = %node.config.channel, "cluster log appender connected to redis");
+        let mut writer = RedisWriter { connection, script };
+        append_until_stopped(node, receiver, pending, BATCH, &mut writer).await
     }
-}
-
-async fn append_session(
-    node: &Node,
-    receiver: &mut mpsc::Receiver<Append>,
-    pending: &mut Vec<Append>,
-    up: &Up,
-    status: &Component,
-    backoff: &mut Backoff,
-) -> Result<(), ClusterError> {
-    let Some(mut connection) = connect(node, Duration::from_secs(5)).await? else {
-        return Ok(());
-    };
-    // Loaded on every connection: a restarted Redis has forgotten it.
-    let script: String = redis::cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(APPEND_SCRIPT)
-        .query_async(&mut connection)
-        .await?;
-    if !pending.is_empty() {
-        drop_appended(node, &mut connection, pending).await?;
-    }
-    up.set(true);
-    status.set(true, "connected");
-    backoff.reset();
-    tracing::info!(node = %node.id, stream = %node.config.channel, "cluster log appender connected to redis");
-    let mut writer = RedisWriter { connection, script };
-    append_until_stopped(node, receiver, pending, BATCH, &mut writer).await
 }
 
 /// Appends through one connection with the append script loaded on it.
