@@ -516,8 +516,9 @@ async fn next_messages(
 /// Counts everything still queued as not forwarded (the backplane is down).
 /// The reconnect policy every task of the cluster shares (backplanes and shared logs): after
 /// a failed session, report the error, mark the task's `status` not ready and wait a capped
-/// backoff before the next; when the task ends, mark it `stopped`. The caller's loop:
-/// `while reconnects.again(session(.., &mut reconnects.backoff).await).await {}`.
+/// backoff before the next; when the task ends, mark it `stopped`. Each task loops: run a
+/// session with `&mut reconnects.backoff` (reset once connected), then ask `again` with its
+/// result whether to run another.
 struct Reconnects<'a> {
     node: &'a Node,
     status: &'a Component,

@@ -141,8 +141,8 @@ impl SourceContext {
     /// After a broker session of source `name` ended with `result`: `true` when another
     /// should start (it failed: the error is counted, `reconnecting` reported and the next
     /// backoff delay waited), `false` when the source ends (the session ended cleanly, the
-    /// hub stopped or the gateway shuts down; `stopped` is reported). The caller's loop:
-    /// `while context.again(name, &mut backoff, session(..).await).await {}`.
+    /// hub stopped or the gateway shuts down; `stopped` is reported). Each source loops: run
+    /// a session with its `Backoff`, then ask this with the result whether to run another.
     pub(crate) async fn again(
         &self,
         name: &str,
