@@ -15,7 +15,8 @@
 #                                    # report go to the temp dir (or --out), never to docs/
 #   EVENTGATE_B=path/to/other/eventgate bash bench/compare.sh --only rate1000 --servers eventgate,eventgate-b
 #                                    # A/B: a second eventgate build, alternating with the first
-#                                    # (summary: python3 bench/summary.py DIR/benchmarks-results.jsonl)
+#                                    # (summary: python3 bench/summary.py DIR/benchmarks-results.jsonl:
+#                                    #  medians, then each server against the first, run by run)
 #
 # Needs root for apt-get (nginx, libnginx-mod-nchan, gnuplot-nox) and for raising the open
 # file limit to 100k+ sockets.

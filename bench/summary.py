@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""Medians per workload and server of a bench/compare.sh results file (every run listed).
+"""Medians per workload and server of a bench/compare.sh results file (every run listed),
+then, per workload, each server against the first one run by run: compare.sh runs the servers
+of one repeat back to back, so the ratio of run i to run i compares two runs that met the same
+phase of a noisy machine, and the median of those ratios is steadier than the ratio of the
+medians when the machine's speed drifts during a sitting.
 
     python3 bench/summary.py /tmp/eventgate-compare.XXXX/results/benchmarks-results.jsonl
 """
@@ -56,3 +60,39 @@ for key in order:
         xs = [x for x in v if x is not None]
         meds.append(statistics.median(xs) if xs else None)
     print(" M " + " ".join(f"{show(m):>9}" for m in meds))
+
+
+RATIOS = ["deliv/s", "p50", "p99", "s.p50", "s.p99", "cpu_us", "setup/s", "kib/conn"]
+by_name = dict(FIELDS)
+workloads = []
+for workload, _ in order:
+    if workload not in workloads:
+        workloads.append(workload)
+for workload in workloads:
+    servers = [server for w, server in order if w == workload]
+    if len(servers) < 2:
+        continue
+    first = groups[(workload, servers[0])]
+    for server in servers[1:]:
+        runs = groups[(workload, server)]
+        pairs = list(zip(runs, first))
+        cols = []
+        for name in RATIOS:
+            f = by_name[name]
+            ratios = [
+                f(a) / f(b) if f(a) is not None and f(b) else None for a, b in pairs
+            ]
+            if any(x is not None for x in ratios):
+                cols.append((name, ratios))
+        if not cols:
+            continue
+        print(f"== {workload}: {server} / {servers[0]}, run by run")
+        print("   " + " ".join(f"{n:>9}" for n, _ in cols))
+        for i in range(len(pairs)):
+            print(f"{i + 1:>2} " + " ".join(
+                f"{v[i]:>8.2f}x" if v[i] is not None else f"{'-':>9}" for _, v in cols))
+        meds = []
+        for _, v in cols:
+            xs = [x for x in v if x is not None]
+            meds.append(f"{statistics.median(xs):>8.2f}x" if xs else f"{'-':>9}")
+        print(" M " + " ".join(meds))
