@@ -281,12 +281,8 @@ async fn a_node_that_loses_the_backplane_keeps_serving_its_own_clients() {
 
 /// The value of `eventgate_cluster_not_forwarded_total{reason="<reason>"}` (0 when absent).
 fn not_forwarded(metrics: &str, reason: &str) -> f64 {
-    let series = format!("eventgate_cluster_not_forwarded_total{{reason=\"{reason}\"}} ");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(&series))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0)
+    let series = format!("eventgate_cluster_not_forwarded_total{{reason=\"{reason}\"}}");
+    crate::common::metric_value(metrics, &series).unwrap_or(0.0)
 }
 
 #[tokio::test]

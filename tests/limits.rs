@@ -22,12 +22,8 @@ fn with_limits(limits: Limits) -> Config {
 }
 
 fn rejections(metrics: &str, limit: &str) -> f64 {
-    let prefix = format!("eventgate_limit_rejections_total{{limit=\"{limit}\"}} ");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0)
+    let series = format!("eventgate_limit_rejections_total{{limit=\"{limit}\"}}");
+    metric_value(metrics, &series).unwrap_or(0.0)
 }
 
 /// An upgrade request that claims to come through a proxy for `client`.
