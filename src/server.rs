@@ -568,7 +568,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
     if state.admin.enabled() {
-        router = router.merge(crate::admin::routes());
+        router = router.merge(crate::admin::routes(Arc::clone(&state.admin)));
     }
     for path in &state.config.ws_paths {
         router = router.route(path, axum::routing::any(upgrade));
@@ -679,8 +679,24 @@ pub async fn run_with_reload(
         &sources_stop,
         &background,
     );
+    let auth = Arc::new(auth);
+    let session_stops = Arc::<crate::stop::SessionStops>::default();
+    let draining = Arc::new(AtomicBool::new(false));
+    let admin = Arc::new(crate::admin::Console::new(
+        &config,
+        crate::admin::Gateway {
+            auth: Arc::clone(&auth),
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+            readiness: readiness.clone(),
+            session_stops: Arc::clone(&session_stops),
+            draining: Arc::clone(&draining),
+            cluster_peers,
+        },
+    ));
+    crate::admin::spawn_sampler(&admin, hub_stop.child_token(), &background);
     let state = Arc::new(AppState {
-        admin: crate::admin::Console::new(&config, cluster_peers),
+        admin,
         pattern_limits: config.limits.pattern_limits(),
         dev_api_key: (config.dev && crate::config::sha256_digest(&stack_id).is_none())
             .then(|| eventgate_protocol::header::api_key(&stack_id, None)),
@@ -693,14 +709,13 @@ pub async fn run_with_reload(
         identity,
         hub,
         publisher,
-        session_stops: Arc::default(),
+        session_stops,
         sessions: TaskTracker::new(),
-        draining: AtomicBool::new(false),
+        draining,
         readiness,
         next_connection: AtomicU64::new(1),
         metrics,
     });
-    crate::admin::spawn_sampler(&state, hub_stop.child_token(), &background);
     state
         .identity
         .spawn_refresher(hub_stop.child_token(), &background);

@@ -2,8 +2,9 @@
 //! identity, the hub, the limiter, the sessions' stop signals and tracker, readiness, the
 //! metrics handle and the admin console.
 //!
-//! Its own module so that the HTTP wiring (`server`), the session, ingest and the admin API
-//! all depend on it rather than on each other. Owns no behaviour: `server::run` builds it.
+//! Its own module so that the HTTP wiring (`server`), the session and ingest depend on it
+//! rather than on each other. The admin console has a state of its own (`admin::Console`,
+//! held here) and does not see this one. Owns no behaviour: `server::run` builds it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use crate::readiness::Readiness;
 #[derive(Debug)]
 pub struct AppState {
     pub config: Config,
-    pub auth: Auth,
+    pub auth: Arc<Auth>,
     /// Verified identities and scopes (see `identity`).
     pub identity: crate::identity::Identity,
     pub hub: Hub,
@@ -33,13 +34,15 @@ pub struct AppState {
     /// Every session's stop signal: shutdown closes them all with 1001.
     pub session_stops: Arc<crate::stop::SessionStops>,
     pub sessions: TaskTracker,
-    pub draining: AtomicBool,
+    /// Set once shutdown has begun (shared with the admin console).
+    pub draining: Arc<AtomicBool>,
     /// Sources and the cluster backplane report their state here for `/readyz`.
     pub readiness: Readiness,
     pub next_connection: AtomicU64,
     pub metrics: PrometheusHandle,
-    /// The operator's console under `/admin/` (see `admin`).
-    pub admin: crate::admin::Console,
+    /// The operator's console under `/admin/` (see `admin`): the upgrade lists each
+    /// connection in its table.
+    pub admin: Arc<crate::admin::Console>,
     /// What the dev-mode demo page is pre-filled with.
     pub dev_api_key: Option<String>,
     /// Connection caps and rate limits (see `limits`).

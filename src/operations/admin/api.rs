@@ -18,9 +18,8 @@ use serde_json::{json, Map, Value};
 
 use super::registry::Entry;
 use super::stats::{unix_millis, Metrics, SAMPLE_INTERVAL};
-use super::{authorize, AdminError};
+use super::{authorize, AdminError, Console};
 use crate::hub::{ConnectionId, ConnectionView, Inspect, Inspection};
-use crate::state::AppState;
 use crate::stop::OperatorClose;
 use crate::telemetry;
 
@@ -32,8 +31,8 @@ pub const MAX_SEARCH_BYTES: usize = 256;
 /// Longest close reason (a close frame carries at most 123 bytes of it).
 pub const MAX_REASON_BYTES: usize = 123;
 
-/// The console's routes; [`crate::server`] adds them when the console is on.
-pub fn routes() -> Router<Arc<AppState>> {
+/// The console's routes, on its own state; [`crate::server`] adds them when the console is on.
+pub fn routes<S>(console: Arc<Console>) -> Router<S> {
     Router::new()
         .route("/admin", get(|| async { Redirect::permanent("/admin/") }))
         .route("/admin/", get(super::page::index))
@@ -45,24 +44,25 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/admin/api/sources", get(sources))
         .route("/admin/api/cluster", get(cluster))
         .route("/admin/api/{*rest}", any(unknown))
+        .with_state(console)
 }
 
 /// An API request whose credentials passed [`authorize`].
 pub struct Authorized;
 
-impl FromRequestParts<Arc<AppState>> for Authorized {
+impl FromRequestParts<Arc<Console>> for Authorized {
     type Rejection = AdminError;
 
     async fn from_request_parts(
         parts: &mut Parts,
-        state: &Arc<AppState>,
+        console: &Arc<Console>,
     ) -> Result<Self, Self::Rejection> {
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(peer)| *peer)
             .ok_or(AdminError::NotLoopback)?;
-        authorize(state, peer, &parts.headers).map(|()| Authorized)
+        authorize(console, peer, &parts.headers).map(|()| Authorized)
     }
 }
 
@@ -116,7 +116,7 @@ fn connection_json(id: ConnectionId, entry: &Entry, view: Option<&ConnectionView
 /// `GET /admin/api/connections?after=&limit=&q=`: a page of connections in id order.
 async fn list_connections(
     _: Authorized,
-    State(state): State<Arc<AppState>>,
+    State(console): State<Arc<Console>>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, AdminError> {
     let query = query.as_deref();
@@ -129,7 +129,7 @@ async fn list_connections(
     }
     let limit = limit as usize;
     let search = parameter(query, "q")?.filter(|text| !text.trim().is_empty());
-    let registry = &state.admin.connections;
+    let registry = &console.connections;
     let (mut rows, total): (Vec<Value>, usize) = match search {
         Some(text) => {
             if text.len() > MAX_SEARCH_BYTES {
@@ -137,7 +137,8 @@ async fn list_connections(
                     "q is longer than {MAX_SEARCH_BYTES} bytes"
                 )));
             }
-            let found = state
+            let found = console
+                .gateway
                 .hub
                 .inspect(Inspect::Search {
                     text: text.trim().to_owned(),
@@ -158,7 +159,11 @@ async fn list_connections(
         None => {
             let page = registry.page(after, limit + 1);
             let ids = page.iter().map(|(id, _)| *id).collect();
-            let found = state.hub.inspect(Inspect::Connections(ids)).await?;
+            let found = console
+                .gateway
+                .hub
+                .inspect(Inspect::Connections(ids))
+                .await?;
             let rows = page
                 .iter()
                 .map(|(id, entry)| {
@@ -185,16 +190,19 @@ async fn list_connections(
 /// `GET /admin/api/connections/{id}`.
 async fn one_connection(
     _: Authorized,
-    State(state): State<Arc<AppState>>,
+    State(console): State<Arc<Console>>,
     Path(id): Path<String>,
 ) -> Result<Response, AdminError> {
     let id = connection_id(&id)?;
-    let entry = state
-        .admin
+    let entry = console
         .connections
         .get(id)
         .ok_or(AdminError::NoSuchConnection(id))?;
-    let found = state.hub.inspect(Inspect::Connections(vec![id])).await?;
+    let found = console
+        .gateway
+        .hub
+        .inspect(Inspect::Connections(vec![id]))
+        .await?;
     Ok(Json(connection_json(id, &entry, found.connections.first())).into_response())
 }
 
@@ -215,7 +223,7 @@ fn allowed_close_code(code: u16) -> bool {
 /// `{"code": 4000, "reason": "..."}`: the session closes with that frame.
 async fn disconnect(
     _: Authorized,
-    State(state): State<Arc<AppState>>,
+    State(console): State<Arc<Console>>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, AdminError> {
@@ -247,7 +255,7 @@ async fn disconnect(
         code,
         reason: reason.clone(),
     };
-    if !state.session_stops.disconnect(id, close) {
+    if !console.gateway.session_stops.disconnect(id, close) {
         return Err(AdminError::NoSuchConnection(id));
     }
     telemetry::admin_disconnected(id, code);
@@ -263,15 +271,22 @@ fn counts(map: std::collections::BTreeMap<String, f64>) -> Value {
 }
 
 /// `GET /admin/api/totals`: this node's live numbers and the graph's history.
-async fn totals(_: Authorized, State(state): State<Arc<AppState>>) -> Result<Response, AdminError> {
+async fn totals(
+    _: Authorized,
+    State(console): State<Arc<Console>>,
+) -> Result<Response, AdminError> {
     let Inspection {
         announced, rules, ..
-    } = state.hub.inspect(Inspect::Connections(Vec::new())).await?;
-    let metrics = Metrics::parse(&state.metrics.render());
+    } = console
+        .gateway
+        .hub
+        .inspect(Inspect::Connections(Vec::new()))
+        .await?;
+    let metrics = Metrics::parse(&console.gateway.metrics.render());
     Ok(Json(json!({
         "time": unix_millis(std::time::SystemTime::now()),
-        "draining": state.draining.load(Ordering::Relaxed),
-        "connections": state.admin.connections.len(),
+        "draining": console.gateway.draining.load(Ordering::Relaxed),
+        "connections": console.connections.len(),
         "announced": announced,
         "rules": rules,
         "events_in": {
@@ -292,25 +307,16 @@ async fn totals(_: Authorized, State(state): State<Arc<AppState>>) -> Result<Res
         },
         "history": {
             "interval_seconds": SAMPLE_INTERVAL.as_secs(),
-            "points": state.admin.history.points(),
+            "points": console.history.points(),
         },
     }))
     .into_response())
 }
 
-fn source_kind(source: &crate::sources::SourceConfig) -> &'static str {
-    use crate::sources::SourceConfig;
-    match source {
-        SourceConfig::RedisStreams(_) => "redis_streams",
-        SourceConfig::NatsJetstream(_) => "nats_jetstream",
-        SourceConfig::Amqp(_) => "amqp",
-    }
-}
-
 /// `GET /admin/api/sources`: each configured broker source, its state and its lag.
-async fn sources(_: Authorized, State(state): State<Arc<AppState>>) -> Response {
-    let (_, components) = state.readiness.report();
-    let metrics = Metrics::parse(&state.metrics.render());
+async fn sources(_: Authorized, State(console): State<Arc<Console>>) -> Response {
+    let (_, components) = console.gateway.readiness.report();
+    let metrics = Metrics::parse(&console.gateway.metrics.render());
     let per_source = |name: &str| metrics.by_label(name, "source");
     let (lag, consumed, dispatched, dead, errors, reconnects) = (
         per_source(telemetry::SOURCE_LAG),
@@ -320,19 +326,18 @@ async fn sources(_: Authorized, State(state): State<Arc<AppState>>) -> Response 
         per_source(telemetry::SOURCE_ERRORS),
         per_source(telemetry::SOURCE_RECONNECTS),
     );
-    let rows: Vec<Value> = state
-        .config
+    let rows: Vec<Value> = console
         .sources
         .iter()
-        .map(|source| {
-            let name = source.name();
+        .map(|(name, kind)| {
+            let name = name.as_str();
             let component = &components[format!("source:{name}")];
             let of = |map: &std::collections::BTreeMap<String, f64>| {
                 map.get(name).copied().unwrap_or(0.0)
             };
             json!({
                 "name": name,
-                "kind": source_kind(source),
+                "kind": kind,
                 "ready": component["ready"].as_bool().unwrap_or(false),
                 "state": component["state"].as_str().unwrap_or("unknown"),
                 "lag": lag.get(name).copied(),
@@ -348,11 +353,11 @@ async fn sources(_: Authorized, State(state): State<Arc<AppState>>) -> Response 
 }
 
 /// `GET /admin/api/cluster`: the backplane's configuration, state and traffic.
-async fn cluster(_: Authorized, State(state): State<Arc<AppState>>) -> Response {
-    let Some(config) = &state.config.cluster else {
+async fn cluster(_: Authorized, State(console): State<Arc<Console>>) -> Response {
+    let Some(config) = &console.cluster else {
         return Json(json!({ "enabled": false })).into_response();
     };
-    let (_, components) = state.readiness.report();
+    let (_, components) = console.gateway.readiness.report();
     let backplane: Map<String, Value> = components
         .as_object()
         .into_iter()
@@ -360,8 +365,8 @@ async fn cluster(_: Authorized, State(state): State<Arc<AppState>>) -> Response 
         .filter(|(name, _)| name.starts_with("cluster"))
         .map(|(name, status)| (name.clone(), status.clone()))
         .collect();
-    let metrics = Metrics::parse(&state.metrics.render());
-    let peers = state.admin.cluster_peers.as_deref();
+    let metrics = Metrics::parse(&console.gateway.metrics.render());
+    let peers = console.gateway.cluster_peers.as_deref();
     let heard: Vec<Value> = peers
         .map(crate::cluster::Peers::list)
         .unwrap_or_default()

@@ -7,7 +7,8 @@
 //! otherwise, so that every `/admin/` path answers 404), the connection table it lists
 //! from (`registry`), the numbers it shows (`stats`), its routes (`api`) and its page
 //! (`web-admin/`, embedded). Does not own connections, rules or stopping a session: it asks
-//! the hub, `stop` and the readiness table.
+//! the hub, `stop` and the readiness table, through the handles `server::run` gives it
+//! ([`Gateway`]); it never sees the server's shared state.
 
 mod api;
 mod page;
@@ -15,16 +16,22 @@ pub mod registry;
 pub mod stats;
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Auth;
+use crate::cluster::{ClusterConfig, Peers};
 use crate::config::Config;
-use crate::state::AppState;
+use crate::hub::Hub;
+use crate::readiness::Readiness;
+use crate::stop::SessionStops;
 
 pub use api::routes;
 
@@ -39,14 +46,37 @@ pub enum Access {
     Loopback,
 }
 
-/// The console's state, part of the server's.
+/// The parts of a running gateway the console reads and steers, handed over by
+/// `server::run` (each a shared handle onto what the server uses itself).
+#[derive(Debug)]
+pub struct Gateway {
+    /// Checks the admin token (in constant time).
+    pub auth: Arc<Auth>,
+    /// Answers what connections hold (`hub::Inspect`).
+    pub hub: Hub,
+    pub metrics: PrometheusHandle,
+    /// The sources' and the backplane's states.
+    pub readiness: Readiness,
+    /// Stops one session (`disconnect`).
+    pub session_stops: Arc<SessionStops>,
+    /// Set once shutdown has begun.
+    pub draining: Arc<AtomicBool>,
+    /// This node's id and the nodes heard on the backplane, on a cluster node.
+    pub cluster_peers: Option<Arc<Peers>>,
+}
+
+/// The console's state: who may use it, its connection table, its graph's history, the
+/// configuration it reports and the gateway's handles.
 #[derive(Debug)]
 pub struct Console {
-    pub access: Access,
+    access: Access,
+    /// Every open connection while the console is on (the upgrade lists each one).
     pub connections: Arc<registry::Registry>,
-    pub history: stats::History,
-    /// This node's id and the nodes heard on the backplane, on a cluster node.
-    pub cluster_peers: Option<Arc<crate::cluster::Peers>>,
+    history: stats::History,
+    /// Each configured source's name and kind.
+    sources: Vec<(String, &'static str)>,
+    cluster: Option<ClusterConfig>,
+    gateway: Gateway,
 }
 
 /// Why an admin request was refused or failed.
@@ -101,7 +131,7 @@ impl From<crate::hub::HubStopped> for AdminError {
 }
 
 impl Console {
-    pub fn new(config: &Config, cluster_peers: Option<Arc<crate::cluster::Peers>>) -> Console {
+    pub fn new(config: &Config, gateway: Gateway) -> Console {
         let access = if config.admin_token.is_some() {
             Access::Token
         } else if config.dev {
@@ -113,12 +143,27 @@ impl Console {
             access,
             connections: Arc::default(),
             history: stats::History::default(),
-            cluster_peers,
+            sources: config
+                .sources
+                .iter()
+                .map(|source| (source.name().to_owned(), source_kind(source)))
+                .collect(),
+            cluster: config.cluster.clone(),
+            gateway,
         }
     }
 
     pub fn enabled(&self) -> bool {
         self.access != Access::Off
+    }
+}
+
+fn source_kind(source: &crate::sources::SourceConfig) -> &'static str {
+    use crate::sources::SourceConfig;
+    match source {
+        SourceConfig::RedisStreams(_) => "redis_streams",
+        SourceConfig::NatsJetstream(_) => "nats_jetstream",
+        SourceConfig::Amqp(_) => "amqp",
     }
 }
 
@@ -130,8 +175,8 @@ fn direct_loopback(peer: SocketAddr, headers: &HeaderMap) -> bool {
 }
 
 /// May this request see the page's files?
-pub(super) fn may_see_page(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> bool {
-    match state.admin.access {
+fn may_see_page(console: &Console, peer: SocketAddr, headers: &HeaderMap) -> bool {
+    match console.access {
         Access::Off => false,
         // The page holds nothing secret: it asks for the token and sends it to the API.
         Access::Token => true,
@@ -140,12 +185,12 @@ pub(super) fn may_see_page(state: &AppState, peer: SocketAddr, headers: &HeaderM
 }
 
 /// Checks an API request's credentials; counts and explains a refusal.
-fn authorize(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), AdminError> {
+fn authorize(console: &Console, peer: SocketAddr, headers: &HeaderMap) -> Result<(), AdminError> {
     let refused = |reason: &'static str, error: AdminError| {
         crate::telemetry::admin_refused(reason);
         Err(error)
     };
-    match state.admin.access {
+    match console.access {
         Access::Off => refused("off", AdminError::NotLoopback),
         Access::Loopback if direct_loopback(peer, headers) => Ok(()),
         Access::Loopback => refused("not_loopback", AdminError::NotLoopback),
@@ -160,7 +205,7 @@ fn authorize(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<
                 });
             match token {
                 None => refused("missing_token", AdminError::MissingToken),
-                Some(token) if state.auth.admin_token_matches(token.trim()) => Ok(()),
+                Some(token) if console.gateway.auth.admin_token_matches(token.trim()) => Ok(()),
                 Some(_) => refused("wrong_token", AdminError::WrongToken),
             }
         }
@@ -168,11 +213,11 @@ fn authorize(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<
 }
 
 /// Samples the totals for the console's graph until `stop`, when the console is on.
-pub fn spawn_sampler(state: &Arc<AppState>, stop: CancellationToken, tracker: &TaskTracker) {
-    if !state.admin.enabled() {
+pub fn spawn_sampler(console: &Arc<Console>, stop: CancellationToken, tracker: &TaskTracker) {
+    if !console.enabled() {
         return;
     }
-    let state = Arc::clone(state);
+    let console = Arc::clone(console);
     tracker.spawn(async move {
         let mut tick = tokio::time::interval(stats::SAMPLE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -180,8 +225,8 @@ pub fn spawn_sampler(state: &Arc<AppState>, stop: CancellationToken, tracker: &T
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {
-                    let metrics = stats::Metrics::parse(&state.metrics.render());
-                    state.admin.history.record(&metrics, state.admin.connections.len());
+                    let metrics = stats::Metrics::parse(&console.gateway.metrics.render());
+                    console.history.record(&metrics, console.connections.len());
                 }
             }
         }

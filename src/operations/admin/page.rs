@@ -13,7 +13,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::state::AppState;
+use super::{may_see_page, Console};
 
 const FILES: &[(&str, &str, &str)] = &[
     (
@@ -57,18 +57,18 @@ fn serve(name: &str, allowed: bool) -> Response {
 }
 
 pub(super) async fn index(
-    State(state): State<Arc<AppState>>,
+    State(console): State<Arc<Console>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    serve("index.html", super::may_see_page(&state, peer, &headers))
+    serve("index.html", may_see_page(&console, peer, &headers))
 }
 
 pub(super) async fn file(
-    State(state): State<Arc<AppState>>,
+    State(console): State<Arc<Console>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    serve(&name, super::may_see_page(&state, peer, &headers))
+    serve(&name, may_see_page(&console, peer, &headers))
 }
