@@ -347,15 +347,15 @@ async fn a_disconnected_client_gets_the_operators_close_code_and_reason() {
     assert_eq!(status, 404);
 
     // The sessions ended and left the table.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, std::time::Duration::from_millis(50), async || {
         let list = admin_get(&server, "/admin/api/connections").await;
         if list["total"] == 0 {
-            break;
+            Ok(())
+        } else {
+            Err(list.to_string())
         }
-        assert!(tokio::time::Instant::now() < deadline, "{list}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     let metrics = server.metrics().await;
     assert!(metrics.contains("eventgate_connections_closed_total{reason=\"disconnected\"}"));
 }
@@ -396,39 +396,37 @@ async fn sources_and_cluster_peers_on_a_real_redis() {
     );
     let first = Server::start(node("node-a", "")).await;
     let second = Server::start(node("node-b", &source)).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
+    let every = std::time::Duration::from_millis(100);
     // Until both backplanes are up, an event may not reach the other node: publish again.
-    loop {
+    let cluster = eventually(WAIT, every, async || {
         first.publish_event("shop", "tick", json!({})).await;
         let cluster = admin_get(&second, "/admin/api/cluster").await;
-        if cluster["peers"]
-            .as_array()
-            .is_some_and(|peers| !peers.is_empty())
-        {
-            assert_eq!(cluster["enabled"], true);
-            assert_eq!(cluster["backend"], "redis");
-            assert_eq!(cluster["node_id"], "node-b");
-            assert_eq!(cluster["peers"][0]["node_id"], "node-a", "{cluster}");
-            assert!(cluster["peers"][0]["events"].as_u64().unwrap() >= 1);
-            assert!(
-                cluster["backplane"]["cluster:subscribe"]["ready"] == true,
-                "{cluster}"
-            );
-            break;
+        match cluster["peers"].as_array() {
+            Some(peers) if !peers.is_empty() => Ok(cluster),
+            _ => Err(cluster.to_string()),
         }
-        assert!(tokio::time::Instant::now() < deadline, "{cluster}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    loop {
+    })
+    .await;
+    assert_eq!(cluster["enabled"], true);
+    assert_eq!(cluster["backend"], "redis");
+    assert_eq!(cluster["node_id"], "node-b");
+    assert_eq!(cluster["peers"][0]["node_id"], "node-a", "{cluster}");
+    assert!(cluster["peers"][0]["events"].as_u64().unwrap() >= 1);
+    assert!(
+        cluster["backplane"]["cluster:subscribe"]["ready"] == true,
+        "{cluster}"
+    );
+    let sources = eventually(WAIT, every, async || {
         let sources = admin_get(&second, "/admin/api/sources").await;
-        let orders = &sources["sources"][0];
-        assert_eq!(orders["name"], "orders", "{sources}");
-        assert_eq!(orders["kind"], "redis_streams");
-        if orders["ready"] == true {
-            assert!(orders["state"].is_string());
-            break;
+        if sources["sources"][0]["ready"] == true {
+            Ok(sources)
+        } else {
+            Err(sources.to_string())
         }
-        assert!(tokio::time::Instant::now() < deadline, "{sources}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+    let orders = &sources["sources"][0];
+    assert_eq!(orders["name"], "orders", "{sources}");
+    assert_eq!(orders["kind"], "redis_streams");
+    assert!(orders["state"].is_string());
 }

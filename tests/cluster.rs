@@ -5,6 +5,7 @@
 //! node cut off from its backplane keeps serving its own clients and counts what it could not
 //! forward.
 
+use crate::common::eventually;
 use crate::sources_common;
 
 use std::time::Duration;
@@ -26,24 +27,9 @@ async fn start_nodes(toml: &str) -> Vec<Gateway> {
         nodes.push(Gateway::start(toml).await);
     }
     for node in &nodes {
-        wait_ready(node).await;
+        node.wait_ready().await;
     }
     nodes
-}
-
-async fn wait_ready(node: &Gateway) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, body) = node.readyz().await;
-        if status == 200 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node not ready in time: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn event(source: &str, detail_type: &str, n: usize) -> Value {
@@ -159,7 +145,7 @@ async fn a_stream_consumed_by_every_node_reaches_each_client_once() {
     }
     toml.clear();
     for node in &nodes {
-        wait_ready(node).await;
+        node.wait_ready().await;
     }
     let pattern = json!({"source": [&stream], "detail-type": [{"prefix": "user."}]});
     let mut clients = Vec::new();
@@ -231,26 +217,23 @@ async fn a_node_that_loses_the_backplane_keeps_serving_its_own_clients() {
         &channel,
     ))
     .await;
-    wait_ready(&cut).await;
-    wait_ready(&steady).await;
+    cut.wait_ready().await;
+    steady.wait_ready().await;
     let source = format!("shop.{id}");
     let pattern = json!({"source": [&source]});
     let mut local = cut.subscriber("orders", &pattern).await;
     let mut remote = steady.subscriber("orders", &pattern).await;
 
     proxy.cut();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let body = loop {
-        let (status, body) = cut.readyz().await;
-        if status == 503 {
-            break body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still ready: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let body = eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        async || match cut.readyz().await {
+            (503, body) => Ok(body),
+            (_, body) => Err(format!("still ready: {body}")),
+        },
+    )
+    .await;
     assert_eq!(body["status"], "not ready", "{body}");
     // Local delivery goes on; the other node does not get it, and the loss is counted.
     cut.post_events(&json!(event(&source, "order.created", 1)))
@@ -270,7 +253,7 @@ async fn a_node_that_loses_the_backplane_keeps_serving_its_own_clients() {
     assert_eq!(remote.next_event().await["detail"]["n"], 2);
 
     proxy.restore();
-    wait_ready(&cut).await;
+    cut.wait_ready().await;
     cut.post_events(&json!(event(&source, "order.created", 3)))
         .await;
     assert_eq!(local.next_event().await["detail"]["n"], 3);
@@ -320,19 +303,20 @@ async fn a_node_that_cannot_reach_its_nats_backplane_serves_its_clients_and_coun
             .await;
         assert_eq!(local.next_event().await["detail"]["n"], n);
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let metrics = node.metrics().await;
-        if not_forwarded(&metrics, "backplane_down") - down >= 12.0 {
-            // Counted as lost to the backplane, not as an overflow of the queue.
-            assert_eq!(not_forwarded(&metrics, "queue_full"), full, "{metrics}");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not counted: {metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let metrics = eventually(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        async || {
+            let metrics = node.metrics().await;
+            if not_forwarded(&metrics, "backplane_down") - down >= 12.0 {
+                Ok(metrics)
+            } else {
+                Err(format!("not counted: {metrics}"))
+            }
+        },
+    )
+    .await;
+    // Counted as lost to the backplane, not as an overflow of the queue.
+    assert_eq!(not_forwarded(&metrics, "queue_full"), full, "{metrics}");
     node.shutdown().await;
 }

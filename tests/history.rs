@@ -350,11 +350,7 @@ async fn in_a_cluster_a_client_resumes_on_its_node() {
         sources_common::Gateway::start(&toml).await,
     );
     for node in [&a, &b] {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while node.readyz().await.0 != 200 {
-            assert!(tokio::time::Instant::now() < deadline, "node not ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        node.wait_ready().await;
     }
     let pattern = json!({"source": [SEQ]});
     let events = |range: std::ops::Range<u64>| {

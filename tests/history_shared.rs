@@ -55,24 +55,9 @@ fn toml_at(log: Log, addr: &str, name: &str, extra: &str) -> String {
 
 const ROOMY: &str = "[history]\nmax_replay = 5000\n[limits]\nmax_queued_messages = 8192\nmax_queued_bytes = 16777216\n";
 
-async fn ready(node: &Gateway) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (status, body) = node.readyz().await;
-        if status == 200 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node not ready: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn start(toml: &str) -> Gateway {
     let node = Gateway::start(toml).await;
-    ready(&node).await;
+    node.wait_ready().await;
     node
 }
 
@@ -336,24 +321,24 @@ async fn ingest_waits_for_the_log(log: Log) {
 
     proxy.cut();
     let http = reqwest::Client::builder().no_proxy().build().expect("http");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let refused = loop {
+    let refused = eventually(WAIT, Duration::from_millis(100), async || {
         let response = http
             .post(format!("http://{}/events", node.addr))
             .json(&events(100..101))
             .send()
             .await
             .expect("POST /events");
-        if response.status() == 503 {
-            break response;
-        }
-        assert!(response.status().is_success(), "{}", response.status());
         assert!(
-            tokio::time::Instant::now() < deadline,
-            "ingest never noticed the log was gone"
+            response.status() == 503 || response.status().is_success(),
+            "{}",
+            response.status()
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        match response.status().as_u16() {
+            503 => Ok(response),
+            _ => Err("ingest never noticed the log was gone".to_owned()),
+        }
+    })
+    .await;
     assert_eq!(
         refused
             .headers()
@@ -366,9 +351,8 @@ async fn ingest_waits_for_the_log(log: Log) {
     assert_eq!(node.readyz().await.0, 503);
 
     proxy.restore();
-    ready(&node).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    node.wait_ready().await;
+    eventually(WAIT, Duration::from_millis(100), async || {
         let response = http
             .post(format!("http://{}/events", node.addr))
             .json(&events(1..2))
@@ -376,14 +360,12 @@ async fn ingest_waits_for_the_log(log: Log) {
             .await
             .expect("POST /events");
         if response.status().is_success() {
-            break;
+            Ok(())
+        } else {
+            Err(format!("ingest did not come back: {}", response.status()))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ingest did not come back"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     // What was accepted before the cut or after it arrives (events 100.. were either
     // refused, or accepted and appended once the log was back). The reader's consumer may
     // still be recovering from the cut when ingest is back (JetStream's ordered consumer
@@ -441,7 +423,7 @@ async fn redis_stream_a_node_that_missed_trimmed_events_closes_its_connections()
     proxy.restore();
     let close = client.expect_close().await;
     assert_eq!(close.as_ref().map(|c| c.0), Some(1012), "{close:?}");
-    ready(&b).await;
+    b.wait_ready().await;
     let metrics = b.metrics().await;
     assert!(
         metric_value(&metrics, "eventgate_history_log_gaps_total").unwrap_or(0.0) >= 1.0,

@@ -3,6 +3,7 @@
 //! dead-letter queue with their reason, nothing is lost across a connection cut, stream
 //! queues replay from `first`, and bad configuration is refused at load.
 
+use crate::common::eventually;
 use crate::sources_common;
 
 use std::collections::BTreeSet;
@@ -120,22 +121,17 @@ impl Rabbit {
 
     /// The next message of `queue`, waiting up to `WAIT` for one.
     async fn get(&self, queue: &str) -> lapin::message::Delivery {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
+        eventually(WAIT, Duration::from_millis(50), async || {
             let message = self
                 .channel
                 .basic_get(queue.into(), BasicGetOptions { no_ack: true })
                 .await
                 .expect("basic.get");
-            if let Some(message) = message {
-                return message.delivery;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "nothing in {queue} within the wait"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            message
+                .map(|message| message.delivery)
+                .ok_or_else(|| format!("nothing in {queue}"))
+        })
+        .await
     }
 
     async fn delete(&self, exchange: &str, queue: &str) {
@@ -244,23 +240,20 @@ async fn lamassu_cloudevents_and_plain_json_reach_the_websocket() {
         json!({"serial_number": "1a2b3c4d5e6f", "reason": "keyCompromise"})
     );
 
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    let expected = [
+        format!("eventgate_source_consumed_total{{source=\"{name}\"}} 2"),
+        format!("eventgate_source_dispatched_total{{source=\"{name}\"}} 2"),
+        format!("eventgate_source_lag{{source=\"{name}\"}} 0"),
+    ];
+    eventually(WAIT, Duration::from_millis(100), async || {
         let metrics = gateway.metrics().await;
-        let expected = [
-            format!("eventgate_source_consumed_total{{source=\"{name}\"}} 2"),
-            format!("eventgate_source_dispatched_total{{source=\"{name}\"}} 2"),
-            format!("eventgate_source_lag{{source=\"{name}\"}} 0"),
-        ];
         if expected.iter().all(|line| metrics.contains(line)) {
-            break;
+            Ok(())
+        } else {
+            Err(format!("missing one of {expected:?} in\n{metrics}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "missing one of {expected:?} in\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     gateway.shutdown().await;
     assert_eq!(rabbit.ready(&queue).await, 0, "everything was acked");
     rabbit.delete(&exchange, &queue).await;

@@ -2,6 +2,7 @@
 //! reach WebSocket subscribers, malformed messages are published to the DLQ subject with
 //! their reason and terminated.
 
+use crate::common::eventually;
 use crate::sources_common;
 
 use std::time::Duration;
@@ -121,18 +122,15 @@ async fn supermq_user_create_reaches_the_websocket_and_bad_messages_are_dead_let
 
     // All three were acked (terminated for the bad one).
     let stream = js.get_stream(&stream_name).await.expect("stream");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, Duration::from_millis(50), async || {
         let info = stream.consumer_info(&durable).await.expect("consumer info");
         if info.num_ack_pending == 0 && info.ack_floor.stream_sequence == 3 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("not all acked: {info:?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not all acked: {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     let metrics = gateway.metrics().await;
     for (metric, value) in [
         ("eventgate_source_consumed_total", 3),
@@ -264,20 +262,18 @@ async fn a_cut_connection_loses_nothing_and_acks_only_what_was_dispatched() {
         .get_consumer(&durable)
         .await
         .expect("consumer");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, Duration::from_millis(100), async || {
         let info = consumer.info().await.expect("consumer info");
         if info.num_pending == 0 && info.num_ack_pending == 0 {
-            break;
+            Ok(())
+        } else {
+            Err(format!(
+                "left unacked: {} pending, {} ack pending",
+                info.num_pending, info.num_ack_pending
+            ))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "left unacked: {} pending, {} ack pending",
-            info.num_pending,
-            info.num_ack_pending
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     gateway.shutdown().await;
     let _ = js.delete_stream(&stream_name).await;
 }

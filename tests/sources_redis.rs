@@ -2,6 +2,7 @@
 //! WebSocket subscribers, malformed entries land in `<stream>.dlq`, pending entries of a
 //! dead consumer are claimed.
 
+use crate::common::eventually;
 use crate::sources_common;
 
 use std::time::Duration;
@@ -164,14 +165,7 @@ async fn supermq_user_create_reaches_the_websocket_and_bad_entries_are_dead_lett
     assert_eq!(payload["operation"], "user.update");
 
     // Everything was acked (the ack follows the hand-off, so allow it a moment).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while pending_count(&mut conn, &stream, &group).await != 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "entries left pending"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_acked(&mut conn, &stream, &group, "entries left pending").await;
     let metrics = gateway.metrics().await;
     for (metric, value) in [
         ("eventgate_source_consumed_total", 3),
@@ -235,14 +229,7 @@ async fn entries_pending_on_a_dead_consumer_are_claimed() {
     // (every claim_idle / 2, at least 1 s) takes it.
     let event = client.next_event().await;
     assert_eq!(event["id"], entry_id.as_str());
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while pending_count(&mut conn, &stream, &group).await != 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "claimed entry not acked"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_acked(&mut conn, &stream, &group, "claimed entry not acked").await;
     gateway.shutdown().await;
     cleanup(&mut conn, &stream).await;
 }
@@ -328,14 +315,7 @@ async fn a_cut_connection_loses_nothing_and_acks_only_what_was_dispatched() {
     receive_all_ns(&mut client, TOTAL).await;
     let (status, body) = wait_for_readyz(&gateway, 200).await;
     assert_eq!(status, 200, "{body}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while pending_count(&mut conn, &stream, &group).await != 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "entries left pending"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_acked(&mut conn, &stream, &group, "entries left pending").await;
     let metrics = gateway.metrics().await;
     assert!(
         metrics.contains(&format!(
@@ -345,6 +325,19 @@ async fn a_cut_connection_loses_nothing_and_acks_only_what_was_dispatched() {
     );
     gateway.shutdown().await;
     cleanup(&mut conn, &stream).await;
+}
+
+/// Waits until the group has no pending entry (every one acked), failing with `what`.
+async fn wait_acked(conn: &mut MultiplexedConnection, stream: &str, group: &str, what: &str) {
+    eventually(
+        WAIT,
+        Duration::from_millis(50),
+        async || match pending_count(conn, stream, group).await {
+            0 => Ok(()),
+            pending => Err(format!("{what}: {pending} pending")),
+        },
+    )
+    .await
 }
 
 /// Polls `/readyz` until it answers `want` (or the wait ends); returns the last answer.

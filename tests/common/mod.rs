@@ -529,3 +529,24 @@ pub fn metric_value(metrics: &str, name: &str) -> Option<f64> {
     }
     found
 }
+
+/// Runs `check` every `every` until it returns `Ok`, and fails the test with its last `Err`
+/// once `within` has passed: the tests' one wait-until-true loop (a node becoming ready, a
+/// counter catching up, a table emptying).
+pub async fn eventually<T>(
+    within: Duration,
+    every: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(why) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "not within {within:?}: {why}"
+            ),
+        }
+        tokio::time::sleep(every).await;
+    }
+}

@@ -225,6 +225,17 @@ impl Gateway {
         (status, response.json().await.expect("readyz body"))
     }
 
+    /// Waits until `/readyz` answers 200 (every source and the backplane up), for [`WAIT`].
+    pub async fn wait_ready(&self) {
+        crate::common::eventually(WAIT, Duration::from_millis(50), async || {
+            match self.readyz().await {
+                (200, _) => Ok(()),
+                (_, body) => Err(format!("node not ready: {body}")),
+            }
+        })
+        .await
+    }
+
     pub async fn shutdown(self) {
         self.token.cancel();
         tokio::time::timeout(Duration::from_secs(15), self.handle)
