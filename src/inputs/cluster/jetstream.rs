@@ -22,9 +22,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 
-use super::log::{append_until_stopped, Append, AppendSession, Up, Writer};
+use super::log::{Append, AppendSession, Appending, Writer};
 use super::{event_from_log, ClusterError, Node, Reconnects};
 use crate::backoff::Backoff;
 use crate::history::{Ids, LogId, Logged};
@@ -102,16 +101,10 @@ fn epoch_of(info: &stream::Info) -> u64 {
 pub(super) struct Appender;
 
 impl AppendSession for Appender {
-    async fn run(
-        node: &Node,
-        receiver: &mut mpsc::Receiver<Append>,
-        pending: &mut Vec<Append>,
-        up: &Up,
-        status: &Component,
-        backoff: &mut Backoff,
-    ) -> Result<(), ClusterError> {
+    async fn run(mut appending: Appending<'_>) -> Result<(), ClusterError> {
+        let node = appending.node;
         let on_state = {
-            let (status, up) = (status.clone(), Arc::clone(&up.0));
+            let (status, up) = (appending.status.clone(), Arc::clone(&appending.up.0));
             move |connected: bool| {
                 up.store(connected, Ordering::Release);
                 status.set(
@@ -128,11 +121,11 @@ impl AppendSession for Appender {
             return Ok(());
         };
         open_stream(node, &js).await?;
-        up.set(true);
-        status.set(true, "connected");
-        backoff.reset();
+        appending.connected();
         tracing::info!(node = %node.id, stream = %node.config.stream, "cluster log appender connected to jetstream");
-        append_until_stopped(node, receiver, pending, BATCH, &mut JetStreamWriter(js)).await
+        appending
+            .until_stopped(BATCH, &mut JetStreamWriter(js))
+            .await
     }
 }
 

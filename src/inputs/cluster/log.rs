@@ -152,17 +152,41 @@ pub(super) fn count_lost(pending: &[Append], receiver: &mut mpsc::Receiver<Appen
 
 /// One connection of a shared log's appender: the backend's part of [`append`].
 pub(super) trait AppendSession {
-    /// Connects and appends what the hub queues through [`append_until_stopped`] until the
-    /// queue closes or the node stops; an error ends the connection and leaves the unwritten
-    /// batch in `pending`.
-    async fn run(
-        node: &super::Node,
-        receiver: &mut mpsc::Receiver<Append>,
-        pending: &mut Vec<Append>,
-        up: &Up,
-        status: &crate::readiness::Component,
-        backoff: &mut crate::backoff::Backoff,
-    ) -> Result<(), super::ClusterError>;
+    /// Connects and appends what the hub queues (through [`Appending::until_stopped`]) until
+    /// the queue closes or the node stops; an error ends the connection and leaves the
+    /// unwritten batch in `pending`.
+    async fn run(appending: Appending<'_>) -> Result<(), super::ClusterError>;
+}
+
+/// What [`append`] lends one connection of an appender for its life.
+pub(super) struct Appending<'a> {
+    pub node: &'a super::Node,
+    /// The hub's queue of events to append.
+    pub receiver: &'a mut mpsc::Receiver<Append>,
+    /// What a failed connection left unappended: it goes first.
+    pub pending: &'a mut Vec<Append>,
+    pub up: &'a Up,
+    pub status: &'a crate::readiness::Component,
+    pub backoff: &'a mut crate::backoff::Backoff,
+}
+
+impl Appending<'_> {
+    /// The log is reachable: ingest may take events again, `/readyz` says so, and the next
+    /// reconnect starts from the shortest wait.
+    pub fn connected(&mut self) {
+        self.up.set(true);
+        self.status.set(true, "connected");
+        self.backoff.reset();
+    }
+
+    /// [`append_until_stopped`] on this connection's queue.
+    pub async fn until_stopped(
+        &mut self,
+        batch: usize,
+        writer: &mut impl Writer,
+    ) -> Result<(), super::ClusterError> {
+        append_until_stopped(self.node, self.receiver, self.pending, batch, writer).await
+    }
 }
 
 /// Runs a shared log's appender, connection after connection (see `Reconnects`), until the
@@ -177,14 +201,14 @@ pub(super) async fn append<S: AppendSession>(
     let mut reconnects = super::Reconnects::new(&node, &status);
     let mut pending: Vec<Append> = Vec::new();
     loop {
-        let result = S::run(
-            &node,
-            &mut receiver,
-            &mut pending,
-            &up,
-            &status,
-            &mut reconnects.backoff,
-        )
+        let result = S::run(Appending {
+            node: &node,
+            receiver: &mut receiver,
+            pending: &mut pending,
+            up: &up,
+            status: &status,
+            backoff: &mut reconnects.backoff,
+        })
         .await;
         if result.is_err() {
             up.set(false);
@@ -210,7 +234,7 @@ pub(super) trait Writer {
 /// Appends what the hub queues, `batch` events at a time, until the queue closes or the node
 /// stops (then what was accepted before the stop is appended too). An error leaves the
 /// unwritten batch in `pending` for the next connection.
-pub(super) async fn append_until_stopped(
+async fn append_until_stopped(
     node: &super::Node,
     receiver: &mut mpsc::Receiver<Append>,
     pending: &mut Vec<Append>,

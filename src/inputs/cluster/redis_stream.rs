@@ -18,9 +18,8 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::{AsyncConnectionConfig, Value as RedisValue};
-use tokio::sync::mpsc;
 
-use super::log::{append_until_stopped, Append, AppendSession, Up, Writer};
+use super::log::{Append, AppendSession, Appending, Writer};
 use super::{event_from_log, ClusterError, Node, Reconnects};
 use crate::backoff::Backoff;
 use crate::history::{Ids, LogId, Logged};
@@ -64,14 +63,8 @@ async fn connect(
 pub(super) struct Appender;
 
 impl AppendSession for Appender {
-    async fn run(
-        node: &Node,
-        receiver: &mut mpsc::Receiver<Append>,
-        pending: &mut Vec<Append>,
-        up: &Up,
-        status: &Component,
-        backoff: &mut Backoff,
-    ) -> Result<(), ClusterError> {
+    async fn run(mut appending: Appending<'_>) -> Result<(), ClusterError> {
+        let node = appending.node;
         let Some(mut connection) = connect(node, Duration::from_secs(5)).await? else {
             return Ok(());
         };
@@ -81,15 +74,13 @@ impl AppendSession for Appender {
             .arg(APPEND_SCRIPT)
             .query_async(&mut connection)
             .await?;
-        if !pending.is_empty() {
-            drop_appended(node, &mut connection, pending).await?;
+        if !appending.pending.is_empty() {
+            drop_appended(node, &mut connection, appending.pending).await?;
         }
-        up.set(true);
-        status.set(true, "connected");
-        backoff.reset();
+        appending.connected();
         tracing::info!(node = %node.id, stream = %node.config.channel, "cluster log appender connected to redis");
         let mut writer = RedisWriter { connection, script };
-        append_until_stopped(node, receiver, pending, BATCH, &mut writer).await
+        appending.until_stopped(BATCH, &mut writer).await
     }
 }
 
