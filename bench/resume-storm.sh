@@ -9,6 +9,7 @@
 # See the `history` module of bench/load for what is counted.
 #
 #   bash bench/resume-storm.sh                     # 3 runs
+#   EVENTGATE=path/to/eventgate bash bench/resume-storm.sh   # another build of the gateway
 #   options: --repeat N (3)  --clients N (10000)  --live N (1000)  --live-rate R (200)
 #            --events N (100)  --concurrency N (reconnects in flight, 2000)  --out DIR
 #            --backend redis_stream|jetstream
@@ -42,7 +43,7 @@ log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 log "cargo build --release -p eventgate -p eventgate-bench"
 cargo build --release -p eventgate -p eventgate-bench -q
-EG="$ROOT/target/release/eventgate"
+EG="${EVENTGATE:-$ROOT/target/release/eventgate}"  # EVENTGATE: another build (A/B)
 BENCH="$ROOT/target/release/eventgate-bench"
 ulimit -n "$(ulimit -Hn)"
 

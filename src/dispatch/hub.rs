@@ -1025,7 +1025,9 @@ impl Dispatcher {
         // Only this connection's own patterns are evaluated against the retained events: the
         // cost of a resume is its rules times the retained events, whatever the number of
         // other connections (matching through the whole index made a storm of N resumes
-        // cost N² when the events match everyone). A connection resumes at most once.
+        // cost N² when the events match everyone). A connection resumes at most once. Each
+        // pattern's matches come from the log's replay memo (`MemoryLog::matching`), so the
+        // connections that resume with the same patterns share one evaluation.
         let mut own: Vec<(&str, &Pattern)> = entry
             .rules
             .iter()
@@ -1037,22 +1039,47 @@ impl Dispatcher {
             .history
             .max_replay
             .min(self.settings.max_queued_messages);
+        // (event, rule) pairs, in event order and then name order (`own` is sorted), as the
+        // live notifications list the names; `None` when a rule matches more than
+        // `max_replay` events, which the replay below refuses as it always did.
+        let mut hits: Option<Vec<(LogId, usize)>> = Some(Vec::new());
+        for (rule, (_, pattern)) in own.iter().enumerate() {
+            let ids = log.matching(after, pattern, max_replay);
+            match (&mut hits, ids) {
+                (Some(hits), Some(ids)) => hits.extend(ids.into_iter().map(|id| (id, rule))),
+                _ => hits = None,
+            }
+        }
+        let log = &*log;
+        let matched: Box<dyn Iterator<Item = (LogId, &Arc<Event>, Vec<&str>)>> = match hits {
+            Some(mut hits) => {
+                hits.sort_unstable();
+                let events: Vec<_> = hits
+                    .chunk_by(|a, b| a.0 == b.0)
+                    .filter_map(|group| {
+                        let id = group[0].0;
+                        let names = group.iter().map(|(_, rule)| own[*rule].0).collect();
+                        Some((id, log.get(id)?, names))
+                    })
+                    .collect();
+                Box::new(events.into_iter())
+            }
+            None => Box::new(log.after(after).filter_map(|(id, event)| {
+                let names: Vec<&str> = own
+                    .iter()
+                    .filter(|(_, pattern)| pattern.matches(&event.value))
+                    .map(|(name, _)| *name)
+                    .collect();
+                (!names.is_empty()).then_some((id, event, names))
+            })),
+        };
         // Frames are built as events match, and the replay stops as soon as it is over
         // `max_replay` or the queue's byte bound: a resume never builds more than one queue.
         let max_bytes = self.settings.max_queued_bytes;
         let mut frames: Vec<Utf8Bytes> = Vec::new();
         let mut bytes = 0usize;
         let mut refused = None;
-        for (id, event) in log.after(after) {
-            // In name order (`own` is sorted), as the live notifications list them.
-            let names: Vec<&str> = own
-                .iter()
-                .filter(|(_, pattern)| pattern.matches(&event.value))
-                .map(|(name, _)| *name)
-                .collect();
-            if names.is_empty() {
-                continue;
-            }
+        for (id, event, names) in matched {
             if frames.len() == max_replay {
                 telemetry::limit_rejected("history.max_replay");
                 refused = Some(ResumeError::TooMany(max_replay));

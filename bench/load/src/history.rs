@@ -98,12 +98,16 @@ impl HistoryArgs {
 // Live clients: latency per phase
 
 /// What the live latency is recorded under: 0 set-up and warm-up, 1 the quiet reference, 2
-/// close + publish + restart, 3 the storm, 4 after it.
+/// close + publish + restart, 3 the storm, 4 after it. A notification counts in the phase in
+/// which its event was published (its `sent` stamp), not the one in which it arrived: a
+/// backlog the storm left behind is the storm's, not the next phase's.
 const PHASE_NAMES: [&str; 5] = ["setup", "quiet", "restart", "storm", "after"];
 const PHASE_AFTER: usize = 4;
 
 struct Live {
     phase: AtomicU64,
+    /// When each phase began (ns since the epoch, as `sent` stamps); 0 until it does.
+    phase_started: Vec<AtomicU64>,
     received: Vec<AtomicU64>,
     latency: Vec<Histogram>,
     closed: AtomicU64,
@@ -114,11 +118,29 @@ impl Live {
     fn new() -> Self {
         Live {
             phase: AtomicU64::new(0),
+            phase_started: (0..PHASE_NAMES.len()).map(|_| AtomicU64::new(0)).collect(),
             received: (0..PHASE_NAMES.len()).map(|_| AtomicU64::new(0)).collect(),
             latency: (0..PHASE_NAMES.len()).map(|_| Histogram::new()).collect(),
             closed: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
         }
+    }
+
+    /// Starts `phase`.
+    fn enter(&self, phase: usize) {
+        self.phase_started[phase].store(now_nanos(), Ordering::Relaxed);
+        self.phase.store(phase as u64, Ordering::Relaxed);
+    }
+
+    /// The phase in which an event stamped `sent` was published.
+    fn phase_at(&self, sent: u64) -> usize {
+        (1..PHASE_NAMES.len())
+            .rev()
+            .find(|&phase| {
+                let started = self.phase_started[phase].load(Ordering::Relaxed);
+                started != 0 && started <= sent
+            })
+            .unwrap_or(0)
     }
 
     fn received(&self) -> u64 {
@@ -136,10 +158,16 @@ fn spawn_live_reader(mut ws: Ws, live: Arc<Live>) {
                 if !text.starts_with("{\"Action\":\"Event\"") {
                     continue;
                 }
-                let phase = live.phase.load(Ordering::Relaxed) as usize;
-                live.received[phase].fetch_add(1, Ordering::Relaxed);
-                if let Some(sent) = sent_stamp(&text) {
-                    live.latency[phase].record(now_nanos().saturating_sub(sent));
+                match sent_stamp(&text) {
+                    Some(sent) => {
+                        let phase = live.phase_at(sent);
+                        live.received[phase].fetch_add(1, Ordering::Relaxed);
+                        live.latency[phase].record(now_nanos().saturating_sub(sent));
+                    }
+                    None => {
+                        let phase = live.phase.load(Ordering::Relaxed) as usize;
+                        live.received[phase].fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }
@@ -670,11 +698,11 @@ pub async fn resume_storm(args: Args) {
     );
 
     // 2. Quiet reference.
-    live.phase.store(1, Ordering::Relaxed);
+    live.enter(1);
     tokio::time::sleep(Duration::from_secs(h.quiet_secs)).await;
 
     // 3. Close, publish, restart.
-    live.phase.store(2, Ordering::Relaxed);
+    live.enter(2);
     let restart_started = Instant::now();
     let _ = stage_tx.send(STAGE_CLOSE);
     wait_until(Duration::from_secs(60), || {
@@ -717,7 +745,7 @@ pub async fn resume_storm(args: Args) {
     let cpu_b_before = cpu_seconds(h.live_server_pid);
 
     // 4. The storm.
-    live.phase.store(3, Ordering::Relaxed);
+    live.enter(3);
     let storm_started = Instant::now();
     storm.started_ns.store(now_nanos(), Ordering::Relaxed);
     let storm_permits = h.storm_concurrency.unwrap_or(args.concurrency).max(1);
@@ -744,7 +772,7 @@ pub async fn resume_storm(args: Args) {
     let rss_b_after = rss_kib(h.live_server_pid);
 
     // 5. After: live latency again; late duplicates are still counted.
-    live.phase.store(PHASE_AFTER as u64, Ordering::Relaxed);
+    live.enter(PHASE_AFTER);
     tokio::time::sleep(Duration::from_secs(h.quiet_secs)).await;
     let _ = stage_tx.send(STAGE_STOP);
     live_publishing.abort();
@@ -888,4 +916,26 @@ pub async fn resume_storm(args: Args) {
         println!("{report}");
     }
     std::process::exit(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notification_counts_in_the_phase_its_event_was_published_in() {
+        let live = Live::new();
+        assert_eq!(live.phase_at(now_nanos()), 0, "before any phase: set-up");
+        live.enter(1);
+        let in_quiet = now_nanos();
+        std::thread::sleep(Duration::from_millis(2));
+        live.enter(3);
+        let in_storm = now_nanos();
+        std::thread::sleep(Duration::from_millis(2));
+        live.enter(PHASE_AFTER);
+        // Arriving now, in the phase after: still the quiet's and the storm's.
+        assert_eq!(live.phase_at(in_quiet), 1);
+        assert_eq!(live.phase_at(in_storm), 3);
+        assert_eq!(live.phase_at(now_nanos()), PHASE_AFTER);
+    }
 }

@@ -6,27 +6,28 @@ use serde_json::{Map, Value};
 use super::values::{fold, Cidr, Num, Wildcard};
 use super::{PatternError, PatternLimits};
 
-/// One object level of a pattern: every field AND every `$or` group must match.
-#[derive(Clone, Debug)]
+/// One object level of a pattern: every field AND every `$or` group must match. Equality is
+/// structural (same fields in the same order, same matchers): equal trees match the same events.
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct ObjPat {
     pub(crate) fields: Vec<(String, FieldPat)>,
     /// Each group is an OR of object patterns (evaluated at this same event level).
     pub(crate) ors: Vec<Vec<ObjPat>>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) enum FieldPat {
     Obj(ObjPat),
     Leaf(std::sync::Arc<[Matcher]>),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Bound {
     pub(crate) value: Num,
     pub(crate) inclusive: bool,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Matcher {
     Str(String),
     Num(Num),

@@ -66,6 +66,27 @@ mod tests {
     }
 
     #[test]
+    fn the_same_text_under_another_scope_is_not_the_same_pattern() {
+        let pattern = json!({"detail-type": ["invoice.paid"]});
+        let (alice, bob) = (
+            p(json!({"detail": {"tenant": ["alice"]}})),
+            p(json!({"detail": {"tenant": ["bob"]}})),
+        );
+        let as_alice = alice.and(&p(pattern.clone()));
+        let as_bob = bob.and(&p(pattern.clone()));
+        // The text is the client's in both (what the admin console shows)...
+        assert_eq!(as_alice.source(), as_bob.source());
+        // ...but the conditions are not: anything keyed on "the same pattern" must tell them apart.
+        assert!(!as_alice.same_as(&as_bob));
+        assert!(!as_alice.same_as(&p(pattern.clone())));
+        assert!(as_alice.same_as(&alice.and(&p(pattern.clone()))));
+        assert!(p(pattern.clone()).same_as(&p(pattern)));
+        assert!(!p(json!({"source": ["a"]})).same_as(&p(json!({"source": ["b"]}))));
+        assert!(!p(json!({"n": [{"numeric": [">", 1]}]}))
+            .same_as(&p(json!({"n": [{"numeric": [">=", 1]}]}))));
+    }
+
+    #[test]
     fn tricks_do_not_widen_a_scope() {
         let scope = p(json!({"detail": {"tenant": ["t1"]}}));
         let mine = json!({"source": "s", "detail": {"tenant": "t1", "n": 1}});

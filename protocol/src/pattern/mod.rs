@@ -132,6 +132,15 @@ impl Pattern {
         })
     }
 
+    /// Do both patterns hold the same conditions, so that they match the same events? Compares
+    /// the validated trees, not the text: a scoped pattern (see [`Pattern::and`]) keeps its
+    /// client's text but not its client's conditions, so two scoped patterns with the same
+    /// text under different scopes are not the same. Fields in another order compare as
+    /// different (a false "no" costs a caller only a cache miss; a false "yes" cannot happen).
+    pub fn same_as(&self, other: &Pattern) -> bool {
+        Arc::ptr_eq(&self.root, &other.root) || *self.root == *other.root
+    }
+
     /// The reference evaluator: does this pattern match the event?
     pub fn matches(&self, event: &serde_json::Value) -> bool {
         eval::eval_obj(&self.root, Some(event))

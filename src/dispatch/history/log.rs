@@ -10,13 +10,16 @@
 //! newest id known to be missing from the log (evicted, trimmed before it was read, or
 //! skipped over). A position at or after the floor can be resumed from; one before it is
 //! expired. It is owned by the dispatcher task (no lock): appending is a push and a few
-//! comparisons. Does not own matching, delivery or reading the shared log.
+//! comparisons. Also owns the replay memo ([`MemoryLog::matching`]): which retained events a
+//! pattern matched, remembered across resumes. Does not own the index, delivery or reading
+//! the shared log.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
 use eventgate_protocol::envelope::Event;
+use eventgate_protocol::pattern::Pattern;
 
 use super::{HistoryConfig, Ids, LogId, ResumeError};
 
@@ -42,6 +45,20 @@ pub struct Logged {
     pub at: Instant,
 }
 
+/// How many patterns the replay memo remembers (least recently used out first). With the
+/// ids each keeps (at most the resume's `max_replay`, 16 bytes each) this bounds its memory:
+/// 32 × 1,001 × 16 bytes ≈ 0.5 MiB at the default `history.max_replay`.
+pub const MEMO_PATTERNS: usize = 32;
+
+/// Which retained events one pattern matched: every match in `(from, to]`, oldest first.
+struct Memo {
+    pattern: Pattern,
+    from: LogId,
+    to: LogId,
+    ids: VecDeque<LogId>,
+    used: u64,
+}
+
 /// See the module comment.
 pub struct MemoryLog {
     ids: Ids,
@@ -55,6 +72,18 @@ pub struct MemoryLog {
     newest: LogId,
     bytes: usize,
     evictions: Evictions,
+    /// The replay memo (see [`MemoryLog::matching`]).
+    memo: Vec<Memo>,
+    memo_tick: u64,
+}
+
+/// The entries after `id`, oldest first.
+fn entries_after(
+    entries: &VecDeque<Entry>,
+    id: LogId,
+) -> impl Iterator<Item = (LogId, &Arc<Event>)> {
+    let skip = entries.partition_point(|entry| entry.id <= id);
+    entries.range(skip..).map(|entry| (entry.id, &entry.event))
 }
 
 /// The bytes an event counts for against `history.max_bytes`.
@@ -89,6 +118,8 @@ impl MemoryLog {
             newest: LogId::ZERO,
             bytes: 0,
             evictions: Evictions::default(),
+            memo: Vec::new(),
+            memo_tick: 0,
         }
     }
 
@@ -139,6 +170,7 @@ impl MemoryLog {
     pub fn load(&mut self, ids: Ids, floor: LogId, events: Vec<Logged>) {
         self.ids = ids;
         self.entries.clear();
+        self.memo.clear();
         self.bytes = 0;
         self.floor = floor;
         self.newest = floor;
@@ -154,6 +186,7 @@ impl MemoryLog {
     /// some events of the shared log (they were trimmed while it was away).
     pub fn skip_to(&mut self, floor: LogId) {
         self.entries.clear();
+        self.memo.clear();
         self.bytes = 0;
         self.floor = floor.max(self.newest);
         self.newest = self.floor;
@@ -207,10 +240,81 @@ impl MemoryLog {
 
     /// The retained events after `id`, oldest first.
     pub fn after(&self, id: LogId) -> impl Iterator<Item = (LogId, &Arc<Event>)> {
-        let skip = self.entries.partition_point(|entry| entry.id <= id);
-        self.entries
-            .range(skip..)
-            .map(|entry| (entry.id, &entry.event))
+        entries_after(&self.entries, id)
+    }
+
+    /// The retained event `id`.
+    pub fn get(&self, id: LogId) -> Option<&Arc<Event>> {
+        let at = self
+            .entries
+            .binary_search_by_key(&id, |entry| entry.id)
+            .ok()?;
+        Some(&self.entries.get(at)?.event)
+    }
+
+    /// The ids of the retained events after `after` that `pattern` matches, oldest first;
+    /// `None` when there are more than `keep` of them (a replay refuses that many anyway).
+    ///
+    /// Remembered per pattern ([`Pattern::same_as`]: its conditions, scope included, not its
+    /// text), so the next resume with the same pattern from the same or a later position
+    /// evaluates only the events appended since. In a reconnect storm every client of an app
+    /// resumes with the same patterns from about the same position; evaluated afresh, each
+    /// resume cost its rules times every retained event after its position, and as the
+    /// storm went on the positions aged and each resume cost more (bench/findings.md).
+    /// Bounded: [`MEMO_PATTERNS`] patterns, `keep` ids each; forgotten when the content is
+    /// replaced ([`MemoryLog::load`], [`MemoryLog::skip_to`]).
+    pub fn matching(&mut self, after: LogId, pattern: &Pattern, keep: usize) -> Option<Vec<LogId>> {
+        self.memo_tick += 1;
+        let fresh = || Memo {
+            pattern: pattern.clone(),
+            from: after,
+            to: after,
+            ids: VecDeque::new(),
+            used: 0,
+        };
+        let at = match self
+            .memo
+            .iter()
+            .position(|memo| memo.pattern.same_as(pattern))
+        {
+            Some(at) => {
+                if self.memo[at].from > after {
+                    // Remembered from a later position only: start again from this one.
+                    self.memo[at] = fresh();
+                }
+                at
+            }
+            None if self.memo.len() < MEMO_PATTERNS => {
+                self.memo.push(fresh());
+                self.memo.len() - 1
+            }
+            None => {
+                let oldest = (0..self.memo.len())
+                    .min_by_key(|&at| self.memo[at].used)
+                    .unwrap_or(0);
+                self.memo[oldest] = fresh();
+                oldest
+            }
+        };
+        let memo = &mut self.memo[at];
+        memo.used = self.memo_tick;
+        for (id, event) in entries_after(&self.entries, memo.to) {
+            if memo.pattern.matches(&event.value) {
+                memo.ids.push_back(id);
+            }
+        }
+        memo.to = memo.to.max(self.newest);
+        while memo.ids.len() > keep {
+            // Matches before the dropped one are no longer remembered.
+            if let Some(dropped) = memo.ids.pop_front() {
+                memo.from = dropped;
+            }
+        }
+        if memo.from > after {
+            return None;
+        }
+        let start = memo.ids.partition_point(|id| *id <= after);
+        Some(memo.ids.range(start..).copied().collect())
     }
 
     pub fn len(&self) -> usize {
@@ -413,5 +517,93 @@ mod tests {
             Err(ResumeError::Expired(..))
         ));
         assert_eq!(log.resolve("300-0"), Ok(stream(300, 0)));
+    }
+
+    fn pattern(value: serde_json::Value) -> Pattern {
+        Pattern::from_value(&value, &Default::default()).unwrap()
+    }
+
+    /// What the memo must answer: every retained event after `after` the pattern matches.
+    fn evaluated(log: &MemoryLog, after: u64, pattern: &Pattern) -> Vec<u64> {
+        log.after(LogId::seq(after))
+            .filter(|(_, event)| pattern.matches(&event.value))
+            .map(|(id, _)| id.minor)
+            .collect()
+    }
+
+    fn memo(log: &mut MemoryLog, after: u64, pattern: &Pattern, keep: usize) -> Option<Vec<u64>> {
+        let ids = log.matching(LogId::seq(after), pattern, keep)?;
+        Some(ids.into_iter().map(|id| id.minor).collect())
+    }
+
+    #[test]
+    fn the_replay_memo_answers_what_evaluating_every_event_would() {
+        let mut log = log(100, usize::MAX, Duration::from_secs(60));
+        let now = Instant::now();
+        let high = pattern(serde_json::json!({"detail": {"n": [{"numeric": [">=", 5]}]}}));
+        let odd = pattern(serde_json::json!({"detail": {"n": [1, 3, 5, 7, 9, 11, 13, 15]}}));
+        for n in 1..=8 {
+            log.append(&event(n, 0), now);
+        }
+        for (after, pattern) in [(0, &high), (3, &high), (6, &high), (2, &odd), (0, &odd)] {
+            assert_eq!(
+                memo(&mut log, after, pattern, 100).unwrap(),
+                evaluated(&log, after, pattern)
+            );
+        }
+        // Appended since: only those are evaluated, and they are in the answer.
+        for n in 9..=15 {
+            log.append(&event(n, 0), now);
+        }
+        for (after, pattern) in [(3, &high), (12, &high), (0, &odd), (14, &odd), (15, &odd)] {
+            assert_eq!(
+                memo(&mut log, after, pattern, 100).unwrap(),
+                evaluated(&log, after, pattern)
+            );
+        }
+        // More than `keep` after the position: none (the replay refuses them); fewer: the ids.
+        assert_eq!(memo(&mut log, 0, &high, 3), None);
+        assert_eq!(memo(&mut log, 12, &high, 3).unwrap(), [13, 14, 15]);
+        assert_eq!(
+            memo(&mut log, 0, &high, 100).unwrap(),
+            evaluated(&log, 0, &high)
+        );
+        // The content replaced: nothing remembered answers for it.
+        log.skip_to(LogId::seq(20));
+        assert_eq!(memo(&mut log, 20, &high, 100).unwrap(), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn the_replay_memo_tells_scopes_apart_and_stays_bounded() {
+        let mut log = log(100, usize::MAX, Duration::from_secs(60));
+        let now = Instant::now();
+        for n in 1..=10 {
+            log.append(&event(n, 0), now);
+        }
+        // The same text under two scopes: the same `source()`, other conditions.
+        let text = pattern(serde_json::json!({"source": ["s"]}));
+        let low = pattern(serde_json::json!({"detail": {"n": [1, 2, 3]}})).and(&text);
+        let high = pattern(serde_json::json!({"detail": {"n": [8, 9, 10]}})).and(&text);
+        assert_eq!(low.source(), high.source());
+        assert_eq!(memo(&mut log, 0, &low, 100).unwrap(), [1, 2, 3]);
+        assert_eq!(memo(&mut log, 0, &high, 100).unwrap(), [8, 9, 10]);
+        assert_eq!(
+            memo(&mut log, 0, &text, 100).unwrap(),
+            evaluated(&log, 0, &text)
+        );
+        // More patterns than it remembers: the oldest go, every answer stays right.
+        let many: Vec<Pattern> = (0..MEMO_PATTERNS + 8)
+            .map(|n| pattern(serde_json::json!({"detail": {"n": [n % 12]}})))
+            .collect();
+        for round in 0..2 {
+            for pattern in &many {
+                assert_eq!(
+                    memo(&mut log, round, pattern, 100).unwrap(),
+                    evaluated(&log, round, pattern)
+                );
+            }
+        }
+        assert!(log.memo.len() <= MEMO_PATTERNS);
+        assert_eq!(memo(&mut log, 0, &low, 100).unwrap(), [1, 2, 3]);
     }
 }
