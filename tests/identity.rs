@@ -476,6 +476,51 @@ async fn two_tenants_each_receive_only_their_own_events() {
     }
 }
 
+/// Two tenants resume with the same pattern text from the same position: each replay holds
+/// only its own tenant's events, also when the second resume is answered from what the first
+/// left in the replay memo (keyed on the scoped pattern, never on the text both sent).
+#[tokio::test]
+async fn two_tenants_resuming_with_the_same_pattern_each_replay_only_their_own_events() {
+    let server = Server::start(config_with(scoped_identity())).await;
+    let pattern = json!({"source": ["app"]});
+    let mut first = accepted(&server, &hs256(&tenant_claims("t1"))).await;
+    first.subscribe("all", &pattern).await;
+    server
+        .publish_event("app", "update", json!({"tenant": "t1", "n": 0}))
+        .await;
+    let (message, _) = first.next_event().await;
+    let position = message["Position"].as_str().expect("Position").to_owned();
+    first.close().await;
+    for (n, tenant) in ["t1", "t2", "t2", "t1", "t2"].into_iter().enumerate() {
+        server
+            .publish_event("app", "update", json!({"tenant": tenant, "n": n + 1}))
+            .await;
+    }
+    for (tenant, expected) in [
+        ("t1", [1, 4].as_slice()),
+        ("t2", &[2, 3, 5]),
+        ("t1", &[1, 4]),
+    ] {
+        let token = hs256(&tenant_claims(tenant));
+        let mut client = Client::connect(&url(&server, Some(&token))).await;
+        let hello = json!({"Action": "Hello", "RequestId": "hello", "Position": position});
+        assert_ok(&client.request(&hello).await, "hello");
+        client.subscribe("all", &pattern).await;
+        let ack = client
+            .request(&json!({"Action": "Resume", "RequestId": "resume"}))
+            .await;
+        assert_eq!(ack["Status"], "Ok", "{tenant}: {ack}");
+        assert_eq!(ack["Replayed"], expected.len(), "{tenant}: {ack}");
+        for n in expected {
+            let (message, event) = client.next_event().await;
+            assert_eq!(event["detail"]["tenant"], tenant, "{message}");
+            assert_eq!(event["detail"]["n"], *n, "{message}");
+        }
+        assert_eq!(client.try_recv(QUIET).await, None, "{tenant} got more");
+        client.close().await;
+    }
+}
+
 #[tokio::test]
 async fn a_scope_needs_its_claims_and_takes_them_as_values() {
     let server = Server::start(config_with(scoped_identity())).await;
