@@ -47,7 +47,8 @@ pub struct Logged {
 
 /// How many patterns the replay memo remembers (least recently used out first). With the
 /// ids each keeps (at most the resume's `max_replay`, 16 bytes each) this bounds its memory:
-/// 32 × 1,001 × 16 bytes ≈ 0.5 MiB at the default `history.max_replay`.
+/// 32 × 1,000 × 16 bytes ≈ 0.5 MiB at the default `history.max_replay`, up to twice that
+/// with the queues' spare capacity.
 pub const MEMO_PATTERNS: usize = 32;
 
 /// Which retained events one pattern matched: every match in `(from, to]`, oldest first.
