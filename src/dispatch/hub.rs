@@ -1047,7 +1047,10 @@ impl Dispatcher {
             let ids = log.matching(after, pattern, max_replay);
             match (&mut hits, ids) {
                 (Some(hits), Some(ids)) => hits.extend(ids.into_iter().map(|id| (id, rule))),
-                _ => hits = None,
+                _ => {
+                    hits = None;
+                    break;
+                }
             }
         }
         let log = &*log;
